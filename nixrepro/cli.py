@@ -1,0 +1,225 @@
+"""The ``nixrepro`` command line: a thin click layer over the library.
+
+Only this module turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
+into exit code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import NixreproError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _store(cwd: Path | None = None) -> Any:
+    from .git import GitRepo
+    from .runstore import RunStore
+
+    return RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="nixrepro")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Record ML experiment runs with the identity of their Nix environment.
+
+    \b
+    Example:
+      nixrepro run --flake .#env -p lr=0.1 --seed 1 -- python train.py
+      nixrepro runs
+      nixrepro show @latest
+    """
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option("--env", "env_path", metavar="STOREPATH", help="The environment: a store path.")
+@click.option("--flake", metavar="REF", help="The environment: a flake output to build (.#env).")
+@click.option("--dev", is_flag=True, help="Allow a dirty tree; store its diff; mark the run dev.")
+@click.option("--name", help="A human name for the run.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--parent", metavar="RUN", help="The run this one derives from.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A param, typed int/float/bool/str (repeatable); the command gets them "
+              "as JSON in NIXREPRO_PARAMS.")
+@click.option("--seed", type=int, help="Recorded and exported as NIXREPRO_SEED and PYTHONHASHSEED.")
+@click.option("--verify-contents", is_flag=True,
+              help="Re-hash the closure (nix store verify) and refuse a corrupted one.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    env_path: str | None, flake: str | None, dev: bool, name: str | None, tags: tuple[str, ...],
+    parent: str | None, params: tuple[str, ...], seed: int | None, verify_contents: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a pinned environment and record the run.
+
+    Refuses (exit 1, nothing recorded) outside git, on a dirty tree (unless --dev), and when
+    flake.lock is missing, untracked or modified. Exits with the command's own exit code.
+
+    \b
+    Example:
+      nixrepro run --flake .#env -p lr=0.1 --seed 42 -- python train.py --epochs 3
+    """
+    from .runner import RunRequest, parse_param
+    from .runner import run as run_request
+
+    request = RunRequest(
+        argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
+        tags=list(tags), parent=parent, params=dict(parse_param(p) for p in params), seed=seed,
+        verify_contents=verify_contents,
+    )
+    record = run_request(request)
+    click.echo(
+        f"nixrepro: run {record.id} {record.status}"
+        + (" (dev)" if record.dev else "")
+        + f" in {record.duration_s or 0:.1f}s; `nixrepro show {record.short_id}`",
+        err=True,
+    )
+    code = record.exit_code if record.exit_code is not None else 128 + _signal_number(record.signal)
+    sys.exit(code)
+
+
+def _signal_number(name: str | None) -> int:
+    import signal
+
+    return int(signal.Signals[name]) if name else 0
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "interrupted",
+                                              "crashed"]), help="Only runs with this status.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def runs(status: str | None, limit: int | None, as_json: bool) -> None:
+    """List recorded runs, newest first. Dev and crashed runs are marked.
+
+    \b
+    Example:
+      nixrepro runs --status failed --limit 5
+    """
+    from .present import runs_table
+
+    records = [r for r in _store().records() if status is None or r.status == status][:limit]
+    if as_json:
+        _echo_json([_summary_dict(r) for r in records])
+    else:
+        click.echo(runs_table(records))
+
+
+def _summary_dict(record: Any) -> dict[str, Any]:
+    return {
+        "id": record.id, "name": record.name, "status": record.status, "dev": record.dev,
+        "started_at": record.started_at, "duration_s": record.duration_s,
+        "exit_code": record.exit_code, "commit": record.code.commit, "tags": record.tags,
+        "closure_hash": record.environment.closure_hash, "argv": record.command.argv,
+        "metrics": record.metrics,
+    }
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the full run record.")
+def show(run_ref: str, as_json: bool) -> None:
+    """Show one run. RUN is an id, a unique id prefix, @latest or @latest~N.
+
+    \b
+    Example:
+      nixrepro show @latest --json
+    """
+    from .present import run_summary
+
+    record = _store().resolve(run_ref)
+    if as_json:
+        _echo_json(record.to_dict())
+    else:
+        click.echo(run_summary(record))
+
+
+@cli.group("gc-roots", context_settings=CONTEXT, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def gc_roots(ctx: click.Context, as_json: bool) -> None:
+    """List the GC roots that keep recorded environments in the Nix store.
+
+    \b
+    Example:
+      nixrepro gc-roots
+      nixrepro gc-roots remove 3f9a2c1b
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    roots = [(run_id, link, os.readlink(link)) for run_id, link in _store().gc_roots()]
+    if as_json:
+        _echo_json([{"run": r, "link": str(link), "path": t} for r, link, t in roots])
+    elif not roots:
+        click.echo("No recorded environment is pinned.")
+    else:
+        for run_id, _link, target in roots:
+            click.echo(f"{run_id}  {target}")
+
+
+@gc_roots.command("remove", context_settings=CONTEXT)
+@click.argument("run_refs", metavar="RUN...", nargs=-1, required=True)
+def gc_roots_remove(run_refs: tuple[str, ...]) -> None:
+    """Unpin the environments of these runs, so `nix-collect-garbage` may delete them.
+
+    \b
+    Example:
+      nixrepro gc-roots remove @latest~3
+    """
+    from .runstore import GC_ROOT
+
+    store = _store()
+    for ref in run_refs:
+        record = store.resolve(ref)
+        link = store.run_dir(record.id) / GC_ROOT
+        if link.is_symlink():
+            link.unlink()
+            click.echo(f"unpinned {record.environment.env_path} (run {record.short_id})")
+        else:
+            click.echo(f"run {record.short_id} was not pinned")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: errors become one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    head = args[: args.index("--")] if "--" in args else args
+    debug = "--debug" in head or os.environ.get("NIXREPRO_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="nixrepro", standalone_mode=False)
+    except NixreproError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

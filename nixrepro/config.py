@@ -1,0 +1,117 @@
+"""Configuration: ``nixrepro.toml`` at the git root, or ``[tool.nixrepro]`` in pyproject.toml.
+
+Read once into frozen dataclasses and passed down explicitly. Unknown keys and wrong types are
+errors that name the file and the key. Each section is a dataclass below; a new section is a new
+dataclass and a field of :class:`Config`, and the loader validates it from its type hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILE = "nixrepro.toml"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: defaults for ``nixrepro run``."""
+
+    flake: str | None = None  # used when neither --env nor --flake is given, e.g. ".#env"
+    verify_contents: bool = False
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    """``[secrets]``: more environment variable names (substrings, any case) to redact."""
+
+    extra_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    source: str | None = None  # the file it was read from, for messages
+
+
+T = TypeVar("T")
+
+
+def load(repo_root: Path) -> Config:
+    """The project's config; defaults when it has none."""
+    path = repo_root / CONFIG_FILE
+    if path.is_file():
+        return parse(_read_toml(path), source=str(path))
+    pyproject = repo_root / "pyproject.toml"
+    if pyproject.is_file():
+        table = _read_toml(pyproject).get("tool", {}).get("nixrepro")
+        if table is not None:
+            return parse(table, source=f"{pyproject} [tool.nixrepro]")
+    return Config()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = tomllib.loads(path.read_text())
+        return doc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax.") from exc
+
+
+def parse(table: dict[str, Any], source: str = CONFIG_FILE) -> Config:
+    sections = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
+    config = _section(Config, {k: v for k, v in table.items()}, source, "", sections)
+    return dataclasses.replace(config, source=source)
+
+
+def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str]) -> T:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.')!r} must be a table.")
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        key = prefix + unknown[0]
+        known = ", ".join(sorted(prefix + k for k in keys))
+        raise ConfigError(f"{source}: unknown key {key!r}; known keys here: {known}.")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        values[name] = _value(hints[name], value, source, prefix + name)
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        fields = {f.name for f in dataclasses.fields(hint)}
+        return _section(hint, value, source, key + ".", fields)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key!r} must be a list, not {_kind(value)}.")
+        return [_value(args[0], item, source, key) for item in value]
+    if type(None) in args:
+        hint = next(arg for arg in args if arg is not type(None))
+    expected = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{source}: {key!r} must be {expected.get(hint, hint)}, not {_kind(value)}.")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,71 @@
+"""The exception hierarchy.
+
+Every error nixrepro raises on purpose is a :class:`NixreproError`. Its message is one sentence
+that names the problem and the remedy; only the CLI turns it into ``Error: ...`` and an exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class NixreproError(Exception):
+    """Root of all nixrepro errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(NixreproError):
+    """The user asked for something malformed (bad flag value, unknown run id, bad config)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """nixrepro.toml or [tool.nixrepro] is invalid."""
+
+
+class RefusedError(NixreproError):
+    """A run was refused because it could not be reproduced (dirty tree, no lock, ...)."""
+
+
+class RunNotFoundError(UsageError):
+    """A run reference matched no run, or more than one."""
+
+
+class ToolMissingError(NixreproError):
+    """An outside program (nix, git) is not installed or not on PATH."""
+
+
+class CommandError(NixreproError):
+    """An outside program failed. Carries argv, exit code and the tail of stderr."""
+
+    tool = "command"
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(self._message())
+
+    @property
+    def stderr_tail(self) -> str:
+        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        return "\n".join(lines[-8:])
+
+    def _message(self) -> str:
+        shown = " ".join(self.argv[:4]) + (" ..." if len(self.argv) > 4 else "")
+        tail = self.stderr_tail
+        return f"`{shown}` failed with exit code {self.returncode}" + (f": {tail}" if tail else "")
+
+
+class NixCommandError(CommandError):
+    """A ``nix`` invocation failed."""
+
+    tool = "nix"
+
+
+class GitCommandError(CommandError):
+    """A ``git`` invocation failed."""
+
+    tool = "git"

@@ -1,0 +1,73 @@
+"""The in-experiment API: what a training script imports. Deliberately tiny and import-light.
+
+    import nixrepro
+    params = nixrepro.params()            # the -p key=value of `nixrepro run`
+    nixrepro.log({"loss": 0.3}, step=10)  # appended to the run's metrics.jsonl
+
+Outside a recorded run (no NIXREPRO_RUN_DIR) ``log`` does nothing but warn once, so the same
+script also runs by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .metrics import METRICS_FILE
+
+_warned: list[bool] = []  # a mutable flag, not config: "warn once" per process
+
+
+def run_id() -> str | None:
+    """The id of the run this process belongs to, or None outside ``nixrepro run``."""
+    return os.environ.get("NIXREPRO_RUN_ID")
+
+
+def run_dir() -> Path | None:
+    value = os.environ.get("NIXREPRO_RUN_DIR")
+    return Path(value) if value else None
+
+
+def params() -> dict[str, Any]:
+    """The run's params (``-p key=value``), typed; empty outside a run."""
+    raw = os.environ.get("NIXREPRO_PARAMS")
+    return dict(json.loads(raw)) if raw else {}
+
+
+def seed() -> int | None:
+    raw = os.environ.get("NIXREPRO_SEED")
+    return int(raw) if raw else None
+
+
+def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Record metric values (numbers, bools or short strings), optionally at a training step."""
+    directory = run_dir()
+    if directory is None:
+        if not _warned:
+            _warned.append(True)
+            print("nixrepro: not inside `nixrepro run`; metrics are not recorded", file=sys.stderr)
+        return
+    values = {str(key): _plain(value) for key, value in metrics.items()}
+    line = json.dumps({"time": time.time(), "step": step, "metrics": values}) + "\n"
+    fd = os.open(directory / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars become Python numbers; NaN and inf become strings JSON can hold."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return float(value)

@@ -1,0 +1,153 @@
+"""Everything nixrepro asks of ``git``: where the repo is, which commit, and whether it is pristine."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import proc
+from .errors import GitCommandError, RefusedError
+
+_HINT = "install git (Debian: `apt-get install git`)"
+STORE_DIR_NAME = ".nixrepro"
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """One line of ``git status``: a two-letter code (``??`` untracked, `` M`` modified...)."""
+
+    code: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.code.strip() or '?'} {self.path}"
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    root: Path
+
+    @classmethod
+    def discover(cls, start: Path) -> GitRepo:
+        """The repository containing ``start``; refuses outside one."""
+        result = proc.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, check=False, missing_hint=_HINT
+        )
+        if result.returncode != 0:
+            raise RefusedError(
+                f"{start} is not inside a git repository; run `git init`, commit your project, "
+                "and start the run from inside it."
+            )
+        return cls(Path(result.stdout.strip()))
+
+    def git(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+        return proc.run(
+            ["git", "-C", str(self.root), *args],
+            error=GitCommandError,
+            env=env,
+            check=check,
+            missing_hint=_HINT,
+        ).stdout
+
+    def head_commit(self) -> str:
+        result = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", "HEAD"],
+                          check=False, missing_hint=_HINT)
+        if result.returncode != 0:
+            raise RefusedError(
+                f"the repository {self.root} has no commit yet; commit your project first."
+            )
+        return result.stdout.strip()
+
+    def branch(self) -> str | None:
+        name = self.git("symbolic-ref", "--short", "-q", "HEAD", check=False).strip()
+        return name or None
+
+    def remote_url(self) -> str | None:
+        """URL of ``origin`` (or the first remote), with any credentials stripped."""
+        remotes = self.git("remote").split()
+        if not remotes:
+            return None
+        name = "origin" if "origin" in remotes else remotes[0]
+        url = self.git("remote", "get-url", name, check=False).strip()
+        return strip_credentials(url) if url else None
+
+    def status(self) -> list[FileStatus]:
+        """Changed and untracked files, minus what never counts as dirt (see :func:`is_dirt`)."""
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all")
+        entries: list[FileStatus] = []
+        fields = out.split("\0")
+        i = 0
+        while i < len(fields):
+            field = fields[i]
+            i += 1
+            if len(field) < 4:
+                continue
+            code, path = field[:2], field[3:]
+            if code[0] in "RC":  # a rename is followed by its source path
+                i += 1
+            if self.is_dirt(path):
+                entries.append(FileStatus(code, path))
+        return entries
+
+    def is_dirt(self, rel_path: str) -> bool:
+        """False for nixrepro's own store and for ``result`` links that ``nix build`` leaves."""
+        first = rel_path.split("/", 1)[0]
+        if first == STORE_DIR_NAME:
+            return False
+        base = rel_path.rstrip("/").rsplit("/", 1)[-1]
+        if base == "result" or base.startswith("result-"):
+            full = self.root / rel_path
+            if full.is_symlink() and os.readlink(full).startswith("/nix/store/"):
+                return False
+        return True
+
+    def is_tracked(self, rel_path: str) -> bool:
+        result = proc.run(
+            ["git", "-C", str(self.root), "ls-files", "--error-unmatch", "--", rel_path],
+            check=False,
+            missing_hint=_HINT,
+        )
+        return result.returncode == 0
+
+    def diff_with_untracked(self) -> bytes:
+        """The full diff of the work tree against HEAD, untracked files included, as a patch.
+
+        Uses a throw-away index so the user's staging area is left alone.
+        """
+        with tempfile.TemporaryDirectory(prefix="nixrepro-index-") as tmp:
+            env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.git("read-tree", "HEAD", env=env)
+            self.git("add", "-A", "--", ".", f":(exclude){STORE_DIR_NAME}", env=env)
+            diff = proc.run(
+                ["git", "-C", str(self.root), "diff", "--cached", "--binary", "HEAD"],
+                error=GitCommandError,
+                env=env,
+            ).stdout
+        return diff.encode()
+
+    def show_file(self, commit: str, rel_path: str) -> bytes | None:
+        """The content of ``rel_path`` at ``commit``, or None when it is not there."""
+        result = proc.run(
+            ["git", "-C", str(self.root), "show", f"{commit}:{rel_path}"],
+            check=False,
+            missing_hint=_HINT,
+        )
+        return result.stdout.encode() if result.returncode == 0 else None
+
+    def relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
+
+def strip_credentials(url: str) -> str:
+    """``https://user:token@host/x`` -> ``https://host/x``; scp-like ``git@host:x`` is kept."""
+    return re.sub(r"^(\w[\w+.-]*://)[^/@]+@", r"\1", url)
+
+
+def format_dirty(entries: Sequence[FileStatus], limit: int = 10) -> str:
+    shown = ", ".join(str(e) for e in entries[:limit])
+    more = len(entries) - limit
+    return shown + (f" and {more} more" if more > 0 else "")

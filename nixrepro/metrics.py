@@ -1,0 +1,48 @@
+"""The metrics file: JSON lines under the run directory that any language can append to.
+
+Format (docs/record.md): one object per line,
+``{"time": <unix seconds>, "step": <int or null>, "metrics": {"<name>": <number|bool|str>, ...}}``.
+Appends of one line are atomic with O_APPEND, so several processes of one run may log at once.
+A torn last line (the experiment was killed mid-write) is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    time: float
+    step: int | None
+    metrics: dict[str, Any]
+
+
+def read_points(path: Path) -> Iterator[MetricPoint]:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for raw in handle:
+            try:
+                doc = json.loads(raw)
+                values = doc["metrics"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(values, dict):
+                yield MetricPoint(float(doc.get("time") or 0), doc.get("step"), values)
+
+
+def last_values(path: Path) -> dict[str, Any]:
+    """The last logged value of every metric (what the record keeps)."""
+    last: dict[str, Any] = {}
+    for point in read_points(path):
+        last.update(point.metrics)
+    return last

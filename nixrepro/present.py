@@ -1,0 +1,112 @@
+"""How records look in a terminal: the ``runs`` table and the ``show`` summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from .record import RunRecord
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def local_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_label(record: RunRecord) -> str:
+    return record.status + (" (dev)" if record.dev else "")
+
+
+def runs_table(records: Sequence[RunRecord]) -> str:
+    if not records:
+        return "No runs recorded yet. Start one with: nixrepro run -- CMD"
+    header = ("ID", "STATUS", "STARTED", "DURATION", "COMMIT", "NAME", "COMMAND")
+    rows = [
+        (
+            r.short_id,
+            status_label(r),
+            local_time(r.started_at),
+            human_duration(r.duration_s),
+            r.code.commit[:8] + ("+" if r.code.dirty else ""),
+            r.name or "",
+            " ".join(r.command.argv)[:50],
+        )
+        for r in records
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+def run_summary(record: RunRecord) -> str:
+    env = record.environment
+    host = record.host
+    lines = [
+        f"run {record.id}" + (f"  ({record.name})" if record.name else ""),
+        f"  status     {status_label(record)}"
+        + (f", exit code {record.exit_code}" if record.exit_code is not None else "")
+        + (f", signal {record.signal}" if record.signal else ""),
+    ]
+    if record.dev:
+        lines.append("  DEV RUN    made from a dirty tree; its diff is kept as code.patch")
+    lines += [
+        f"  started    {local_time(record.started_at)}   duration {human_duration(record.duration_s)}",
+        f"  command    {' '.join(record.command.argv)}",
+        f"  cwd        {record.command.cwd}",
+        f"  code       {record.code.commit}"
+        + (f" on {record.code.branch}" if record.code.branch else "")
+        + (" (dirty)" if record.code.dirty else ""),
+    ]
+    if record.parent:
+        lines.append(f"  parent     {record.parent}")
+    if record.tags:
+        lines.append(f"  tags       {', '.join(record.tags)}")
+    if record.params:
+        lines.append("  params     " + ", ".join(f"{k}={v!r}" for k, v in sorted(record.params.items())))
+    if record.seed is not None:
+        lines.append(f"  seed       {record.seed}")
+    lines += [
+        f"  env        {env.env_path}",
+        f"  closure    {env.closure_hash}  ({len(env.closure)} paths, "
+        f"{human_bytes(sum(p.narSize for p in env.closure))})",
+        f"  flake.lock {env.flake_lock_sha256 or '(no inputs)'}"
+        + (f"  ({len(env.inputs)} inputs)" if env.inputs else ""),
+    ]
+    for name, inp in sorted(env.inputs.items()):
+        rev = f" {inp.rev[:12]}" if inp.rev and inp.rev not in inp.url else ""
+        lines.append(f"    {name:<20} {inp.url}{rev}")
+    gpus = ", ".join(g.name for g in host.gpus) or "none"
+    lines += [
+        f"  host       {host.os}, kernel {host.kernel}, {host.arch}, {host.cpu_count} cpus, "
+        f"{human_bytes(host.memory_bytes)}",
+        f"  gpu        {gpus}"
+        + (f"; driver {host.nvidia_driver}" if host.nvidia_driver else "")
+        + (f", CUDA {host.cuda_driver}" if host.cuda_driver else ""),
+        f"  nix        {env.nix_version} ({env.system})",
+    ]
+    if record.metrics:
+        lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in sorted(record.metrics.items())))
+    return "\n".join(lines)

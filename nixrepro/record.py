@@ -1,0 +1,178 @@
+"""The run record: one JSON document per run, the contract between every part of nixrepro.
+
+Field by field documentation: docs/record.md. ``record_sha256`` is the sha256 of the canonical JSON
+(sorted keys, no whitespace, UTF-8) of the record without that field; ``verify`` recomputes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union
+
+from .closure import StorePathInfo
+from .errors import NixreproError
+from .host import HostInfo
+from .lock import LockedInput
+
+SCHEMA = "nixrepro.run/1"
+Status = Literal["running", "succeeded", "failed", "interrupted", "crashed"]
+STATUSES: tuple[str, ...] = typing.get_args(Status)
+Scalar = int | float | bool | str | None
+
+
+class RecordError(NixreproError):
+    """A record file could not be read."""
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    cwd: str
+
+
+@dataclass(frozen=True)
+class CodeState:
+    commit: str
+    branch: str | None
+    remote: str | None
+    dirty: bool
+    diff_sha256: str | None = None
+    dirty_files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Environment:
+    flake_lock_sha256: str | None
+    inputs: dict[str, LockedInput]
+    env_path: str
+    system: str
+    nix_version: str
+    closure_hash: str
+    closure: list[StorePathInfo]
+    flake_ref: str | None = None
+    flake_lock_path: str | None = None
+    contents_verified: bool = False
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    uri: str
+    version_id: str | None
+    sha256: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    inputs: list[DataVersion] = field(default_factory=list)
+    outputs: list[DataVersion] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """Who wrote the record: the nixrepro version and the recorder's process."""
+
+    version: str
+    pid: int
+    hostname: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    status: Status
+    dev: bool
+    started_at: str
+    command: Command
+    code: CodeState
+    environment: Environment
+    host: HostInfo
+    recorder: Recorder
+    schema: str = SCHEMA
+    ended_at: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    duration_s: float | None = None
+    parent: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    params: dict[str, Scalar] = field(default_factory=dict)
+    seed: int | None = None
+    data: DataRecord = field(default_factory=DataRecord)
+    metrics: dict[str, Scalar] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    record_sha256: str = ""
+
+    def replace(self, **changes: Any) -> RunRecord:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data, with a fresh ``record_sha256``."""
+        doc = dataclasses.asdict(self)
+        doc["record_sha256"] = record_sha256(doc)
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> RunRecord:
+        schema = doc.get("schema")
+        if schema != SCHEMA:
+            raise RecordError(
+                f"run record has schema {schema!r}, this nixrepro reads {SCHEMA!r}; "
+                "upgrade nixrepro to read it."
+            )
+        try:
+            return _build(cls, doc)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise RecordError(f"run record {doc.get('id')!r} is malformed: {exc}.") from exc
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+
+def canonical_json(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_sha256(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` field."""
+    body = {key: value for key, value in doc.items() if key != "record_sha256"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], doc: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from JSON data, recursing by type hints. Unknown keys are dropped."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in doc:
+            kwargs[f.name] = _convert(hints[f.name], doc[f.name])
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        return _convert(inner[0], value) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value)
+    if origin is list:
+        return [_convert(args[0], item) for item in value]
+    if origin is dict:
+        return {key: _convert(args[1], item) for key, item in value.items()}
+    return value

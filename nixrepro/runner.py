@@ -1,0 +1,361 @@
+"""``nixrepro run``: refuse what could not be reproduced, then run and record.
+
+Two phases. :func:`prepare` checks everything and gathers the run's identity (git state, flake.lock,
+environment closure, host facts) and records nothing: a refusal leaves no trace. :func:`execute`
+creates the run, writes the record (status ``running``), runs the command under supervision and
+writes the final record, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import platform
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from . import __version__, host
+from .config import Config
+from .errors import NixreproError, RefusedError, UsageError
+from .git import FileStatus, GitRepo, format_dirty
+from .host import HostInfo
+from .lock import FlakeLock
+from .metrics import METRICS_FILE, last_values
+from .nix import Nix
+from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar
+from .redact import Redactor
+from .runstore import GC_ROOT, RunStore
+from .supervise import Outcome, supervise
+
+DEV_PATCH = "code.patch"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for: the command-line of ``nixrepro run`` as data."""
+
+    argv: list[str]
+    cwd: Path
+    env_path: str | None = None
+    flake: str | None = None
+    dev: bool = False
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    parent: str | None = None
+    params: dict[str, Scalar] = field(default_factory=dict)
+    seed: int | None = None
+    verify_contents: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything known before the command starts; nothing has been written yet."""
+
+    request: RunRequest
+    repo: GitRepo
+    store: RunStore
+    code: CodeState
+    dev_patch: bytes | None
+    environment: Environment
+    host: HostInfo
+    parent: str | None
+    redactor: Redactor
+    nix: Nix
+
+
+def parse_param(text: str) -> tuple[str, Scalar]:
+    """``lr=0.1`` -> ("lr", 0.1). Values are typed: int, float, true/false, else string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"param {text!r} is not key=value; write it as -p lr=0.1.")
+    return key.strip(), _typed(raw)
+
+
+def _typed(raw: str) -> Scalar:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if re.fullmatch(r"[+-]?(0|[1-9]\d*)", raw):
+        return int(raw)
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
+    """All refusals happen here, before anything is recorded."""
+    if not request.argv:
+        raise UsageError("no command given; put it after --, e.g. nixrepro run -- python train.py.")
+    repo = GitRepo.discover(request.cwd)
+    store = RunStore.for_repo(repo.root)
+    dirty = repo.status()
+    if dirty and not request.dev:
+        raise RefusedError(
+            f"the work tree has uncommitted changes ({format_dirty(dirty)}); commit them, or pass "
+            "--dev to record a development run with the diff."
+        )
+    flake_dir = _flake_dir(repo, request, config)
+    lock_path, lock = _checked_lock(repo, flake_dir, request.dev, dirty_paths={e.path for e in dirty})
+    parent = store.resolve(request.parent).id if request.parent else None
+
+    with ThreadPoolExecutor(max_workers=3) as pool:  # nix, git and nvidia-smi in parallel
+        version: Future[str] = pool.submit(nix.version)
+        host_info = pool.submit(host.collect)
+        env_path = _env_path(request, config, nix, flake_dir)
+        closure = pool.submit(nix.closure, env_path)
+        code = _code_state(repo, dirty, request.dev)
+        corrupted: list[str] = []
+        if request.verify_contents or config.run.verify_contents:
+            corrupted = nix.verify_contents([info.path for info in closure.result().paths])
+        if corrupted:
+            raise RefusedError(
+                f"the environment's closure is corrupted ({', '.join(corrupted[:3])} no longer "
+                "matches its recorded hash); repair it with `nix store repair` and run again."
+            )
+        environment = Environment(
+            flake_lock_sha256=lock.sha256 if lock else None,
+            inputs=lock.inputs if lock else {},
+            env_path=env_path,
+            system=nix_system(),
+            nix_version=version.result(),
+            closure_hash=closure.result().hash,
+            closure=list(closure.result().paths),
+            flake_ref=request.flake or (None if request.env_path else config.run.flake),
+            flake_lock_path=lock_path,
+            contents_verified=request.verify_contents or config.run.verify_contents,
+        )
+        code_state, patch = code
+        return Prepared(
+            request=request,
+            repo=repo,
+            store=store,
+            code=code_state,
+            dev_patch=patch,
+            environment=environment,
+            host=host_info.result(),
+            parent=parent,
+            redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
+            nix=nix,
+        )
+
+
+def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | None:
+    """The project's flake: the --flake path if local, else the nearest flake.nix up to the root."""
+    ref = request.flake or (None if request.env_path else config.run.flake)
+    if ref is not None:
+        local = ref.split("#", 1)[0].removeprefix("path:").removeprefix("git+file://")
+        if local in ("", ".") or local.startswith(("/", ".")):
+            candidate = (request.cwd / (local or ".")).resolve()
+            if (candidate / "flake.nix").is_file():
+                return candidate
+    here = request.cwd.resolve()
+    root = repo.root.resolve()
+    for directory in (here, *here.parents):
+        if (directory / "flake.nix").is_file():
+            return directory
+        if directory == root:
+            break
+    return None
+
+
+def _checked_lock(
+    repo: GitRepo, flake_dir: Path | None, dev: bool, dirty_paths: set[str]
+) -> tuple[str | None, FlakeLock | None]:
+    if flake_dir is None:
+        raise RefusedError(
+            "no flake.nix between the working directory and the repository root; nixrepro pins "
+            "the environment with a flake (start one with `nix flake init`)."
+        )
+    lock_file = flake_dir / "flake.lock"
+    rel = repo.relative(lock_file)
+    if not lock_file.is_file():
+        if not re.search(r"\binputs\b", (flake_dir / "flake.nix").read_text(errors="replace")):
+            return None, None  # a flake without inputs has nothing to lock (nix writes no file)
+        raise RefusedError(
+            f"{rel} is missing, so the flake's inputs are not pinned; run `nix flake lock` "
+            "and commit flake.lock."
+        )
+    if not dev:
+        if not repo.is_tracked(rel):
+            raise RefusedError(f"{rel} is not tracked by git; `git add {rel}` and commit it.")
+        if rel in dirty_paths:
+            raise RefusedError(
+                f"{rel} has uncommitted changes; commit it, or restore it with `git checkout {rel}`."
+            )
+    return rel, FlakeLock.read(lock_file)
+
+
+def _env_path(request: RunRequest, config: Config, nix: Nix, flake_dir: Path | None) -> str:
+    if request.env_path and request.flake:
+        raise UsageError("give either --env or --flake, not both.")
+    if request.env_path:
+        return os.path.realpath(request.env_path) if os.path.islink(request.env_path) else (
+            request.env_path.rstrip("/")
+        )
+    ref = request.flake or config.run.flake
+    if ref is None:
+        raise UsageError(
+            "no environment given; pass --env STOREPATH or --flake REF (e.g. --flake .#env), "
+            "or set [run] flake in nixrepro.toml."
+        )
+    return nix.build(ref, cwd=request.cwd)
+
+
+def _code_state(repo: GitRepo, dirty: Sequence[FileStatus], dev: bool) -> tuple[CodeState, bytes | None]:
+    patch = repo.diff_with_untracked() if dev and dirty else None
+    return (
+        CodeState(
+            commit=repo.head_commit(),
+            branch=repo.branch(),
+            remote=repo.remote_url(),
+            dirty=bool(dirty),
+            diff_sha256=hashlib.sha256(patch).hexdigest() if patch is not None else None,
+            dirty_files=[str(entry) for entry in dirty],
+        ),
+        patch,
+    )
+
+
+def nix_system() -> str:
+    """Nix's name for this platform (x86_64-linux...), without asking nix."""
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(),
+                                                         platform.machine().lower())
+    return f"{machine}-{platform.system().lower()}"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[str, str]:
+    """What the command sees: the env's bin first on PATH, and the run's identity."""
+    import json
+
+    request = prepared.request
+    env = dict(os.environ)
+    env["PATH"] = f"{prepared.environment.env_path}/bin" + (
+        os.pathsep + env["PATH"] if env.get("PATH") else ""
+    )
+    env["NIXREPRO_RUN_ID"] = run_id
+    env["NIXREPRO_RUN_DIR"] = str(run_dir)
+    env["NIXREPRO_PARAMS"] = json.dumps(request.params, sort_keys=True)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # logs stream live and survive a crash
+    if request.seed is not None:
+        env["NIXREPRO_SEED"] = str(request.seed)
+        env["PYTHONHASHSEED"] = str(request.seed)
+    return env
+
+
+def execute(
+    prepared: Prepared, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None
+) -> RunRecord:
+    """Create the run, run the command, and record it; the record is complete however it ends."""
+    request, store, redactor = prepared.request, prepared.store, prepared.redactor
+    run_id, run_dir = store.new_run_dir()
+    with store.hold(run_id):
+        env = child_environment(prepared, run_id, run_dir)
+        record = RunRecord(
+            id=run_id,
+            status="running",
+            dev=request.dev,
+            started_at=now(),
+            command=Command(argv=[redactor.scrub(a) for a in request.argv], cwd=str(request.cwd)),
+            code=prepared.code,
+            environment=prepared.environment,
+            host=prepared.host,
+            recorder=Recorder(version=__version__, pid=os.getpid(), hostname=socket.gethostname()),
+            parent=prepared.parent,
+            name=request.name,
+            tags=list(request.tags),
+            params={k: redactor.scrub(v) if isinstance(v, str) else v
+                    for k, v in request.params.items()},
+            seed=request.seed,
+            env_vars=redactor.env(env),
+        )
+        if prepared.dev_patch is not None:
+            (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))
+        store.save(record)
+        outcome: Outcome | None = None
+        status = "failed"  # if nixrepro itself fails between start and end
+        try:
+            _pin(prepared, run_dir, stderr)
+            outcome = _start(prepared, env, run_dir, stdout, stderr)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            record = _finish(record, outcome, run_dir, status)
+            store.save(record)
+    return record
+
+
+def _pin(prepared: Prepared, run_dir: Path, stderr: BinaryIO | None) -> None:
+    """Make the env a GC root; a failure is a warning (the run is still fully recorded)."""
+    try:
+        prepared.nix.add_gc_root(prepared.environment.env_path, run_dir / GC_ROOT)
+    except NixreproError as exc:
+        _warn(stderr, f"could not pin the environment against garbage collection: {exc}")
+
+
+def _start(
+    prepared: Prepared, env: dict[str, str], run_dir: Path,
+    stdout: BinaryIO | None, stderr: BinaryIO | None,
+) -> Outcome:
+    try:
+        return supervise(
+            prepared.request.argv,
+            env=env,
+            cwd=prepared.request.cwd,
+            stdout_log=run_dir / "stdout.log",
+            stderr_log=run_dir / "stderr.log",
+            redactor=prepared.redactor,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        program = prepared.request.argv[0]
+        reason = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
+        message = f"nixrepro: {program}: command {reason} (PATH starts with the env's bin)\n"
+        with open(run_dir / "stderr.log", "ab") as log:
+            log.write(message.encode())
+        _warn(stderr, message.strip().removeprefix("nixrepro: "))
+        return Outcome(exit_code=127 if reason == "not found" else 126, signal=None,
+                       duration_s=0.0, received=None)
+
+
+def _finish(
+    record: RunRecord, outcome: Outcome | None, run_dir: Path, status: str
+) -> RunRecord:
+    started = dt.datetime.fromisoformat(record.started_at)
+    ended = dt.datetime.now(dt.timezone.utc)
+    return record.replace(
+        status=outcome.status if outcome else status,
+        ended_at=ended.isoformat(timespec="microseconds"),
+        exit_code=outcome.exit_code if outcome else None,
+        signal=outcome.signal if outcome else None,
+        duration_s=outcome.duration_s if outcome else round((ended - started).total_seconds(), 6),
+        metrics=last_values(run_dir / METRICS_FILE),
+    )
+
+
+def _warn(stream: BinaryIO | None, message: str) -> None:
+    target = stream if stream is not None else sys.stderr.buffer
+    target.write(f"nixrepro: warning: {message}\n".encode())
+    target.flush()
+
+
+def run(request: RunRequest, config: Config | None = None, nix: Nix | None = None) -> RunRecord:
+    """Check, run and record ``request``; the library entry point behind ``nixrepro run``."""
+    from . import config as config_module
+
+    nix = nix or Nix()
+    if config is None:
+        config = config_module.load(GitRepo.discover(request.cwd).root)
+    return execute(prepare(request, config, nix))

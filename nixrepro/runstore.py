@@ -1,0 +1,174 @@
+"""The local run store: ``.nixrepro/`` at the git root, one directory per run.
+
+    .nixrepro/
+      .gitignore            "*": the store never makes the work tree dirty
+      runs/<id>/
+        record.json         the run record (written atomically at start and at end)
+        stdout.log, stderr.log, metrics.jsonl, code.patch (dev runs)
+        lock                held (flock) by the recorder for the life of the run
+        gcroot              a Nix GC root for the run's environment
+
+A run whose record says ``running`` but whose lock nobody holds lost its recorder (kill -9, power
+cut): reading it marks it ``crashed`` and keeps the metrics it had logged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RunNotFoundError
+from .fsutil import atomic_write
+from .metrics import METRICS_FILE, last_values
+from .record import RecordError, RunRecord
+
+STORE_DIR = ".nixrepro"
+RECORD_FILE = "record.json"
+LOCK_FILE = "lock"
+GC_ROOT = "gcroot"
+_LATEST = re.compile(r"^@latest(?:~(\d+))?$")
+
+
+@dataclass(frozen=True)
+class RunStore:
+    root: Path
+
+    @classmethod
+    def for_repo(cls, repo_root: Path) -> RunStore:
+        return cls(repo_root / STORE_DIR)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def ensure(self) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            atomic_write(ignore, "# nixrepro's run store: never part of the work tree\n*\n")
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def new_run_dir(self) -> tuple[str, Path]:
+        """A fresh, unique run id and its (new, empty) directory; safe under concurrency."""
+        self.ensure()
+        while True:
+            run_id = secrets.token_hex(6)
+            path = self.run_dir(run_id)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return run_id, path
+
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        """Hold the run's lock: while held, the run is alive. Released by the kernel on death."""
+        fd = os.open(self.run_dir(run_id) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def save(self, record: RunRecord) -> None:
+        atomic_write(self.run_dir(record.id) / RECORD_FILE, record.to_json())
+
+    def load(self, run_id: str) -> RunRecord:
+        """The run's record; a dead ``running`` run is marked ``crashed`` (and saved so)."""
+        record = self._read(run_id)
+        if record.status == "running":
+            record = self._detect_crash(record)
+        return record
+
+    def _read(self, run_id: str) -> RunRecord:
+        path = self.run_dir(run_id) / RECORD_FILE
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise RunNotFoundError(f"run {run_id} has no record at {path}.") from exc
+        except ValueError as exc:
+            raise RecordError(f"{path} is not valid JSON ({exc}).") from exc
+        return RunRecord.from_dict(doc)
+
+    def _detect_crash(self, record: RunRecord) -> RunRecord:
+        if record.recorder.hostname != socket.gethostname():
+            return record  # another host's lock is not visible from here
+        fd = os.open(self.run_dir(record.id) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return record  # the recorder is alive
+            current = self._read(record.id)  # re-read under the lock: it may just have ended
+            if current.status != "running":
+                return current
+            crashed = current.replace(
+                status="crashed",
+                metrics=last_values(self.run_dir(record.id) / METRICS_FILE),
+            )
+            self.save(crashed)
+            return crashed
+        finally:
+            os.close(fd)
+
+    def ids(self) -> list[str]:
+        if not self.runs_dir.is_dir():
+            return []
+        return [p.name for p in self.runs_dir.iterdir() if (p / RECORD_FILE).is_file()]
+
+    def records(self) -> list[RunRecord]:
+        """Every run, newest first. Unreadable records are skipped, not fatal to listing."""
+        found = []
+        for run_id in self.ids():
+            try:
+                found.append(self.load(run_id))
+            except RecordError:
+                continue
+        return sorted(found, key=lambda r: (r.started_at, r.id), reverse=True)
+
+    def latest(self, back: int = 0) -> RunRecord:
+        records = self.records()
+        if back >= len(records):
+            raise RunNotFoundError(
+                f"there are only {len(records)} runs in {self.root}; "
+                "`nixrepro runs` lists them."
+            )
+        return records[back]
+
+    def resolve(self, ref: str) -> RunRecord:
+        """A run by full id, unique id prefix, ``@latest`` or ``@latest~N``."""
+        match = _LATEST.match(ref)
+        if match:
+            return self.latest(int(match.group(1) or 0))
+        ids = self.ids()
+        if ref in ids:
+            return self.load(ref)
+        matches = [run_id for run_id in ids if run_id.startswith(ref)] if ref else []
+        if not matches:
+            raise RunNotFoundError(
+                f"no run matches {ref!r} in {self.root}; `nixrepro runs` lists the runs."
+            )
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:5])
+            raise RunNotFoundError(
+                f"{ref!r} matches {len(matches)} runs ({shown}); give more characters of the id."
+            )
+        return self.load(matches[0])
+
+    def gc_roots(self) -> list[tuple[str, Path]]:
+        """(run id, link) for every run whose environment is pinned against garbage collection."""
+        return [
+            (run_id, self.run_dir(run_id) / GC_ROOT)
+            for run_id in sorted(self.ids())
+            if (self.run_dir(run_id) / GC_ROOT).is_symlink()
+        ]
