@@ -28,6 +28,15 @@ class FileStatus:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The state of the work tree that a run depends on."""
+
+    commit: str
+    branch: str | None
+    changes: list[FileStatus]
+
+
+@dataclass(frozen=True)
 class GitRepo:
     root: Path
 
@@ -53,45 +62,40 @@ class GitRepo:
             missing_hint=_HINT,
         ).stdout
 
-    def head_commit(self) -> str:
-        result = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", "HEAD"],
-                          check=False, missing_hint=_HINT)
-        if result.returncode != 0:
+    def snapshot(self) -> Snapshot:
+        """HEAD, branch and changed files in one ``git status`` call; refuses a repo with no commit."""
+        out = self.git("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all")
+        commit: str | None = None
+        branch: str | None = None
+        changes: list[FileStatus] = []
+        fields = iter(out.split("\0"))
+        for entry in fields:
+            if entry.startswith("# branch.oid "):
+                oid = entry.removeprefix("# branch.oid ")
+                commit = None if oid == "(initial)" else oid
+            elif entry.startswith("# branch.head "):
+                head = entry.removeprefix("# branch.head ")
+                branch = None if head == "(detached)" else head
+            elif entry[:2] in ("1 ", "2 ", "u "):
+                kind, code = entry[0], entry[2:4].replace(".", " ")
+                parts = entry.split(" ", {"1": 8, "2": 9, "u": 10}[kind])
+                if kind == "2":
+                    next(fields, None)  # a rename is followed by its source path
+                changes.append(FileStatus(code, parts[-1]))
+            elif entry.startswith("? "):
+                changes.append(FileStatus("??", entry[2:]))
+        if commit is None:
             raise RefusedError(
                 f"the repository {self.root} has no commit yet; commit your project first."
             )
-        return result.stdout.strip()
-
-    def branch(self) -> str | None:
-        name = self.git("symbolic-ref", "--short", "-q", "HEAD", check=False).strip()
-        return name or None
+        return Snapshot(commit, branch, [c for c in changes if self.is_dirt(c.path)])
 
     def remote_url(self) -> str | None:
         """URL of ``origin`` (or the first remote), with any credentials stripped."""
-        remotes = self.git("remote").split()
-        if not remotes:
-            return None
-        name = "origin" if "origin" in remotes else remotes[0]
-        url = self.git("remote", "get-url", name, check=False).strip()
+        out = self.git("config", "--get-regexp", r"^remote\..*\.url$", check=False)
+        urls = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        url = urls.get("remote.origin.url") or next(iter(urls.values()), None)
         return strip_credentials(url) if url else None
-
-    def status(self) -> list[FileStatus]:
-        """Changed and untracked files, minus what never counts as dirt (see :func:`is_dirt`)."""
-        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all")
-        entries: list[FileStatus] = []
-        fields = out.split("\0")
-        i = 0
-        while i < len(fields):
-            field = fields[i]
-            i += 1
-            if len(field) < 4:
-                continue
-            code, path = field[:2], field[3:]
-            if code[0] in "RC":  # a rename is followed by its source path
-                i += 1
-            if self.is_dirt(path):
-                entries.append(FileStatus(code, path))
-        return entries
 
     def is_dirt(self, rel_path: str) -> bool:
         """False for nixrepro's own store and for ``result`` links that ``nix build`` leaves."""

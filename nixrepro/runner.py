@@ -11,12 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import platform
 import re
-import socket
 import sys
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -24,11 +20,12 @@ from typing import BinaryIO
 from . import __version__, host
 from .config import Config
 from .errors import NixreproError, RefusedError, UsageError
-from .git import FileStatus, GitRepo, format_dirty
+from .git import GitRepo, format_dirty
 from .host import HostInfo
 from .lock import FlakeLock
 from .metrics import METRICS_FILE, last_values
 from .nix import Nix
+from .parallel import Background
 from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
@@ -90,60 +87,80 @@ def _typed(raw: str) -> Scalar:
 
 
 def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
-    """All refusals happen here, before anything is recorded."""
+    """All refusals happen here, before anything is recorded.
+
+    The git, nix and nvidia-smi calls are independent and overlap (see bench/run_overhead.py).
+    """
     if not request.argv:
         raise UsageError("no command given; put it after --, e.g. nixrepro run -- python train.py.")
+    if request.env_path and request.flake:
+        raise UsageError("give either --env or --flake, not both.")
     repo = GitRepo.discover(request.cwd)
     store = RunStore.for_repo(repo.root)
-    dirty = repo.status()
+    snapshot = Background(repo.snapshot)
+    remote = Background(repo.remote_url)
+    version = Background(nix.version)
+    host_info = Background(host.collect)
+    flake_dir = _flake_dir(repo, request, config)
+    lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
+    tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
+    env_path = _normal_store_path(request.env_path) if request.env_path else ""
+    closure = Background(nix.closure, env_path) if env_path else None
+
+    dirty = snapshot.result().changes
     if dirty and not request.dev:
         raise RefusedError(
             f"the work tree has uncommitted changes ({format_dirty(dirty)}); commit them, or pass "
             "--dev to record a development run with the diff."
         )
-    flake_dir = _flake_dir(repo, request, config)
-    lock_path, lock = _checked_lock(repo, flake_dir, request.dev, dirty_paths={e.path for e in dirty})
+    lock = _checked_lock(
+        flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
+        {e.path for e in dirty},
+    )
     parent = store.resolve(request.parent).id if request.parent else None
-
-    with ThreadPoolExecutor(max_workers=3) as pool:  # nix, git and nvidia-smi in parallel
-        version: Future[str] = pool.submit(nix.version)
-        host_info = pool.submit(host.collect)
-        env_path = _env_path(request, config, nix, flake_dir)
-        closure = pool.submit(nix.closure, env_path)
-        code = _code_state(repo, dirty, request.dev)
-        corrupted: list[str] = []
-        if request.verify_contents or config.run.verify_contents:
-            corrupted = nix.verify_contents([info.path for info in closure.result().paths])
+    if closure is None:  # build the flake output, then ask for its closure
+        env_path = _build_env(request, config, nix)
+        closure = Background(nix.closure, env_path)
+    patch = repo.diff_with_untracked() if request.dev and dirty else None
+    if request.verify_contents or config.run.verify_contents:
+        corrupted = nix.verify_contents([info.path for info in closure.result().paths])
         if corrupted:
             raise RefusedError(
                 f"the environment's closure is corrupted ({', '.join(corrupted[:3])} no longer "
                 "matches its recorded hash); repair it with `nix store repair` and run again."
             )
-        environment = Environment(
-            flake_lock_sha256=lock.sha256 if lock else None,
-            inputs=lock.inputs if lock else {},
-            env_path=env_path,
-            system=nix_system(),
-            nix_version=version.result(),
-            closure_hash=closure.result().hash,
-            closure=list(closure.result().paths),
-            flake_ref=request.flake or (None if request.env_path else config.run.flake),
-            flake_lock_path=lock_path,
-            contents_verified=request.verify_contents or config.run.verify_contents,
-        )
-        code_state, patch = code
-        return Prepared(
-            request=request,
-            repo=repo,
-            store=store,
-            code=code_state,
-            dev_patch=patch,
-            environment=environment,
-            host=host_info.result(),
-            parent=parent,
-            redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
-            nix=nix,
-        )
+    environment = Environment(
+        flake_lock_sha256=lock.sha256 if lock else None,
+        inputs=lock.inputs if lock else {},
+        env_path=env_path,
+        system=nix_system(),
+        nix_version=version.result(),
+        closure_hash=closure.result().hash,
+        closure=list(closure.result().paths),
+        flake_ref=request.flake or (None if request.env_path else config.run.flake),
+        flake_lock_path=lock_rel if lock else None,
+        contents_verified=request.verify_contents or config.run.verify_contents,
+    )
+    code = CodeState(
+        commit=snapshot.result().commit,
+        branch=snapshot.result().branch,
+        remote=remote.result(),
+        dirty=bool(dirty),
+        diff_sha256=hashlib.sha256(patch).hexdigest() if patch is not None else None,
+        dirty_files=[str(entry) for entry in dirty],
+    )
+    return Prepared(
+        request=request,
+        repo=repo,
+        store=store,
+        code=code,
+        dev_patch=patch,
+        environment=environment,
+        host=host_info.result(),
+        parent=parent,
+        redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
+        nix=nix,
+    )
 
 
 def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | None:
@@ -166,39 +183,39 @@ def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | Non
 
 
 def _checked_lock(
-    repo: GitRepo, flake_dir: Path | None, dev: bool, dirty_paths: set[str]
-) -> tuple[str | None, FlakeLock | None]:
-    if flake_dir is None:
+    flake_dir: Path | None, lock_rel: str | None, dev: bool, tracked: bool, dirty_paths: set[str]
+) -> FlakeLock | None:
+    """The project's flake.lock, refused when it is missing, untracked or modified."""
+    if flake_dir is None or lock_rel is None:
         raise RefusedError(
             "no flake.nix between the working directory and the repository root; nixrepro pins "
             "the environment with a flake (start one with `nix flake init`)."
         )
     lock_file = flake_dir / "flake.lock"
-    rel = repo.relative(lock_file)
     if not lock_file.is_file():
         if not re.search(r"\binputs\b", (flake_dir / "flake.nix").read_text(errors="replace")):
-            return None, None  # a flake without inputs has nothing to lock (nix writes no file)
+            return None  # a flake without inputs has nothing to lock (nix writes no file)
         raise RefusedError(
-            f"{rel} is missing, so the flake's inputs are not pinned; run `nix flake lock` "
+            f"{lock_rel} is missing, so the flake's inputs are not pinned; run `nix flake lock` "
             "and commit flake.lock."
         )
     if not dev:
-        if not repo.is_tracked(rel):
-            raise RefusedError(f"{rel} is not tracked by git; `git add {rel}` and commit it.")
-        if rel in dirty_paths:
+        if not tracked:
+            raise RefusedError(f"{lock_rel} is not tracked by git; `git add {lock_rel}` and commit it.")
+        if lock_rel in dirty_paths:
             raise RefusedError(
-                f"{rel} has uncommitted changes; commit it, or restore it with `git checkout {rel}`."
+                f"{lock_rel} has uncommitted changes; commit it, or restore it with "
+                f"`git checkout {lock_rel}`."
             )
-    return rel, FlakeLock.read(lock_file)
+    return FlakeLock.read(lock_file)
 
 
-def _env_path(request: RunRequest, config: Config, nix: Nix, flake_dir: Path | None) -> str:
-    if request.env_path and request.flake:
-        raise UsageError("give either --env or --flake, not both.")
-    if request.env_path:
-        return os.path.realpath(request.env_path) if os.path.islink(request.env_path) else (
-            request.env_path.rstrip("/")
-        )
+def _normal_store_path(path: str) -> str:
+    """A ./result link or a path with a trailing slash, as the store path it names."""
+    return os.path.realpath(path) if os.path.islink(path) else path.rstrip("/")
+
+
+def _build_env(request: RunRequest, config: Config, nix: Nix) -> str:
     ref = request.flake or config.run.flake
     if ref is None:
         raise UsageError(
@@ -208,26 +225,11 @@ def _env_path(request: RunRequest, config: Config, nix: Nix, flake_dir: Path | N
     return nix.build(ref, cwd=request.cwd)
 
 
-def _code_state(repo: GitRepo, dirty: Sequence[FileStatus], dev: bool) -> tuple[CodeState, bytes | None]:
-    patch = repo.diff_with_untracked() if dev and dirty else None
-    return (
-        CodeState(
-            commit=repo.head_commit(),
-            branch=repo.branch(),
-            remote=repo.remote_url(),
-            dirty=bool(dirty),
-            diff_sha256=hashlib.sha256(patch).hexdigest() if patch is not None else None,
-            dirty_files=[str(entry) for entry in dirty],
-        ),
-        patch,
-    )
-
-
 def nix_system() -> str:
     """Nix's name for this platform (x86_64-linux...), without asking nix."""
-    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(),
-                                                         platform.machine().lower())
-    return f"{machine}-{platform.system().lower()}"
+    uname = os.uname()
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(uname.machine.lower(), uname.machine.lower())
+    return f"{machine}-{uname.sysname.lower()}"
 
 
 def now() -> str:
@@ -270,7 +272,7 @@ def execute(
             code=prepared.code,
             environment=prepared.environment,
             host=prepared.host,
-            recorder=Recorder(version=__version__, pid=os.getpid(), hostname=socket.gethostname()),
+            recorder=Recorder(version=__version__, pid=os.getpid(), hostname=os.uname().nodename),
             parent=prepared.parent,
             name=request.name,
             tags=list(request.tags),
@@ -285,8 +287,9 @@ def execute(
         outcome: Outcome | None = None
         status = "failed"  # if nixrepro itself fails between start and end
         try:
-            _pin(prepared, run_dir, stderr)
+            pin = Background(_pin, prepared, run_dir, stderr)  # overlaps with the command
             outcome = _start(prepared, env, run_dir, stdout, stderr)
+            pin.result()
         except KeyboardInterrupt:
             status = "interrupted"
             raise

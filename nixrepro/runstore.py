@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,7 +100,7 @@ class RunStore:
         return RunRecord.from_dict(doc)
 
     def _detect_crash(self, record: RunRecord) -> RunRecord:
-        if record.recorder.hostname != socket.gethostname():
+        if record.recorder.hostname != os.uname().nodename:
             return record  # another host's lock is not visible from here
         fd = os.open(self.run_dir(record.id) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Records two runs of a small experiment with different params, then lists and compares them.
+# Run after `bash scripts/setup.sh`. Works offline: the flake input is a local git repository.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+nixrepro="$here/.venv/bin/nixrepro"
+export NIX_CONFIG="${NIX_CONFIG:-experimental-features = nix-command flakes
+substituters =
+build-users-group =}"
+export GIT_AUTHOR_NAME=demo GIT_AUTHOR_EMAIL=demo@example.invalid
+export GIT_COMMITTER_NAME=demo GIT_COMMITTER_EMAIL=demo@example.invalid
+work="$(mktemp -d /tmp/nixrepro-demo.XXXXXX)"
+echo "== demo project in $work"
+
+mkdir "$work/dataset" && cd "$work/dataset" && git init -q -b main
+echo "generated two-blob data, seeded by the run" > README
+git add -A && git commit -qm dataset
+
+mkdir "$work/project" && cd "$work/project" && git init -q -b main
+system="$("$here/.venv/bin/python" -c 'from nixrepro.runner import nix_system; print(nix_system())')"
+sed -e "s|@DATASET@|$work/dataset|" -e "s|@SYSTEM@|$system|g" -e "s|@PYTHON@|$here/.venv/bin/python|" \
+  "$here/examples/demo/flake.nix.in" > flake.nix
+cp "$here/examples/demo/train.py" .
+git add -A
+nix flake lock
+git add -A
+git commit -qm "demo experiment"
+
+echo "== nixrepro run -p lr=0.5"
+"$nixrepro" run --flake .#env --name slow -p lr=0.5 --seed 1 -- python train.py
+echo "== nixrepro run -p lr=2.0"
+"$nixrepro" run --flake .#env --name fast -p lr=2.0 --seed 1 -- python train.py
+echo "== nixrepro runs"
+"$nixrepro" runs
+echo "== nixrepro show @latest"
+"$nixrepro" show @latest
+if "$nixrepro" diff --help >/dev/null 2>&1; then
+  echo "== nixrepro diff @latest~1 @latest"
+  "$nixrepro" diff @latest~1 @latest
+fi

@@ -1,0 +1,5 @@
+"""``python -m nixrepro`` is the ``nixrepro`` command."""
+
+from .cli import main
+
+main()

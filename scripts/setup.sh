@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what nixrepro needs on a fresh Debian 12 machine (as root): Nix, git, a venv with nixrepro.
+#   bash scripts/setup.sh          # for the demo
+#   bash scripts/setup.sh --test   # plus the test tools (pytest, ruff, mypy, SeaweedFS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v nix >/dev/null || need+=(nix-bin)
+command -v git >/dev/null || need+=(git)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

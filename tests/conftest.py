@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import NIX_CONFIG, Project, make_project
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nix_offline() -> Iterator[None]:
+    """Real nix, offline: no substituters, no build users (root without a daemon)."""
+    old = os.environ.get("NIX_CONFIG")
+    os.environ["NIX_CONFIG"] = NIX_CONFIG
+    yield
+    if old is None:
+        os.environ.pop("NIX_CONFIG", None)
+    else:
+        os.environ["NIX_CONFIG"] = old
+
+
+@pytest.fixture(scope="session")
+def has_nix() -> None:
+    if shutil.which("nix") is None:
+        pytest.fail("nix is not installed; the README's test command installs nix-bin")
+
+
+@pytest.fixture
+def project(tmp_path: Path, has_nix: None) -> Project:
+    """A committed flake project whose env is built and valid in the store."""
+    proj = make_project(tmp_path, label=f"env-{tmp_path.name[-12:]}")
+    proj.build_env()
+    return proj

@@ -1,0 +1,132 @@
+"""Builders for the self-contained projects the tests (and bench/) run nixrepro on.
+
+No nixpkgs here: environments are derivations with ``builder = "/bin/sh"`` (DESIGN.md "Testing"),
+flake inputs are local ``git+file://`` repositories. Everything is real git and the real Nix store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+NIX_CONFIG = "\n".join(
+    ["experimental-features = nix-command flakes", "substituters =", "build-users-group ="]
+)
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def sh(argv: list[str], cwd: Path | None = None, check: bool = True, **kw: object) -> str:
+    env = {**os.environ, **GIT_ID}
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
+    return result.stdout
+
+
+def git_commit(repo: Path, message: str = "commit") -> str:
+    sh(["git", "add", "-A"], cwd=repo)
+    sh(["git", "commit", "-qm", message], cwd=repo)
+    return sh(["git", "rev-parse", "HEAD"], cwd=repo).strip()
+
+
+def env_flake(dep_url: str, *, label: str = "env", extra_paths: int = 0, version: str = "1.0") -> str:
+    """A flake.nix whose ``packages.<system>.env`` is a tiny environment.
+
+    The env has ``bin/greet`` (prints the dep's greeting and ``label``) and references
+    ``extra_paths`` text files made with builtins.toFile, so its closure has ``extra_paths + 1``
+    store paths without building anything else.
+    """
+    return f"""{{
+  inputs.dep.url = "{dep_url}";
+  outputs = {{ self, dep }}:
+    let
+      system = "x86_64-linux";
+      extras = builtins.genList (i: builtins.toFile "extra-${{toString i}}-{label}" "${{toString i}}")
+        {extra_paths};
+    in {{
+      packages.${{system}}.env = derivation {{
+        name = "{label}-{version}";
+        inherit system;
+        builder = "/bin/sh";
+        PATH = "/usr/bin:/bin";
+        extras = builtins.concatStringsSep "\\n" extras;
+        passAsFile = [ "extras" ];
+        args = [ "-c" ''
+          mkdir -p $out/bin
+          cp $extrasPath $out/extras
+          printf '#!/bin/sh\\necho ${{dep.lib.greeting}} from {label}\\n' > $out/bin/greet
+          chmod +x $out/bin/greet
+        '' ];
+      }};
+    }};
+}}
+"""
+
+
+@dataclass
+class Project:
+    """A git repository with a flake whose one input is another local git repository."""
+
+    root: Path
+    dep: Path
+
+    def build_env(self) -> str:
+        out = sh(["nix", "build", "--no-link", "--json", ".#env"], cwd=self.root)
+        return str(json.loads(out)[0]["outputs"]["out"])
+
+    def commit(self, message: str = "change") -> str:
+        return git_commit(self.root, message)
+
+    def nixrepro(self, *args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(list(args), cwd=cwd or self.root, env=env)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / ".nixrepro" / "runs"
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``nixrepro ARGS`` as a user types it, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "nixrepro", *args], cwd=cwd, env=env or dict(os.environ),
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def make_project(base: Path, *, label: str = "env", extra_paths: int = 0) -> Project:
+    dep = base / "dep"
+    dep.mkdir(parents=True)
+    sh(["git", "init", "-q", "-b", "main"], cwd=dep)
+    (dep / "flake.nix").write_text('{ outputs = { self }: { lib.greeting = "hello"; }; }\n')
+    git_commit(dep, "dep")
+    root = base / "project"
+    root.mkdir()
+    sh(["git", "init", "-q", "-b", "main"], cwd=root)
+    (root / "flake.nix").write_text(env_flake(f"git+file://{dep}", label=label, extra_paths=extra_paths))
+    (root / "train.py").write_text(TRAIN_PY)
+    sh(["git", "add", "-A"], cwd=root)  # a git flake sees only what git knows
+    sh(["nix", "flake", "lock"], cwd=root)
+    git_commit(root, "init")
+    return Project(root=root, dep=dep)
+
+
+TRAIN_PY = """\
+import os, sys
+import nixrepro
+p = nixrepro.params()
+lr = p.get("lr", 0.1)
+loss = 1.0
+for step in range(5):
+    loss = loss * (1 - lr)
+    nixrepro.log({"loss": loss}, step=step)
+print("final loss", loss)
+"""
