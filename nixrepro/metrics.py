@@ -24,6 +24,18 @@ class MetricPoint:
     metrics: dict[str, Any]
 
 
+def parse_point(raw: bytes) -> MetricPoint | None:
+    """One line of the metrics file, or None when it is torn or not ours."""
+    try:
+        doc = json.loads(raw)
+        values = doc["metrics"]
+        if not isinstance(values, dict):
+            return None
+        return MetricPoint(float(doc.get("time") or 0), doc.get("step"), values)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def read_points(path: Path) -> Iterator[MetricPoint]:
     try:
         handle = path.open("rb")
@@ -31,13 +43,9 @@ def read_points(path: Path) -> Iterator[MetricPoint]:
         return
     with handle:
         for raw in handle:
-            try:
-                doc = json.loads(raw)
-                values = doc["metrics"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if isinstance(values, dict):
-                yield MetricPoint(float(doc.get("time") or 0), doc.get("step"), values)
+            point = parse_point(raw)
+            if point is not None:
+                yield point
 
 
 def last_values(path: Path) -> dict[str, Any]:

@@ -65,6 +65,7 @@ class DataVersion:
     version_id: str | None
     sha256: str | None
     size: int | None
+    pending: bool = False  # produced, kept locally, not yet uploaded (`nixrepro sync`)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class RunRecord:
     data: DataRecord = field(default_factory=DataRecord)
     metrics: dict[str, Scalar] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
+    trackers: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. the W&B run id/url
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

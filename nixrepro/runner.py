@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from . import __version__, host
+from . import __version__, datalog, host
 from .config import Config
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
@@ -25,6 +27,7 @@ from .host import HostInfo
 from .lock import FlakeLock
 from .metrics import METRICS_FILE, last_values
 from .nix import Nix
+from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
 from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar
 from .redact import Redactor
@@ -49,6 +52,7 @@ class RunRequest:
     params: dict[str, Scalar] = field(default_factory=dict)
     seed: int | None = None
     verify_contents: bool = False
+    data_pins: dict[str, str] = field(default_factory=dict)  # uri -> version id (reproduce)
 
 
 @dataclass(frozen=True)
@@ -238,8 +242,6 @@ def now() -> str:
 
 def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[str, str]:
     """What the command sees: the env's bin first on PATH, and the run's identity."""
-    import json
-
     request = prepared.request
     env = dict(os.environ)
     env["PATH"] = f"{prepared.environment.env_path}/bin" + (
@@ -252,14 +254,24 @@ def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[st
     if request.seed is not None:
         env["NIXREPRO_SEED"] = str(request.seed)
         env["PYTHONHASHSEED"] = str(request.seed)
+    if request.data_pins:
+        env[datalog.PINS_VARIABLE] = json.dumps(request.data_pins, sort_keys=True)
     return env
 
 
 def execute(
-    prepared: Prepared, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None
+    prepared: Prepared,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    observers: Sequence[RunObserver] = (),
 ) -> RunRecord:
-    """Create the run, run the command, and record it; the record is complete however it ends."""
+    """Create the run, run the command, and record it; the record is complete however it ends.
+
+    ``observers`` (trackers such as W&B) see the start, every metric and the end; one that fails
+    is dropped with a warning and never fails the run.
+    """
     request, store, redactor = prepared.request, prepared.store, prepared.redactor
+    sinks = Observers(observers, lambda message: _warn(stderr, message))
     run_id, run_dir = store.new_run_dir()
     with store.hold(run_id):
         env = child_environment(prepared, run_id, run_dir)
@@ -288,7 +300,11 @@ def execute(
         status = "failed"  # if nixrepro itself fails between start and end
         try:
             pin = Background(_pin, prepared, run_dir, stderr)  # overlaps with the command
-            outcome = _start(prepared, env, run_dir, stdout, stderr)
+            if sinks:
+                record = _with_trackers(record, sinks.started(record, run_dir))
+                store.save(record)
+            with MetricsTail(run_dir, sinks):
+                outcome = _start(prepared, env, run_dir, stdout, stderr)
             pin.result()
         except KeyboardInterrupt:
             status = "interrupted"
@@ -296,7 +312,17 @@ def execute(
         finally:
             record = _finish(record, outcome, run_dir, status)
             store.save(record)
+            if sinks:
+                record = _with_trackers(record, sinks.ended(record, run_dir))
+                store.save(record)
     return record
+
+
+def _with_trackers(record: RunRecord, info: dict[str, dict[str, Any]]) -> RunRecord:
+    if not info:
+        return record
+    merged = {name: {**record.trackers.get(name, {}), **values} for name, values in info.items()}
+    return record.replace(trackers={**record.trackers, **merged})
 
 
 def _pin(prepared: Prepared, run_dir: Path, stderr: BinaryIO | None) -> None:
@@ -345,6 +371,7 @@ def _finish(
         signal=outcome.signal if outcome else None,
         duration_s=outcome.duration_s if outcome else round((ended - started).total_seconds(), 6),
         metrics=last_values(run_dir / METRICS_FILE),
+        data=datalog.read(run_dir),
     )
 
 
@@ -354,11 +381,16 @@ def _warn(stream: BinaryIO | None, message: str) -> None:
     target.flush()
 
 
-def run(request: RunRequest, config: Config | None = None, nix: Nix | None = None) -> RunRecord:
+def run(
+    request: RunRequest,
+    config: Config | None = None,
+    nix: Nix | None = None,
+    observers: Sequence[RunObserver] = (),
+) -> RunRecord:
     """Check, run and record ``request``; the library entry point behind ``nixrepro run``."""
     from . import config as config_module
 
     nix = nix or Nix()
     if config is None:
         config = config_module.load(GitRepo.discover(request.cwd).root)
-    return execute(prepare(request, config, nix))
+    return execute(prepare(request, config, nix), observers=observers)

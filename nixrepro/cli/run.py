@@ -1,49 +1,15 @@
-"""The ``nixrepro`` command line: a thin click layer over the library.
-
-Only this module turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
-into exit code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
-"""
+"""``run``, ``runs``, ``show`` and ``gc-roots``: recording runs and reading them back."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
-from .errors import NixreproError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _store(cwd: Path | None = None) -> Any:
-    from .git import GitRepo
-    from .runstore import RunStore
-
-    return RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="nixrepro")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def cli(debug: bool) -> None:
-    """Record ML experiment runs with the identity of their Nix environment.
-
-    \b
-    Example:
-      nixrepro run --flake .#env -p lr=0.1 --seed 1 -- python train.py
-      nixrepro runs
-      nixrepro show @latest
-    """
+from . import CONTEXT, cli, echo_json, store
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -74,8 +40,8 @@ def run(
     Example:
       nixrepro run --flake .#env -p lr=0.1 --seed 42 -- python train.py --epochs 3
     """
-    from .runner import RunRequest, parse_param
-    from .runner import run as run_request
+    from ..runner import RunRequest, parse_param
+    from ..runner import run as run_request
 
     request = RunRequest(
         argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
@@ -111,11 +77,11 @@ def runs(status: str | None, limit: int | None, as_json: bool) -> None:
     Example:
       nixrepro runs --status failed --limit 5
     """
-    from .present import runs_table
+    from ..present import runs_table
 
-    records = [r for r in _store().records() if status is None or r.status == status][:limit]
+    records = [r for r in store().records() if status is None or r.status == status][:limit]
     if as_json:
-        _echo_json([_summary_dict(r) for r in records])
+        echo_json([_summary_dict(r) for r in records])
     else:
         click.echo(runs_table(records))
 
@@ -140,11 +106,11 @@ def show(run_ref: str, as_json: bool) -> None:
     Example:
       nixrepro show @latest --json
     """
-    from .present import run_summary
+    from ..present import run_summary
 
-    record = _store().resolve(run_ref)
+    record = store().resolve(run_ref)
     if as_json:
-        _echo_json(record.to_dict())
+        echo_json(record.to_dict())
     else:
         click.echo(run_summary(record))
 
@@ -162,9 +128,9 @@ def gc_roots(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    roots = [(run_id, link, os.readlink(link)) for run_id, link in _store().gc_roots()]
+    roots = [(run_id, link, os.readlink(link)) for run_id, link in store().gc_roots()]
     if as_json:
-        _echo_json([{"run": r, "link": str(link), "path": t} for r, link, t in roots])
+        echo_json([{"run": r, "link": str(link), "path": t} for r, link, t in roots])
     elif not roots:
         click.echo("No recorded environment is pinned.")
     else:
@@ -181,45 +147,14 @@ def gc_roots_remove(run_refs: tuple[str, ...]) -> None:
     Example:
       nixrepro gc-roots remove @latest~3
     """
-    from .runstore import GC_ROOT
+    from ..runstore import GC_ROOT
 
-    store = _store()
+    runs = store()
     for ref in run_refs:
-        record = store.resolve(ref)
-        link = store.run_dir(record.id) / GC_ROOT
+        record = runs.resolve(ref)
+        link = runs.run_dir(record.id) / GC_ROOT
         if link.is_symlink():
             link.unlink()
             click.echo(f"unpinned {record.environment.env_path} (run {record.short_id})")
         else:
             click.echo(f"run {record.short_id} was not pinned")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: errors become one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    head = args[: args.index("--")] if "--" in args else args
-    debug = "--debug" in head or os.environ.get("NIXREPRO_DEBUG") == "1"
-    try:
-        cli.main(args=args, prog_name="nixrepro", standalone_mode=False)
-    except NixreproError as exc:
-        if debug:
-            raise
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()

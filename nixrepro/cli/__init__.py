@@ -1,0 +1,79 @@
+"""The ``nixrepro`` command line: a thin click layer over the library.
+
+One module per area registers its commands on :data:`cli` (``run.py``: run, runs, show,
+gc-roots). Only this package turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
+into exit code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import NixreproError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def store(cwd: Path | None = None) -> Any:
+    """The run store of the repository around ``cwd``."""
+    from ..git import GitRepo
+    from ..runstore import RunStore
+
+    return RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="nixrepro")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Record ML experiment runs with the identity of their Nix environment.
+
+    \b
+    Example:
+      nixrepro run --flake .#env -p lr=0.1 --seed 1 -- python train.py
+      nixrepro runs
+      nixrepro show @latest
+    """
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: errors become one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    head = args[: args.index("--")] if "--" in args else args
+    debug = "--debug" in head or os.environ.get("NIXREPRO_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="nixrepro", standalone_mode=False)
+    except NixreproError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+# Each module registers its commands on `cli` when imported; add new areas here.
+from . import run as _run  # noqa: E402, F401
