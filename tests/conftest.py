@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import NIX_CONFIG, Project, make_project
+from tests.s3server import S3Server
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,3 +35,18 @@ def project(tmp_path: Path, has_nix: None) -> Project:
     proj = make_project(tmp_path, label=f"env-{tmp_path.name[-12:]}")
     proj.build_env()
     return proj
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real SeaweedFS S3 server for the whole session (see tests/s3server.py)."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh bucket with versioning enabled."""
+    return s3_server.new_bucket()
