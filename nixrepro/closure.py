@@ -93,24 +93,31 @@ def nix32_decode(text: str) -> bytes:
 def normalize_nar_hash(value: str) -> str:
     """Return a sha256 NAR hash in SRI form, whatever form Nix printed it in.
 
-    Accepts ``sha256-<base64>`` (SRI), ``sha256:<nix32>`` (narinfo files, old nix), and
-    ``sha256:<hex>``.
+    Accepts ``sha256-<base64>`` (SRI), ``sha256:<nix32>`` (narinfo files, old nix), ``sha256:<hex>``
+    and ``sha256:<base64>``; anything that is not 32 bytes of digest is refused, as nix does.
     """
     if value.startswith("sha256-"):
-        return value
-    algo, sep, digest = value.partition(":")
-    if algo != "sha256" or not sep:
-        raise PathInfoParseError(f"unsupported NAR hash {value!r}: only sha256 is known.")
+        algo, digest, encodings = "sha256", value[len("sha256-"):], ("base64",)
+    else:
+        algo, sep, digest = value.partition(":")
+        if algo != "sha256" or not sep:
+            raise PathInfoParseError(f"unsupported NAR hash {value!r}: only sha256 is known.")
+        encodings = {64: ("hex",), 52: ("nix32",)}.get(len(digest), ("base64",))
     try:
-        if len(digest) == 64:
-            raw = bytes.fromhex(digest)
-        elif len(digest) == 52:
-            raw = nix32_decode(digest)
-        else:
-            raw = base64.b64decode(digest, validate=True)
+        raw = _decode(digest, encodings[0])
     except (ValueError, binascii.Error) as exc:
         raise PathInfoParseError(f"malformed NAR hash {value!r}.") from exc
+    if len(raw) != 32:
+        raise PathInfoParseError(f"NAR hash {value!r} has the wrong length for sha256.")
     return "sha256-" + base64.b64encode(raw).decode()
+
+
+def _decode(digest: str, encoding: str) -> bytes:
+    if encoding == "hex":
+        return bytes.fromhex(digest)
+    if encoding == "nix32":
+        return nix32_decode(digest)
+    return base64.b64decode(digest, validate=True)
 
 
 def parse_path_info(text: str) -> tuple[list[StorePathInfo], list[str]]:
@@ -131,6 +138,8 @@ def parse_path_info(text: str) -> tuple[list[StorePathInfo], list[str]]:
     entries: list[tuple[str, Any]]
     store_dir = DEFAULT_STORE_DIR
     if isinstance(doc, list):
+        if not all(isinstance(item, dict) for item in doc):
+            raise PathInfoParseError("`nix path-info --json` printed a list with non-objects in it.")
         entries = [(item.get("path", ""), item) for item in doc]
     elif isinstance(doc, dict) and isinstance(doc.get("info"), dict):
         store_dir = doc.get("storeDir") or store_dir

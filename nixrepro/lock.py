@@ -58,7 +58,9 @@ class FlakeLock:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LockError(f"{source} is not valid JSON ({exc}); run `nix flake lock`.") from exc
         version = doc.get("version") if isinstance(doc, dict) else None
-        if version not in SUPPORTED_VERSIONS or not isinstance(doc.get("nodes"), dict):
+        if version in SUPPORTED_VERSIONS and not isinstance(doc.get("nodes"), dict):
+            raise LockError(f"{source} has no \"nodes\" object; regenerate it with `nix flake lock`.")
+        if version not in SUPPORTED_VERSIONS:
             raise LockError(
                 f"{source} has lock version {version!r}, which nixrepro cannot read "
                 f"(known: {', '.join(map(str, SUPPORTED_VERSIONS))}); relock with a current nix."

@@ -22,13 +22,19 @@ MIN_SCRUB_LENGTH = 6
 NOT_SECRET = ("SSH_AUTH_SOCK", "XAUTHORITY", "GPG_AGENT_INFO")
 
 
+# AUTH but not AUTHOR: GIT_AUTHOR_NAME is not a credential.
+_SECRET_WORD = re.compile("|".join(w if w != "AUTH" else "AUTH(?!ORS?(?:_|$))" for w in SECRET_WORDS))
+
+
 def is_secret_name(name: str, extra: Iterable[str] = ()) -> bool:
     upper = name.upper()
     if upper in NOT_SECRET:
         return False
     if upper.startswith("AWS_") or upper in SECRET_NAMES:
         return True
-    return any(word in upper for word in (*SECRET_WORDS, *(e.upper() for e in extra)))
+    if _SECRET_WORD.search(upper):
+        return True
+    return any(e.upper() in upper for e in extra)
 
 
 @dataclass(frozen=True)
@@ -73,35 +79,43 @@ _URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
 class ScrubbingWriter:
     """Writes a byte stream to ``sink`` with secret values replaced, even across chunk borders.
 
-    It holds back the last ``len(longest secret) - 1`` bytes until more arrive or :meth:`close`.
+    Holds back the last ``len(longest secret) - 1`` bytes until more arrive or :meth:`close`:
+    any secret that starts before that tail is then wholly in the buffer, so overlapping secrets
+    are replaced leftmost-longest, exactly as if the stream had arrived in one piece.
     """
 
     def __init__(self, redactor: Redactor, sink: BinaryIO) -> None:
-        self._redactor = redactor
         self._sink = sink
-        self._keep = max((len(v.encode()) for v in redactor.values), default=1) - 1
+        values = [v.encode() for v in redactor.values]
+        self._pattern = re.compile(b"|".join(re.escape(v) for v in values)) if values else None
+        self._keep = max((len(v) for v in values), default=1) - 1
         self._pending = b""
 
     def write(self, data: bytes) -> None:
-        if not self._redactor.values:
+        if self._pattern is None:
             self._sink.write(data)
             self._sink.flush()
             return
-        buffer = self._redactor.scrub_bytes(self._pending + data)
-        cut = len(buffer) - self._keep
-        # Never cut inside a redaction marker we just wrote.
-        marker = buffer.rfind(REDACTED.encode(), 0, len(buffer))
-        if marker != -1 and marker < cut < marker + len(REDACTED):
-            cut = marker + len(REDACTED)
-        if cut > 0:
-            self._sink.write(buffer[:cut])
+        buffer = self._pending + data
+        self._emit(buffer, len(buffer) - self._keep)
+
+    def _emit(self, buffer: bytes, cut: int) -> None:
+        assert self._pattern is not None
+        out, position = [], 0
+        for match in self._pattern.finditer(buffer):
+            if match.start() >= cut:
+                break
+            out += [buffer[position:match.start()], REDACTED.encode()]
+            position = match.end()
+        end = max(cut, position)
+        out.append(buffer[position:end])
+        self._pending = buffer[end:]
+        chunk = b"".join(out)
+        if chunk:
+            self._sink.write(chunk)
             self._sink.flush()
-            self._pending = buffer[cut:]
-        else:
-            self._pending = buffer
 
     def close(self) -> None:
-        if self._pending:
-            self._sink.write(self._redactor.scrub_bytes(self._pending))
-            self._pending = b""
+        if self._pending and self._pattern is not None:
+            self._emit(self._pending, len(self._pending))
         self._sink.flush()

@@ -1,0 +1,308 @@
+"""nixrepro.record: the run record document, its JSON round trip and its tamper-evident hash."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixrepro.closure import closure_hash, parse_path_info
+from nixrepro.host import Gpu, HostInfo
+from nixrepro.lock import FlakeLock
+from nixrepro.record import (
+    SCHEMA,
+    CodeState,
+    Command,
+    DataRecord,
+    DataVersion,
+    Environment,
+    Recorder,
+    RecordError,
+    RunRecord,
+    record_sha256,
+)
+from tests.record_paths import REQUIRED_PATHS, missing_paths
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LOCK = FIXTURES / "flake-locks" / "mlprojects-2026-04-15-bfbced8.lock"
+
+
+def full_record() -> RunRecord:
+    """A record with every field and every nested dataclass filled in, from real fixtures."""
+    closure, _ = parse_path_info((FIXTURES / "nix-json" / "nix-2.8-recursive-output.json").read_text())
+    lock = FlakeLock.read(LOCK)
+    return RunRecord(
+        id="20260611T101500-3f9c2a",
+        status="succeeded",
+        dev=True,
+        started_at="2026-06-11T10:15:00.123456+00:00",
+        ended_at="2026-06-11T10:17:30.654321+00:00",
+        exit_code=0,
+        signal="SIGTERM",
+        duration_s=150.530865,
+        parent="20260610T090000-aaaaaa",
+        name="baseline λ run",  # non-ASCII on purpose: the canonical JSON is UTF-8
+        tags=["ablation", "gpu"],
+        command=Command(argv=["python", "train.py", "--lr", "0.1"], cwd="/home/me/proj"),
+        params={"lr": 0.1, "epochs": 10, "model": "résnet", "fp16": False},
+        seed=1234,
+        code=CodeState(
+            commit="9f7e99119ece7705299595299f3b031f39356de1",
+            branch="main",
+            remote="git@github.com:me/proj.git",
+            dirty=True,
+            diff_sha256=hashlib.sha256(b"diff --git a/train.py b/train.py\n").hexdigest(),
+            dirty_files=["train.py"],
+        ),
+        environment=Environment(
+            flake_lock_sha256=lock.sha256,
+            inputs=lock.inputs,
+            env_path="/nix/store/6816riznq833fs111dw7wy568ic10r5j-python3-3.11.9-env",
+            system="x86_64-linux",
+            nix_version="2.8.0",
+            closure_hash=closure_hash(closure),
+            closure=closure,
+            flake_ref=".#env",
+            flake_lock_path="/home/me/proj/flake.lock",
+            contents_verified=True,
+        ),
+        host=HostInfo(
+            os="Debian GNU/Linux 12 (bookworm)",
+            kernel="6.1.0-18-amd64",
+            arch="x86_64",
+            cpu="AMD EPYC 7763 64-Core Processor",
+            cpu_count=16,
+            memory_bytes=137438953472,
+            hostname="gpu-01",
+            gpus=[
+                Gpu("NVIDIA H100 80GB HBM3", "GPU-11111111-2222-3333-4444-555555555555", 85520809984, "9.0"),
+                Gpu("NVIDIA H100 80GB HBM3", "GPU-66666666-7777-8888-9999-000000000000", 85520809984, "9.0"),
+            ],
+            nvidia_driver="550.54.15",
+            cuda_driver="12.4",
+        ),
+        recorder=Recorder(version="0.1.0", pid=4242, hostname="gpu-01"),
+        data=DataRecord(
+            inputs=[DataVersion("s3://datasets/train.csv", "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY",
+                                hashlib.sha256(b"train").hexdigest(), 1048576)],
+            outputs=[DataVersion("s3://models/model.pt", "null-version-7",
+                                 hashlib.sha256(b"model").hexdigest(), 2048)],
+        ),
+        metrics={"loss": 0.25, "acc": 0.9, "converged": True, "note": "ok", "step": 300},
+        env_vars={"PATH": "/usr/bin:/bin", "WANDB_API_KEY": "<redacted>"},
+    )
+
+
+def minimal_record() -> RunRecord:
+    """Only what a record cannot do without: no GPUs, inputs, closure, data, metrics."""
+    return RunRecord(
+        id="r1",
+        status="running",
+        dev=False,
+        started_at="2026-06-11T10:15:00+00:00",
+        command=Command(argv=["true"], cwd="/"),
+        code=CodeState(commit="0" * 40, branch=None, remote=None, dirty=False),
+        environment=Environment(
+            flake_lock_sha256=None, inputs={}, env_path="/nix/store/x-env", system="x86_64-linux",
+            nix_version="2.8.0", closure_hash=closure_hash([]), closure=[],
+        ),
+        host=HostInfo(os="Linux", kernel="6.1", arch="x86_64", cpu="cpu", cpu_count=1, memory_bytes=None),
+        recorder=Recorder(version="0.1.0", pid=1, hostname="h"),
+    )
+
+
+def json_round_trip(doc: dict[str, Any]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(json.dumps(doc))
+    return loaded
+
+
+def canonical_sha256(doc: dict[str, Any]) -> str:
+    """DESIGN.md written out: sorted keys, no whitespace, UTF-8, without record_sha256."""
+    body = {key: value for key, value in doc.items() if key != "record_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_full_record_really_fills_every_nested_dataclass() -> None:
+    record = full_record()
+    assert record.environment.inputs and record.environment.closure and len(record.host.gpus) == 2
+    assert record.data.inputs and record.data.outputs
+
+
+# --- round trip ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [full_record, minimal_record])
+def test_record_round_trips_through_json_to_an_equal_object(make: Any) -> None:
+    record = make()
+    doc = json_round_trip(record.to_dict())
+
+    loaded = RunRecord.from_dict(doc)
+
+    assert loaded == record.replace(record_sha256=doc["record_sha256"])
+    assert loaded.to_dict() == doc
+
+
+def test_to_json_is_the_same_document() -> None:
+    record = full_record()
+    assert json.loads(record.to_json()) == json_round_trip(record.to_dict())
+
+
+def test_unknown_keys_from_a_newer_writer_are_ignored() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    doc["a_future_field"] = {"x": 1}
+    doc["host"]["a_future_host_fact"] = "y"
+    assert RunRecord.from_dict(doc) == RunRecord.from_dict(json_round_trip(full_record().to_dict()))
+
+
+# --- record_sha256 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [full_record, minimal_record])
+def test_record_sha256_is_sha256_of_canonical_json_without_the_field(make: Any) -> None:
+    doc = make().to_dict()
+    assert doc["record_sha256"] == canonical_sha256(doc)
+    assert record_sha256(doc) == canonical_sha256(doc)
+
+
+def test_record_sha256_is_over_utf8_not_ascii_escapes() -> None:
+    doc = full_record().to_dict()
+    body = {key: value for key, value in doc.items() if key != "record_sha256"}
+    escaped = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert doc["record_sha256"] != hashlib.sha256(escaped).hexdigest()
+
+
+def leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from leaves(value, (*path, index))
+    else:
+        yield path
+
+
+def changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return "was null"
+
+
+def test_changing_any_field_changes_record_sha256() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    # (schema has its own test: another schema is refused, not hashed)
+    paths = [path for path in leaves(doc) if path not in {("record_sha256",), ("schema",)}]
+    assert len(paths) > 100
+    for path in paths:
+        edited = copy.deepcopy(doc)
+        parent = edited
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = changed(parent[path[-1]])
+
+        recomputed = RunRecord.from_dict(edited).to_dict()["record_sha256"]
+
+        assert recomputed != doc["record_sha256"], f"editing {path} went unnoticed"
+
+
+TOP_LEVEL_FIELDS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "record_sha256"]
+
+
+@pytest.mark.parametrize("field", TOP_LEVEL_FIELDS)
+def test_every_top_level_field_is_covered_by_record_sha256(field: str) -> None:
+    doc = full_record().to_dict()
+    edited = dict(doc, **{field: "tampered"})
+    assert record_sha256(edited) != doc["record_sha256"]
+
+
+def test_a_hand_edited_record_no_longer_matches_its_hash() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    doc["metrics"]["acc"] = 0.99
+    assert canonical_sha256(doc) != doc["record_sha256"]
+    assert record_sha256(doc) != doc["record_sha256"]
+
+
+def test_record_sha256_does_not_depend_on_key_order() -> None:
+    doc = full_record().to_dict()
+    reordered = dict(reversed(list(doc.items())))
+    assert record_sha256(reordered) == doc["record_sha256"]
+
+
+# --- reading records ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schema", ["nixrepro.run/2", "nixrepro.run/0", None, ""])
+def test_a_record_of_another_schema_is_a_record_error(schema: Any) -> None:
+    doc = json_round_trip(full_record().to_dict())
+    doc["schema"] = schema
+    with pytest.raises(RecordError) as caught:
+        RunRecord.from_dict(doc)
+    assert repr(schema) in str(caught.value)
+    assert repr(SCHEMA) in str(caught.value)
+
+
+def test_a_record_without_schema_is_a_record_error() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    del doc["schema"]
+    with pytest.raises(RecordError):
+        RunRecord.from_dict(doc)
+
+
+@pytest.mark.parametrize("required", ["id", "command", "code", "environment", "host", "started_at"])
+def test_a_record_missing_a_required_field_is_a_record_error(required: str) -> None:
+    doc = json_round_trip(full_record().to_dict())
+    del doc[required]
+    with pytest.raises(RecordError, match="malformed"):
+        RunRecord.from_dict(doc)
+
+
+# --- the required paths of DESIGN.md -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [full_record, minimal_record])
+def test_record_has_every_required_path(make: Any) -> None:
+    assert missing_paths(json_round_trip(make().to_dict())) == []
+
+
+def test_required_paths_cover_the_design_list() -> None:
+    assert len(REQUIRED_PATHS) == len(set(REQUIRED_PATHS)) == 56
+    assert "environment.inputs.<name>.narHash" in REQUIRED_PATHS
+    assert "host.gpus[].compute_capability" in REQUIRED_PATHS
+
+
+@pytest.mark.parametrize(
+    ("remove", "reported"),
+    [
+        (("record_sha256",), "record_sha256"),
+        (("code", "diff_sha256"), "code.diff_sha256"),
+        (("host", "gpus", 1, "uuid"), "host.gpus[1].uuid"),
+        (("environment", "inputs", "nixpkgs", "rev"), "environment.inputs.nixpkgs.rev"),
+        (("environment", "closure", 0, "narSize"), "environment.closure[0].narSize"),
+        (("data", "outputs", 0, "version_id"), "data.outputs[0].version_id"),
+        (("data",), "data"),
+    ],
+)
+def test_missing_paths_names_what_is_missing(remove: tuple[Any, ...], reported: str) -> None:
+    doc = json_round_trip(full_record().to_dict())
+    parent = doc
+    for key in remove[:-1]:
+        parent = parent[key]
+    del parent[remove[-1]]
+    assert reported in missing_paths(doc)
+
+
+def test_missing_paths_rejects_a_list_that_is_not_a_list() -> None:
+    doc = json_round_trip(minimal_record().to_dict())
+    doc["host"]["gpus"] = None
+    assert missing_paths(doc) == ["host.gpus[]"]
