@@ -134,6 +134,11 @@ class RunRecord:
                 f"run record has schema {schema!r}, this nixrepro reads {SCHEMA!r}; "
                 "upgrade nixrepro to read it."
             )
+        if doc.get("status") not in STATUSES:
+            raise RecordError(
+                f"run record {doc.get('id')!r} has an unknown status {doc.get('status')!r}; "
+                f"it must be one of {', '.join(STATUSES)}."
+            )
         try:
             return _build(cls, doc)
         except (TypeError, KeyError, ValueError) as exc:

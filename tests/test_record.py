@@ -259,6 +259,14 @@ def test_a_record_without_schema_is_a_record_error() -> None:
         RunRecord.from_dict(doc)
 
 
+def test_a_record_with_an_unknown_status_is_a_record_error() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    doc["status"] = "exploded"
+    with pytest.raises(RecordError) as caught:
+        RunRecord.from_dict(doc)
+    assert "unknown status 'exploded'" in str(caught.value)
+
+
 @pytest.mark.parametrize("required", ["id", "command", "code", "environment", "host", "started_at"])
 def test_a_record_missing_a_required_field_is_a_record_error(required: str) -> None:
     doc = json_round_trip(full_record().to_dict())
