@@ -11,6 +11,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union
 
@@ -180,28 +181,46 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+Converter = Callable[[Any], Any]
+_CONVERTERS: dict[Any, Converter] = {}
+
+
 def _build(cls: type[T], doc: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from JSON data, recursing by type hints. Unknown keys are dropped."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in doc:
-            kwargs[f.name] = _convert(hints[f.name], doc[f.name])
-    return cls(**kwargs)
+    converter: Converter = _converter(cls)
+    built: T = converter(doc)
+    return built
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+def _converter(hint: Any) -> Converter:
+    """A function turning JSON data into ``hint``; made once per type (records hold 1000s of paths)."""
+    cached = _CONVERTERS.get(hint)
+    if cached is None:
+        cached = _CONVERTERS[hint] = _make_converter(hint)
+    return cached
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _make_converter(hint: Any) -> Converter:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
         inner = [arg for arg in args if arg is not type(None)]
-        return _convert(inner[0], value) if len(inner) == 1 else value
+        if len(inner) != 1:
+            return _identity
+        convert_inner = _converter(inner[0])
+        return lambda value: None if value is None else convert_inner(value)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value)
+        cls = hint
+        hints = typing.get_type_hints(cls)
+        fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
+        return lambda doc: cls(**{name: conv(doc[name]) for name, conv in fields if name in doc})
     if origin is list:
-        return [_convert(args[0], item) for item in value]
+        item = _converter(args[0])
+        return list if item is _identity else (lambda value: [item(v) for v in value])
     if origin is dict:
-        return {key: _convert(args[1], item) for key, item in value.items()}
-    return value
+        item = _converter(args[1])
+        return dict if item is _identity else (lambda value: {k: item(v) for k, v in value.items()})
+    return _identity

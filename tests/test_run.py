@@ -341,7 +341,8 @@ def test_a_killed_recorder_shows_as_crashed_and_keeps_metrics(project: Project) 
     record = _wait_running(project)
     metrics = project.runs_dir / record["id"] / "metrics.jsonl"
     deadline = time.monotonic() + 20
-    while not metrics.exists() and time.monotonic() < deadline:
+    # The file appears before its first line is complete: wait for the line itself.
+    while not (metrics.exists() and metrics.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.kill()  # SIGKILL: the recorder cannot write anything more
     proc.wait()
