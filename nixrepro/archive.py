@@ -137,8 +137,10 @@ def archive_run(
                 "closure is unknown; build the environment again (`nix build`) and archive again."
             )
         requisites = nix.build_closure(drv)
-        present, _missing = nix.path_infos(requisites)
-        nix.copy_to(target, [info.path for info in present])
+        drvs = [p for p in requisites if p.endswith(".drv")]
+        # outputs of build-time derivations that were never built here cannot be copied
+        present, _missing = nix.path_infos([p for p in requisites if not p.endswith(".drv")])
+        nix.copy_to(target, drvs + [info.path for info in present])
         levels.append("build-deps")
         count += len(set(requisites) - {info.path for info in env.closure})
     if urlparse(url).scheme == "s3":

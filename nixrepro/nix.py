@@ -104,9 +104,16 @@ class Nix:
     # --- binary caches: archive and rebuild ---------------------------------------------------------
 
     def copy_to(self, store_url: str, paths: Sequence[str]) -> None:
-        """``nix copy --to STORE_URL`` of ``paths`` and their closures (present ones are skipped)."""
-        if paths:
-            self.run(["copy", "--to", store_url, *paths])
+        """``nix copy --to STORE_URL`` of ``paths`` and their closures (present ones are skipped).
+
+        A ``.drv`` given to ``nix copy`` means its outputs; ``--derivation`` copies the file itself.
+        """
+        drvs = [p for p in paths if p.endswith(".drv")]
+        others = [p for p in paths if not p.endswith(".drv")]
+        if others:
+            self.run(["copy", "--to", store_url, *others])
+        if drvs:
+            self.run(["copy", "--derivation", "--to", store_url, *drvs])
 
     def flake_archive(self, store_url: str, flake_ref: str) -> None:
         """Copy the flake's source and every locked input's source to ``store_url``."""
@@ -139,7 +146,8 @@ class Nix:
         for name, value in options.items():
             args += ["--option", name, value]
         built = json.loads(self.run([*args, installable], cwd=cwd))
-        outputs = built[0]["outputs"] if built else {}
+        # a store path as installable prints {"path": ...}; a derivation {"outputs": {...}}
+        outputs = (built[0].get("outputs") or {"out": built[0].get("path")}) if built else {}
         if not outputs:
             raise RefusedError(f"`nix build {installable}` produced no output path.")
         return str(outputs.get("out") or next(iter(outputs.values())))
