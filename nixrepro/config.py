@@ -40,9 +40,19 @@ class SecretsConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """``[archive]``: where ``nixrepro archive`` keeps closures, and the key that signs them."""
+
+    to: str | None = None  # file:///dir or s3://bucket/prefix
+    key_file: str | None = None  # secret signing key; default ~/.config/nixrepro/archive-key.sec
+    endpoint_url: str | None = None  # S3-compatible service (SeaweedFS, MinIO); None: AWS
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str | None = None  # the file it was read from, for messages
 
 

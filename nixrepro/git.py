@@ -142,6 +142,30 @@ class GitRepo:
         )
         return result.stdout.encode() if result.returncode == 0 else None
 
+    def has_commits(self, *commits: str) -> bool:
+        """True when every one of ``commits`` is a commit in this repository."""
+        result = proc.run(
+            ["git", "-C", str(self.root), "cat-file", "--batch-check"],
+            input="".join(f"{c}^{{commit}}\n" for c in commits), check=False, missing_hint=_HINT,
+        )
+        return result.returncode == 0 and "missing" not in result.stdout
+
+    def commits_between(self, old: str, new: str) -> list[str]:
+        """``"<short sha> <subject>"`` of the commits in ``new`` but not ``old``, oldest first."""
+        out = self.git("log", "--reverse", "--format=%h %s", f"{old}..{new}")
+        return out.splitlines()
+
+    def diff_stat(self, old: str, new: str) -> str:
+        return self.git("diff", "--stat", old, new).rstrip("\n")
+
+    def add_worktree(self, path: Path, commit: str) -> None:
+        """Check ``commit`` out, detached, in a new worktree at ``path``."""
+        self.git("worktree", "add", "--detach", str(path), commit)
+
+    def remove_worktree(self, path: Path) -> None:
+        self.git("worktree", "remove", "--force", str(path), check=False)
+        self.git("worktree", "prune", check=False)
+
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root.resolve()).as_posix()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import proc
-from .closure import Closure, parse_path_info
+from .closure import Closure, StorePathInfo, parse_path_info
 from .errors import NixCommandError, RefusedError
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
@@ -27,11 +27,12 @@ class Nix:
     executable: str = "nix"
     env: Mapping[str, str] | None = None
 
-    def run(self, args: Sequence[str], *, cwd: Path | None = None) -> str:
+    def run(self, args: Sequence[str], *, cwd: Path | None = None, input: str | None = None) -> str:
         """Run ``nix <args>`` with flakes enabled; return stdout or raise NixCommandError."""
         argv = [self.executable, *NIX_FEATURES, *args]
         result = proc.run(
-            argv, error=NixCommandError, cwd=cwd, env=self.env, missing_hint=_INSTALL_HINT
+            argv, error=NixCommandError, cwd=cwd, env=self.env, input=input,
+            missing_hint=_INSTALL_HINT,
         )
         return result.stdout
 
@@ -76,6 +77,12 @@ class Nix:
             raise RefusedError(f"`nix build {installable}` produced no output path.")
         return str(outputs.get("out") or next(iter(outputs.values())))
 
+    def path_infos(self, paths: Sequence[str]) -> tuple[list[StorePathInfo], list[str]]:
+        """``(valid, invalid)`` for exactly ``paths`` (not their closure); missing paths are invalid."""
+        if not paths:
+            return [], []
+        return parse_path_info(self.run(["path-info", "--json", *paths]))
+
     def verify_contents(self, paths: Sequence[str]) -> list[str]:
         """Re-hash the contents of ``paths``; return the corrupted ones (empty when all match)."""
         if not paths:
@@ -93,3 +100,60 @@ class Nix:
         """Make ``link`` an (indirect) GC root for ``store_path``."""
         link.parent.mkdir(parents=True, exist_ok=True)
         self.run(["build", "--out-link", str(link), store_path])
+
+    # --- binary caches: archive and rebuild ---------------------------------------------------------
+
+    def copy_to(self, store_url: str, paths: Sequence[str]) -> None:
+        """``nix copy --to STORE_URL`` of ``paths`` and their closures (present ones are skipped).
+
+        A ``.drv`` given to ``nix copy`` means its outputs; ``--derivation`` copies the file itself.
+        """
+        drvs = [p for p in paths if p.endswith(".drv")]
+        others = [p for p in paths if not p.endswith(".drv")]
+        if others:
+            self.run(["copy", "--to", store_url, *others])
+        if drvs:
+            self.run(["copy", "--derivation", "--to", store_url, *drvs])
+
+    def flake_archive(self, store_url: str, flake_ref: str) -> None:
+        """Copy the flake's source and every locked input's source to ``store_url``."""
+        self.run(["flake", "archive", "--no-update-lock-file", "--to", store_url, flake_ref])
+
+    def generate_secret_key(self, key_name: str) -> str:
+        return self.run(["key", "generate-secret", "--key-name", key_name])
+
+    def public_key(self, secret_key: str) -> str:
+        return self.run(["key", "convert-secret-to-public"], input=secret_key).strip()
+
+    def deriver(self, store_path: str) -> str | None:
+        """The .drv that built ``store_path``, when nix knows it and it is still in the store."""
+        out = self.run_legacy("nix-store", ["--query", "--deriver", store_path]).strip()
+        if not out.endswith(".drv") or not Path(out).exists():
+            return None
+        return out
+
+    def build_closure(self, drv: str) -> list[str]:
+        """Everything needed to build ``drv`` again: its requisites with their outputs."""
+        return self.run_legacy(
+            "nix-store", ["--query", "--requisites", "--include-outputs", drv]
+        ).split()
+
+    def build_with_options(
+        self, installable: str, options: Mapping[str, str], *, cwd: Path | None = None
+    ) -> str:
+        """``nix build`` that never rewrites flake.lock, with ``--option NAME VALUE`` settings."""
+        args = ["build", "--no-link", "--json", "--no-update-lock-file"]
+        for name, value in options.items():
+            args += ["--option", name, value]
+        built = json.loads(self.run([*args, installable], cwd=cwd))
+        # a store path as installable prints {"path": ...}; a derivation {"outputs": {...}}
+        outputs = (built[0].get("outputs") or {"out": built[0].get("path")}) if built else {}
+        if not outputs:
+            raise RefusedError(f"`nix build {installable}` produced no output path.")
+        return str(outputs.get("out") or next(iter(outputs.values())))
+
+    def source_path(self, nar_hash: str, name: str = "source") -> str:
+        """The store path a flake input with this NAR hash is fetched to."""
+        return self.run_legacy(
+            "nix-store", ["--print-fixed-path", "--recursive", "sha256", nar_hash, name]
+        ).strip()

@@ -36,12 +36,14 @@ def git_commit(repo: Path, message: str = "commit") -> str:
     return sh(["git", "rev-parse", "HEAD"], cwd=repo).strip()
 
 
-def env_flake(dep_url: str, *, label: str = "env", extra_paths: int = 0, version: str = "1.0") -> str:
+def env_flake(dep_url: str, *, label: str = "env", extra_paths: int = 0, version: str = "1.0",
+              variant: str = "") -> str:
     """A flake.nix whose ``packages.<system>.env`` is a tiny environment.
 
     The env has ``bin/greet`` (prints the dep's greeting and ``label``) and references
     ``extra_paths`` text files made with builtins.toFile, so its closure has ``extra_paths + 1``
-    store paths without building anything else.
+    store paths without building anything else. A different ``variant`` gives a different store
+    path at the same name and version (a rebuild).
     """
     return f"""{{
   inputs.dep.url = "{dep_url}";
@@ -63,6 +65,7 @@ def env_flake(dep_url: str, *, label: str = "env", extra_paths: int = 0, version
           cp $extrasPath $out/extras
           printf '#!/bin/sh\\necho ${{dep.lib.greeting}} from {label}\\n' > $out/bin/greet
           chmod +x $out/bin/greet
+          {f"echo {variant} > $out/variant" if variant else ""}
         '' ];
       }};
     }};
@@ -93,6 +96,36 @@ class Project:
         return self.root / ".nixrepro" / "runs"
 
 
+def set_env(project: Project, *, label: str, extra_paths: int = 0, version: str = "1.0",
+            variant: str = "") -> str:
+    """Rewrite the project's env (same dep input), commit it; returns the commit."""
+    dep_url = f"git+file://{project.dep}"
+    (project.root / "flake.nix").write_text(
+        env_flake(dep_url, label=label, extra_paths=extra_paths, version=version, variant=variant)
+    )
+    return project.commit(f"env {label} {version} {variant}".strip())
+
+
+def delete_store_paths(paths: list[str]) -> None:
+    """Delete exactly these store paths (never a garbage collection of the whole store).
+
+    nix 2.8 refuses to delete a path whose referrer is still there, even when both are named in
+    one call, so paths are deleted one at a time, referrers first, until none is left.
+    """
+    left = [p for p in paths if Path(p).exists()]
+    for _ in range(len(left) + 1):
+        if not left:
+            return
+        still = []
+        for path in left:
+            result = subprocess.run(["nix-store", "--delete", path], capture_output=True, text=True)
+            if result.returncode != 0 and Path(path).exists():
+                still.append(path)
+        if len(still) == len(left):
+            raise AssertionError(f"cannot delete {still}: {result.stderr}")
+        left = still
+
+
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``nixrepro ARGS`` as a user types it, in a subprocess."""
@@ -102,11 +135,13 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
     )
 
 
-def make_project(base: Path, *, label: str = "env", extra_paths: int = 0) -> Project:
+def make_project(base: Path, *, label: str = "env", extra_paths: int = 0,
+                 greeting: str = "hello") -> Project:
+    """``greeting`` other than "hello" gives the dep input a source of its own in the store."""
     dep = base / "dep"
     dep.mkdir(parents=True)
     sh(["git", "init", "-q", "-b", "main"], cwd=dep)
-    (dep / "flake.nix").write_text('{ outputs = { self }: { lib.greeting = "hello"; }; }\n')
+    (dep / "flake.nix").write_text(f'{{ outputs = {{ self }}: {{ lib.greeting = "{greeting}"; }}; }}\n')
     git_commit(dep, "dep")
     root = base / "project"
     root.mkdir()

@@ -1,0 +1,261 @@
+"""``nixrepro archive``: keep a run's environment in a signed Nix binary cache.
+
+Levels (DESIGN.md): ``runtime`` (the env's closure, ``nix copy``) restores the environment bit for
+bit; ``sources`` (``nix flake archive``) keeps the flake's and every locked input's source, so the
+flake still evaluates after an input repository is gone; ``build-deps`` (``nix-store -qR
+--include-outputs <drv>``) adds the build-time closure with every fixed-output source, for a
+rebuild from source after upstream URLs die.
+
+Every path is signed with the project key (``[archive] key_file``, generated on first use). Debian's
+nix has no ``s3://`` store, so an ``s3://bucket/prefix`` archive is written to a local ``file://``
+cache first and uploaded with boto3, skipping objects that are already there.
+
+Where a run was archived is kept beside its record, in ``archives.json`` (a list of
+:class:`ArchiveEntry`), so adding an archive never changes the record or its ``record_sha256``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from .config import ArchiveConfig
+from .errors import NixreproError, UsageError
+from .fsutil import atomic_write
+from .git import GitRepo
+from .nix import Nix
+from .record import RunRecord
+from .runstore import RunStore
+
+ARCHIVES_FILE = "archives.json"
+LEVELS = ("runtime", "sources", "build-deps")
+
+
+class ArchiveError(NixreproError):
+    """An archive could not be written or read."""
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One archive of a run, as kept in ``.nixrepro/runs/<id>/archives.json``."""
+
+    url: str
+    public_key: str
+    archived_at: str
+    levels: list[str] = field(default_factory=list)
+    paths: int = 0  # store paths in the archive for this run (closure, sources, build deps)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    secret_file: Path
+    public_key: str
+
+
+def default_key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "nixrepro" / "archive-key.sec"
+
+
+def signing_key(config: ArchiveConfig, nix: Nix) -> SigningKey:
+    """The project's signing key; generated (mode 0600) with its ``.pub`` on first use."""
+    secret_file = Path(config.key_file).expanduser() if config.key_file else default_key_file()
+    public_file = secret_file.with_name(secret_file.name.removesuffix(".sec") + ".pub")
+    if not secret_file.is_file():
+        secret = nix.generate_secret_key(f"nixrepro-{os.uname().nodename}-1")
+        atomic_write(secret_file, secret, mode=0o600)
+        atomic_write(public_file, nix.public_key(secret) + "\n")
+    if public_file.is_file():
+        public = public_file.read_text().strip()
+    else:
+        public = nix.public_key(secret_file.read_text())
+        atomic_write(public_file, public + "\n")
+    return SigningKey(secret_file, public)
+
+
+def staging_dir(url: str) -> Path:
+    """The local ``file://`` cache that holds (or mirrors) the archive at ``url``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if not parsed.path.startswith("/"):
+            raise UsageError(f"archive URL {url!r} needs an absolute path, e.g. file:///srv/cache.")
+        return Path(parsed.path)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise UsageError(f"archive URL {url!r} names no bucket; write s3://bucket/prefix.")
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "nixrepro" / "archives" / parsed.netloc / parsed.path.strip("/")
+    raise UsageError(
+        f"archive URL {url!r} is neither file:///dir nor s3://bucket/prefix; give one of those."
+    )
+
+
+def archive_url(url: str | None, config: ArchiveConfig) -> str:
+    chosen = url or config.to
+    if not chosen:
+        raise UsageError(
+            "no archive location; pass --to file:///dir or s3://bucket/prefix, "
+            "or set [archive] to in nixrepro.toml."
+        )
+    staging_dir(chosen)  # validates the URL
+    return chosen.rstrip("/")
+
+
+def archive_run(
+    store: RunStore, record: RunRecord, url: str, *, config: ArchiveConfig, nix: Nix,
+    repo: GitRepo, build_deps: bool = False,
+) -> ArchiveEntry:
+    """Archive ``record``'s environment at ``url`` and note it in the run's ``archives.json``."""
+    env = record.environment
+    valid, invalid = nix.path_infos([info.path for info in env.closure])
+    if invalid:
+        raise ArchiveError(
+            f"{len(invalid)} paths of run {record.short_id}'s environment are not in the store "
+            f"({invalid[0]}...); restore them with `nixrepro rebuild {record.short_id}` first."
+        )
+    key = signing_key(config, nix)
+    local = staging_dir(url)
+    local.mkdir(parents=True, exist_ok=True)
+    target = f"file://{quote(str(local))}?secret-key={quote(str(key.secret_file))}"
+    nix.copy_to(target, [env.env_path])
+    levels, count = ["runtime"], len(valid)
+    flake = recorded_flake(record, repo)
+    if flake is not None:
+        nix.flake_archive(target, flake)
+        levels.append("sources")
+        count += len(env.inputs) + 1
+    if build_deps:
+        drv = nix.deriver(env.env_path)
+        if drv is None:
+            raise ArchiveError(
+                f"the derivation of {env.env_path} is no longer in the store, so its build-time "
+                "closure is unknown; build the environment again (`nix build`) and archive again."
+            )
+        requisites = nix.build_closure(drv)
+        drvs = [p for p in requisites if p.endswith(".drv")]
+        # outputs of build-time derivations that were never built here cannot be copied
+        present, _missing = nix.path_infos([p for p in requisites if not p.endswith(".drv")])
+        nix.copy_to(target, drvs + [info.path for info in present])
+        levels.append("build-deps")
+        count += len(set(requisites) - {info.path for info in env.closure})
+    if urlparse(url).scheme == "s3":
+        upload(local, url, endpoint_url=config.endpoint_url)
+    entry = ArchiveEntry(url=url, public_key=key.public_key, archived_at=_now(), levels=levels,
+                         paths=count)
+    add_entry(store, record.id, entry)
+    return entry
+
+
+def recorded_flake(record: RunRecord, repo: GitRepo) -> str | None:
+    """The run's flake at its recorded commit, as a flake reference; None for an ``--env`` run."""
+    env = record.environment
+    if env.flake_ref is None and env.flake_lock_path is None:
+        return None
+    if env.flake_ref is not None and ":" in env.flake_ref.split("#", 1)[0] and not \
+            env.flake_ref.startswith(("path:", "git+file:")):
+        return env.flake_ref.split("#", 1)[0]  # a remote flake (github:...): itself
+    ref = f"git+file://{repo.root}?rev={record.code.commit}"
+    subdir = flake_subdir(record, repo)
+    return ref + (f"&dir={quote(subdir)}" if subdir else "")
+
+
+def flake_subdir(record: RunRecord, repo: GitRepo) -> str:
+    """The flake's directory inside the repository ("" for the root)."""
+    env = record.environment
+    if env.flake_lock_path:
+        return os.path.dirname(env.flake_lock_path)
+    local = (env.flake_ref or ".").split("#", 1)[0].removeprefix("path:").removeprefix("git+file://")
+    candidate = (Path(record.command.cwd) / (local or ".")).resolve()
+    try:
+        rel = candidate.relative_to(repo.root.resolve()).as_posix()
+    except ValueError:
+        return ""
+    return "" if rel == "." else rel
+
+
+def entries(store: RunStore, run_id: str) -> list[ArchiveEntry]:
+    path = store.run_dir(run_id) / ARCHIVES_FILE
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except ValueError as exc:
+        raise ArchiveError(f"{path} is not valid JSON ({exc}); fix or delete it.") from exc
+    known = set(ArchiveEntry.__dataclass_fields__)
+    return [ArchiveEntry(**{k: v for k, v in item.items() if k in known}) for item in doc]
+
+
+def add_entry(store: RunStore, run_id: str, entry: ArchiveEntry) -> None:
+    kept = [e for e in entries(store, run_id) if e.url != entry.url]
+    doc = [asdict(e) for e in (*kept, entry)]
+    atomic_write(store.run_dir(run_id) / ARCHIVES_FILE, json.dumps(doc, indent=2) + "\n")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- s3: a local file:// cache, mirrored with boto3 --------------------------------------------------
+
+
+def _s3_client(endpoint_url: str | None) -> Any:
+    import boto3  # lazily: only s3:// archives need it
+
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def _bucket_prefix(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    prefix = parsed.path.strip("/")
+    return parsed.netloc, (prefix + "/" if prefix else "")
+
+
+def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int]:
+    """Upload the cache at ``local`` to ``url``; objects already there are skipped.
+
+    Returns (uploaded, skipped). ``nix-cache-info`` is always rewritten (it is tiny).
+    """
+    bucket, prefix = _bucket_prefix(url)
+    client = _s3_client(endpoint_url)
+    existing: set[str] = set()
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            existing.update(obj["Key"] for obj in page.get("Contents", []))
+    except Exception as exc:  # botocore's errors are not importable without boto3
+        raise ArchiveError(f"cannot list {url} ({exc}); check the bucket, endpoint_url and "
+                           "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).") from exc
+    uploaded = skipped = 0
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        key = prefix + path.relative_to(local).as_posix()
+        if key in existing and path.name != "nix-cache-info":
+            skipped += 1
+            continue
+        client.upload_file(str(path), bucket, key)
+        uploaded += 1
+    return uploaded, skipped
+
+
+def download(url: str, local: Path, *, endpoint_url: str | None) -> int:
+    """Mirror the archive at ``url`` into ``local``; files already there are kept. Returns the count."""
+    bucket, prefix = _bucket_prefix(url)
+    client = _s3_client(endpoint_url)
+    fetched = 0
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                target = local / obj["Key"][len(prefix):]
+                if target.is_file() and target.name != "nix-cache-info":
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(target))
+                fetched += 1
+    except Exception as exc:
+        raise ArchiveError(f"cannot read the archive {url} ({exc}); check the bucket, "
+                           "endpoint_url and credentials.") from exc
+    return fetched

@@ -1,0 +1,131 @@
+"""``archive``, ``rebuild`` and ``reproduce``: keep an environment, bring it back, run it again."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from . import CONTEXT, cli, echo_json, store
+
+
+def _context() -> tuple[Any, Any, Any, Any]:
+    from .. import config as config_module
+    from ..git import GitRepo
+    from ..nix import Nix
+
+    runs = store()
+    repo = GitRepo(runs.root.parent)
+    return runs, repo, Nix(), config_module.load(repo.root)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="RUN")
+@click.option("--to", "url", metavar="URL",
+              help="file:///dir or s3://bucket/prefix (default: [archive] to in nixrepro.toml).")
+@click.option("--build-deps", is_flag=True,
+              help="Also archive the build-time closure with every fixed-output source.")
+def archive(run_ref: str, url: str | None, build_deps: bool) -> None:
+    """Keep a run's environment and its flake sources in a signed Nix binary cache.
+
+    Copies the runtime closure (nix copy) and the flake inputs' sources (nix flake archive);
+    with --build-deps also everything needed to build it from source. Paths are signed with the
+    project key, generated on first use ([archive] key_file). The location and public key are
+    kept beside the run in archives.json, so `nixrepro rebuild` finds them.
+
+    \b
+    Example:
+      nixrepro archive @latest --to file:///srv/nix-archive
+      nixrepro archive 3f9a2c --to s3://my-bucket/nix --build-deps
+    """
+    from ..archive import archive_run, archive_url
+
+    runs, repo, nix, config = _context()
+    record = runs.resolve(run_ref)
+    target = archive_url(url, config.archive)
+    entry = archive_run(runs, record, target, config=config.archive, nix=nix, repo=repo,
+                        build_deps=build_deps)
+    click.echo(f"archived run {record.short_id} to {entry.url} ({', '.join(entry.levels)}; "
+               f"{entry.paths} paths), signed by {entry.public_key.split(':', 1)[0]}")
+    click.echo(f"public key: {entry.public_key}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="RUN")
+@click.option("--from", "from_url", metavar="URL",
+              help="An archive to substitute from (default: the run's last archive, if any).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rebuild(run_ref: str, from_url: str | None, as_json: bool) -> None:
+    """Build a run's environment again from its recorded commit and lock; exit 1 if it differs.
+
+    Checks out the recorded commit in a temporary git worktree and builds the recorded flake
+    output with --no-update-lock-file. An archive (--from, or the one recorded by `nixrepro
+    archive`) is used as a substituter whose signatures must verify.
+
+    \b
+    Example:
+      nixrepro rebuild @latest
+      nixrepro rebuild 3f9a2c --from file:///srv/nix-archive
+    """
+    from ..diff import to_json
+    from ..diffview import render_text
+    from ..rebuild import rebuild as rebuild_run
+
+    runs, repo, nix, config = _context()
+    record = runs.resolve(run_ref)
+    result = rebuild_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url)
+    if as_json:
+        echo_json({"run": record.id, "identical": result.identical, "env_path": result.env_path,
+                   "closure_hash": result.closure.hash, "source": result.source,
+                   "diff": to_json(result.diff)})
+    elif result.identical:
+        click.echo(f"identical: {result.env_path} has the recorded closure hash "
+                   f"{result.closure.hash} ({len(result.closure)} paths)")
+    else:
+        click.echo(render_text(result.diff, color=sys.stdout.isatty()))
+    if not result.identical:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="RUN")
+@click.option("--from", "from_url", metavar="URL", help="An archive to rebuild from.")
+@click.option("--rtol", type=float, default=0.0, show_default=True,
+              help="Relative tolerance for metrics; 0 means bit-identical.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) -> None:
+    """Rebuild a run's environment and run its command again as a child run; compare metrics.
+
+    Uses the recorded argv, params, seed and data versions; the new run's parent is RUN. Needs
+    HEAD at the recorded commit. Exits 1 when the new run failed or a metric is outside --rtol.
+
+    \b
+    Example:
+      nixrepro reproduce @latest --rtol 1e-6
+    """
+    from ..rebuild import metric_within
+    from ..rebuild import reproduce as reproduce_run
+
+    runs, repo, nix, config = _context()
+    record = runs.resolve(run_ref)
+    result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
+                           rtol=rtol)
+    ok = result.within_tolerance and result.run.status == "succeeded"
+    if as_json:
+        echo_json({"run": result.run.id, "parent": record.id, "status": result.run.status,
+                   "rtol": rtol, "within_tolerance": result.within_tolerance,
+                   "metrics": [{"name": m.name, "old": m.old, "new": m.new, "delta": m.delta,
+                                "relative": m.relative, "within": metric_within(m, rtol)}
+                               for m in result.metrics]})
+    else:
+        click.echo(f"reproduced run {record.short_id} as run {result.run.short_id} "
+                   f"({result.run.status}); environment identical")
+        for m in result.metrics:
+            mark = "ok " if metric_within(m, rtol) else "OUT"
+            delta = f"  {m.delta:+.6g}" if m.delta is not None else ""
+            click.echo(f"  {mark} {m.name:<16} {m.old} -> {m.new}{delta}")
+        click.echo(("metrics within" if result.within_tolerance else "metrics NOT within")
+                   + (" rtol=0 (bit-identical)" if rtol == 0 else f" rtol={rtol:g}"))
+    if not ok:
+        sys.exit(1)

@@ -1,0 +1,222 @@
+"""``nixrepro rebuild`` and ``nixrepro reproduce``: bring a run's environment back, then its result.
+
+Rebuild checks the recorded commit out in a temporary ``git worktree``, builds the recorded flake
+output with the recorded lock (``--no-update-lock-file``) and compares the closure hash with the
+recorded one. With an archive (``--from``, or the last one in the run's ``archives.json``) the
+archive is an extra substituter whose signatures must verify against the archive's public key, so
+sources and outputs that vanished upstream come back from it.
+
+Reproduce rebuilds, re-runs the recorded command with the same params, seed and pinned data
+versions as a new run whose parent is the old one, and compares the metrics within ``rtol``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import archive
+from .closure import Closure
+from .config import Config
+from .diff import MetricChange, RunDiff, diff_metrics, diff_runs
+from .errors import NixCommandError, NixreproError, RefusedError, UsageError
+from .git import GitRepo
+from .nix import Nix
+from .record import RunRecord
+from .runstore import RunStore
+
+
+class RebuildError(NixreproError):
+    """The recorded environment could not be built again."""
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    record: RunRecord
+    env_path: str
+    closure: Closure
+    source: str | None  # the archive URL used as substituter, if any
+    diff: RunDiff
+
+    @property
+    def identical(self) -> bool:
+        return self.closure.hash == self.record.environment.closure_hash
+
+
+def substituter_for(
+    store: RunStore, record: RunRecord, from_url: str | None, config: Config, nix: Nix
+) -> tuple[str, str] | None:
+    """(``file://`` cache URL, public key) of the archive to rebuild from, or None."""
+    known = archive.entries(store, record.id)
+    if from_url is None:
+        if not known:
+            return None
+        entry = known[-1]
+        url, public = entry.url, entry.public_key
+    else:
+        url = from_url.rstrip("/")
+        match = [e for e in known if e.url == url]
+        public = match[-1].public_key if match else archive.signing_key(config.archive, nix).public_key
+    local = archive.staging_dir(url)
+    if urlparse(url).scheme == "s3":
+        local.mkdir(parents=True, exist_ok=True)
+        archive.download(url, local, endpoint_url=config.archive.endpoint_url)
+    elif not (local / "nix-cache-info").is_file():
+        raise UsageError(f"{url} is not a binary cache (no nix-cache-info); give the URL that "
+                         "`nixrepro archive` wrote to.")
+    return f"file://{local}", public
+
+
+def rebuild(
+    store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
+    from_url: str | None = None,
+) -> Rebuilt:
+    """Build ``record``'s environment again and compare its closure with the recorded one."""
+    env = record.environment
+    substituter = substituter_for(store, record, from_url, config, nix)
+    options: dict[str, str] = {}
+    if substituter is not None:
+        options = {"extra-substituters": substituter[0],
+                   "extra-trusted-public-keys": substituter[1], "require-sigs": "true"}
+    installable = _installable(record, repo)
+    try:
+        if installable is None:  # an --env run: the store path itself, from the archive
+            out = nix.build_with_options(env.env_path, options)
+        else:
+            with tempfile.TemporaryDirectory(prefix="nixrepro-rebuild-") as tmp:
+                checkout = Path(tmp) / "src"
+                if not repo.has_commits(record.code.commit):
+                    raise RebuildError(
+                        f"commit {record.code.commit[:12]} of run {record.short_id} is not in "
+                        f"{repo.root}; fetch it (`git fetch`) and rebuild again."
+                    )
+                repo.add_worktree(checkout, record.code.commit)
+                try:
+                    subdir = archive.flake_subdir(record, repo)
+                    flake_dir = checkout / subdir if subdir else checkout
+                    out = nix.build_with_options(f"{flake_dir}#{installable}", options, cwd=flake_dir)
+                finally:
+                    repo.remove_worktree(checkout)
+    except NixCommandError as exc:
+        raise _explain(exc, record, nix, substituter[0] if substituter else None) from exc
+    closure = nix.closure(out)
+    rebuilt_env = dataclasses.replace(env, env_path=out, closure_hash=closure.hash,
+                                      closure=list(closure.paths))
+    again = record.replace(environment=rebuilt_env)
+    return Rebuilt(record, out, closure, substituter[0] if substituter else None,
+                   diff_runs(record, again))
+
+
+def _installable(record: RunRecord, repo: GitRepo) -> str | None:
+    """The flake attribute to build (``env`` of ``.#env``); None for an ``--env`` run."""
+    ref = record.environment.flake_ref
+    if ref is None:
+        return None
+    flake, _, attr = ref.partition("#")
+    if archive.recorded_flake(record, repo) == flake:  # a remote flake: not in this repository
+        raise RebuildError(f"run {record.short_id} used the remote flake {ref}; rebuild it with "
+                           f"`nix build {ref}` (nixrepro rebuilds flakes of this repository).")
+    return attr or "default"
+
+
+def _explain(exc: NixCommandError, record: RunRecord, nix: Nix, source: str | None) -> NixreproError:
+    """Name the flake input whose source is gone, when that is why the build failed."""
+    gone = []
+    for name, locked in sorted(record.environment.inputs.items()):
+        if not locked.narHash:
+            continue
+        try:
+            path = nix.source_path(locked.narHash)
+            present, _ = nix.path_infos([path])
+        except NixreproError:
+            continue
+        if present:
+            continue
+        url = locked.url
+        local = urlparse(url.removeprefix("git+")).path if "file:" in url or url.startswith("path:") \
+            else ""
+        local = local or (url.removeprefix("path:") if url.startswith("path:") else "")
+        if (local and not os.path.exists(local)) or (url and url in exc.stderr) or \
+                (local and local in exc.stderr):
+            rev = f" at rev {locked.rev[:12]}" if locked.rev else ""
+            gone.append(f"flake input '{name}' ({url}{rev})")
+    if not gone:
+        return exc
+    where = (f"and the archive {source} does not have it" if source else
+             "and no archive was given")
+    return RebuildError(
+        f"the source of {gone[0]} is gone: it is not in the Nix store, not at its URL, {where}; "
+        "rebuild with --from the URL of an archive made by `nixrepro archive`."
+    )
+
+
+# --- reproduce ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    original: RunRecord
+    rebuilt: Rebuilt
+    run: RunRecord
+    metrics: list[MetricChange]
+    rtol: float
+
+    @property
+    def within_tolerance(self) -> bool:
+        return all(metric_within(m, self.rtol) for m in self.metrics)
+
+
+def metric_within(change: MetricChange, rtol: float) -> bool:
+    """Equal, or both numbers with |new - old| <= rtol * |old| (rtol 0: bit-identical)."""
+    old, new = change.old, change.new
+    if change.delta is None or old is None or new is None:
+        return old == new and type(old) is type(new)
+    return math.isclose(float(new), float(old), rel_tol=rtol, abs_tol=0.0) or float(new) == float(old)
+
+
+def reproduce(
+    store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
+    from_url: str | None = None, rtol: float = 0.0,
+) -> Reproduced:
+    """Rebuild, then run the recorded command again as a child run, and compare the metrics."""
+    from .runner import RunRequest
+    from .runner import run as run_request
+
+    if rtol < 0:
+        raise UsageError(f"--rtol {rtol} is negative; give a relative tolerance >= 0.")
+    if record.dev:
+        raise RefusedError(f"run {record.short_id} is a dev run (its code is a patch, not a commit); "
+                           "commit the change, record a run, and reproduce that one.")
+    head = repo.snapshot().commit
+    if head != record.code.commit:
+        raise RefusedError(
+            f"run {record.short_id} was recorded at commit {record.code.commit[:12]} but HEAD is "
+            f"{head[:12]}; check it out (`git checkout {record.code.commit[:12]}`) and reproduce again."
+        )
+    rebuilt = rebuild(store, record, repo=repo, nix=nix, config=config, from_url=from_url)
+    if not rebuilt.identical:
+        raise RefusedError(
+            f"the rebuilt environment of run {record.short_id} differs from the recorded one "
+            f"({rebuilt.closure.hash[:16]}... instead of {record.environment.closure_hash[:16]}...); "
+            f"`nixrepro rebuild {record.short_id}` shows how."
+        )
+    cwd = Path(record.command.cwd)
+    request = RunRequest(
+        argv=list(record.command.argv),
+        cwd=cwd if cwd.is_dir() else repo.root,
+        env_path=None if record.environment.flake_ref else rebuilt.env_path,
+        flake=record.environment.flake_ref,
+        name=record.name,
+        tags=list(record.tags),
+        parent=record.id,
+        params=dict(record.params),
+        seed=record.seed,
+        data_pins={d.uri: d.version_id for d in record.data.inputs if d.version_id},
+    )
+    new = run_request(request, config=config, nix=nix)
+    return Reproduced(record, rebuilt, new, diff_metrics(record.metrics, new.metrics), rtol)
