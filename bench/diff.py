@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import NIX_CONFIG, make_project, set_env  # noqa: E402
+from tests.helpers import NIX_CONFIG, make_project, set_env
 
 
 def timed(argv: list[str], cwd: Path, repeat: int) -> float:

@@ -85,8 +85,9 @@ def supervise(
         ]
         with _foreground(child.pid), _forwarding(child.pid, received):
             returncode = child.wait()
+        drain_until = time.monotonic() + DRAIN_TIMEOUT_S  # one budget for both streams
         for tee in tees:
-            tee.join(DRAIN_TIMEOUT_S)
+            tee.join(max(0.0, drain_until - time.monotonic()))
     duration = time.monotonic() - started
     return Outcome(
         exit_code=returncode if returncode >= 0 else None,

@@ -20,7 +20,7 @@ from tests.helpers import Project, set_env, sh
 
 LOCKS = Path(__file__).parent / "fixtures" / "flake-locks"
 H1 = "sha256-" + "A" * 43 + "="
-H2 = "sha256-" + "B" * 43 + "="
+H2 = "sha256-" + "B" * 42 + "A="  # a canonical base64 SHA-256 (last 2 bits zero)
 
 
 def info(hash32: str, name: str, nar_hash: str = H1, size: int = 1000) -> StorePathInfo:

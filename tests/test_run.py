@@ -21,7 +21,9 @@ pytestmark = pytest.mark.nix
 def records(project: Project) -> list[dict]:
     if not project.runs_dir.exists():
         return []
-    return [json.loads((d / "record.json").read_text()) for d in project.runs_dir.iterdir()]
+    # A run directory exists a moment before its first record is written (atomically).
+    found = (d / "record.json" for d in project.runs_dir.iterdir())
+    return [json.loads(path.read_text()) for path in found if path.exists()]
 
 
 def only_record(project: Project) -> dict:
@@ -282,7 +284,7 @@ def test_a_planted_secret_reaches_no_file_nixrepro_writes(project: Project) -> N
 
 def _start_sleeper(project: Project, marker: Path) -> subprocess.Popen[str]:
     script = f"trap 'echo got-$1 > {marker}; exit 0' INT; trap 'echo TERM > {marker}; exit 143' TERM; " \
-             "sleep 30 & wait"
+             f"echo ready > {marker}.ready; sleep 30 >/dev/null 2>&1 & wait"
     return subprocess.Popen(
         [sys.executable, "-m", "nixrepro", "run", "--flake", ".#env", "--", "sh", "-c", script],
         cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -305,6 +307,9 @@ def test_signals_are_forwarded_to_the_command(project: Project, tmp_path: Path, 
     marker = tmp_path / "marker"
     proc = _start_sleeper(project, marker)
     _wait_running(project)
+    deadline = time.monotonic() + 30
+    while not marker.with_suffix(".ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the traps are installed once the command says so
     proc.send_signal(sig)
     proc.wait(timeout=30)
     record = only_record(project)
