@@ -331,12 +331,17 @@ def diff_closures(
                 else "same store path, different NAR hash"
             )
             rebuilt.append(Rebuilt(name, version, paths_before, paths_after, reason))
-    old_hashes = {info.path: normalize_nar_hash(info.narHash) for info in old}
-    bits = [
-        BitsChange(info.path, old_hashes[info.path], normalize_nar_hash(info.narHash))
-        for info in sorted(new, key=lambda i: i.path)
-        if info.path in old_hashes and old_hashes[info.path] != normalize_nar_hash(info.narHash)
-    ]
+    # Compare the recorded strings first and normalise only on a mismatch (nix versions differ
+    # in hash encoding): normalising 2,000 hashes would dominate the diff.
+    old_hashes = {info.path: info.narHash for info in old}
+    bits = []
+    for info in sorted(new, key=lambda i: i.path):
+        recorded = old_hashes.get(info.path)
+        if recorded is None or recorded == info.narHash:
+            continue
+        old_hash, new_hash = normalize_nar_hash(recorded), normalize_nar_hash(info.narHash)
+        if old_hash != new_hash:
+            bits.append(BitsChange(info.path, old_hash, new_hash))
     return packages, rebuilt, bits
 
 
