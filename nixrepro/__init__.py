@@ -5,7 +5,7 @@ training script pays nothing for ``import nixrepro``. The library lives in the s
 ``nixrepro.runner.run``, ``nixrepro.runstore.RunStore``, ``nixrepro.record.RunRecord``...
 """
 
-from .experiment import log, params, run_dir, run_id, seed
+from .experiment import log, params, run_dir, run_id, seed, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "log", "params", "run_dir", "run_id", "seed"]
+__all__ = ["__version__", "log", "params", "run_dir", "run_id", "seed", "seed_everything"]

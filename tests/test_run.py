@@ -176,7 +176,8 @@ def test_env_bin_comes_first_on_path_and_run_identity_is_exported(project: Proje
                               'greet; echo "$NIXREPRO_RUN_ID $NIXREPRO_RUN_DIR"')
     record = only_record(project)
     assert result.returncode == 0
-    assert result.stdout.splitlines()[0] == f"hello from {Path(record['environment']['env_path']).name[33:-4]}"
+    label = Path(record["environment"]["env_path"]).name[33:-4]
+    assert result.stdout.splitlines()[0] == f"hello from {label}"
     assert result.stdout.splitlines()[1] == f"{record['id']} {project.runs_dir / record['id']}"
 
 

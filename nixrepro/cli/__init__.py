@@ -77,3 +77,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # Each module registers its commands on `cli` when imported; add new areas here.
 from . import run as _run  # noqa: E402, F401
+from . import sync as _sync  # noqa: E402, F401
