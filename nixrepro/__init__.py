@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "log", "params", "run_dir", "run_id", "seed"]
+__all__ = ["__version__", "log", "params", "run_dir", "run_id", "seed", "seed_everything"]
 
 if TYPE_CHECKING:
-    from .experiment import log, params, run_dir, run_id, seed
+    from .experiment import log, params, run_dir, run_id, seed, seed_everything
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("log", "params", "run_dir", "run_id", "seed"):
+    if name in __all__ and name != "__version__":
         from . import experiment
 
         return getattr(experiment, name)

@@ -49,10 +49,24 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class TrackerConfig:
+    """``[tracker]``: a dashboard each run also goes to (docs/wandb.md). Only ``kind = "wandb"`` so far."""
+
+    kind: str | None = None  # None: no tracker; "wandb"
+    project: str | None = None  # default: the repository's directory name
+    entity: str | None = None
+    mode: str = "online"  # online | offline | disabled; the WANDB_MODE variable wins
+    job_type: str | None = None
+    group: str | None = None  # default for runs without --repeat (a repeat group is its own group)
+    system_metrics: bool = True  # W&B's CPU/GPU/memory charts (its monitor process)
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     source: str | None = None  # the file it was read from, for messages
 
 

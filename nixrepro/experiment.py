@@ -3,6 +3,7 @@
     import nixrepro
     params = nixrepro.params()            # the -p key=value of `nixrepro run`
     nixrepro.log({"loss": 0.3}, step=10)  # appended to the run's metrics.jsonl
+    nixrepro.seed_everything()            # random / numpy / torch from the run's --seed
 
 Outside a recorded run (no NIXREPRO_RUN_DIR) ``log`` does nothing but warn once, so the same
 script also runs by hand.
@@ -41,8 +42,12 @@ def params() -> dict[str, Any]:
 
 
 def seed() -> int | None:
+    """The run's ``--seed`` (for a repeat: this repeat's seed), or None."""
     raw = os.environ.get("NIXREPRO_SEED")
     return int(raw) if raw else None
+
+
+run_seed = seed  # the name seed_everything() uses, where its own argument is called seed
 
 
 def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -71,3 +76,46 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return float(value)
+
+
+def seed_everything(seed: int | None = None) -> int:
+    """Seed ``random``, and numpy and torch when they are installed; returns the seed used.
+
+    The seed is ``seed``, else the run's ``--seed``, else 0. Under ``nixrepro run --deterministic``
+    torch is also switched to deterministic algorithms (and cuDNN autotuning off). What was seeded
+    is written to the run directory and lands in the record's ``seeded``.
+    """
+    import importlib.util
+    import random
+
+    from .determinism import DETERMINISTIC_VARIABLE, write_seeded
+    from .record import Seeded
+
+    chosen = seed if seed is not None else (run_seed() if run_seed() is not None else 0)
+    assert chosen is not None
+    deterministic = os.environ.get(DETERMINISTIC_VARIABLE) == "1"
+    random.seed(chosen)
+    libraries = ["random"]
+    if importlib.util.find_spec("numpy") is not None:
+        import numpy
+
+        numpy.random.seed(chosen % 2**32)  # numpy's legacy global generator takes 32 bits
+        libraries.append("numpy")
+    torch_deterministic = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.manual_seed(chosen)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(chosen)
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+            torch_deterministic = True
+        libraries.append("torch")
+    directory = run_dir()
+    if directory is not None:
+        write_seeded(directory, Seeded(seed=chosen, libraries=libraries,
+                                       deterministic_algorithms=torch_deterministic))
+    return chosen

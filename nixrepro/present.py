@@ -43,18 +43,23 @@ def runs_table(records: Sequence[RunRecord]) -> str:
     if not records:
         return "No runs recorded yet. Start one with: nixrepro run -- CMD"
     header = ("ID", "STATUS", "STARTED", "DURATION", "COMMIT", "NAME", "COMMAND")
-    rows = [
-        (
-            r.short_id,
-            status_label(r),
-            local_time(r.started_at),
-            human_duration(r.duration_s),
-            r.code.commit[:8] + ("+" if r.code.dirty else ""),
-            r.name or "",
-            " ".join(r.command.argv)[:50],
-        )
-        for r in records
-    ]
+    return table(header, [run_row(r) for r in records])
+
+
+def run_row(r: RunRecord) -> tuple[str, ...]:
+    return (
+        r.short_id,
+        status_label(r),
+        local_time(r.started_at),
+        human_duration(r.duration_s),
+        r.code.commit[:8] + ("+" if r.code.dirty else ""),
+        r.name or "",
+        " ".join(r.command.argv)[:50],
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart."""
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in (header, *rows)]
@@ -87,7 +92,9 @@ def run_summary(record: RunRecord) -> str:
     if record.params:
         lines.append("  params     " + ", ".join(f"{k}={v!r}" for k, v in sorted(record.params.items())))
     if record.seed is not None:
-        lines.append(f"  seed       {record.seed}")
+        lines.append(f"  seed       {record.seed}" + (", deterministic" if record.deterministic else ""))
+    if record.group:
+        lines.append(f"  group      {record.group} (repeat {record.repeat_index})")
     lines += [
         f"  env        {env.env_path}",
         f"  closure    {env.closure_hash}  ({len(env.closure)} paths, "
@@ -109,4 +116,7 @@ def run_summary(record: RunRecord) -> str:
     ]
     if record.metrics:
         lines.append("  metrics    " + ", ".join(f"{k}={v}" for k, v in sorted(record.metrics.items())))
+    for tracker, info in sorted(record.trackers.items()):
+        where = info.get("url") or info.get("dir") or ""
+        lines.append(f"  {tracker:<10} {where}" + (f" ({info['mode']})" if info.get("mode") else ""))
     return "\n".join(lines)

@@ -85,6 +85,15 @@ class Recorder:
 
 
 @dataclass(frozen=True)
+class Seeded:
+    """What ``nixrepro.seed_everything()`` seeded inside the run (docs/repeats.md)."""
+
+    seed: int
+    libraries: list[str] = field(default_factory=list)  # "random", "numpy", "torch"
+    deterministic_algorithms: bool = False  # torch.use_deterministic_algorithms(True)
+
+
+@dataclass(frozen=True)
 class RunRecord:
     id: str
     status: Status
@@ -109,6 +118,10 @@ class RunRecord:
     metrics: dict[str, Scalar] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
     trackers: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. the W&B run id/url
+    group: str | None = None  # the --repeat group this run belongs to
+    repeat_index: int | None = None  # 0..N-1 within its group
+    deterministic: bool = False  # run with --deterministic
+    seeded: Seeded | None = None  # set when the experiment called nixrepro.seed_everything()
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

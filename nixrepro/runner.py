@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, datalog, host
+from . import __version__, datalog, determinism, host
 from .config import Config
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
@@ -53,6 +53,14 @@ class RunRequest:
     seed: int | None = None
     verify_contents: bool = False
     data_pins: dict[str, str] = field(default_factory=dict)  # uri -> version id (reproduce)
+    deterministic: bool = False
+    group: str | None = None  # set by repeats.run_repeated
+    repeat_index: int | None = None
+
+    @property
+    def effective_seed(self) -> int | None:
+        """``--deterministic`` without ``--seed`` runs with seed 0 (recorded)."""
+        return 0 if self.seed is None and self.deterministic else self.seed
 
 
 @dataclass(frozen=True)
@@ -251,9 +259,12 @@ def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[st
     env["NIXREPRO_RUN_DIR"] = str(run_dir)
     env["NIXREPRO_PARAMS"] = json.dumps(request.params, sort_keys=True)
     env.setdefault("PYTHONUNBUFFERED", "1")  # logs stream live and survive a crash
-    if request.seed is not None:
-        env["NIXREPRO_SEED"] = str(request.seed)
-        env["PYTHONHASHSEED"] = str(request.seed)
+    seed = request.effective_seed
+    if seed is not None:
+        env["NIXREPRO_SEED"] = str(seed)
+        env["PYTHONHASHSEED"] = str(seed)
+    if request.deterministic and seed is not None:
+        env.update(determinism.deterministic_env(seed, env))
     if request.data_pins:
         env[datalog.PINS_VARIABLE] = json.dumps(request.data_pins, sort_keys=True)
     return env
@@ -290,8 +301,11 @@ def execute(
             tags=list(request.tags),
             params={k: redactor.scrub(v) if isinstance(v, str) else v
                     for k, v in request.params.items()},
-            seed=request.seed,
+            seed=request.effective_seed,
             env_vars=redactor.env(env),
+            deterministic=request.deterministic,
+            group=request.group,
+            repeat_index=request.repeat_index,
         )
         if prepared.dev_patch is not None:
             (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))
@@ -372,6 +386,7 @@ def _finish(
         duration_s=outcome.duration_s if outcome else round((ended - started).total_seconds(), 6),
         metrics=last_values(run_dir / METRICS_FILE),
         data=datalog.read(run_dir),
+        seeded=determinism.read_seeded(run_dir),
     )
 
 

@@ -37,18 +37,21 @@ def git_commit(repo: Path, message: str = "commit") -> str:
 
 
 def env_flake(dep_url: str, *, label: str = "env", extra_paths: int = 0, version: str = "1.0",
-              variant: str = "") -> str:
+              variant: str = "", input_name: str = "dep") -> str:
     """A flake.nix whose ``packages.<system>.env`` is a tiny environment.
 
     The env has ``bin/greet`` (prints the dep's greeting and ``label``) and references
     ``extra_paths`` text files made with builtins.toFile, so its closure has ``extra_paths + 1``
     store paths without building anything else. A different ``variant`` gives a different store
-    path at the same name and version (a rebuild).
+    path at the same name and version (a rebuild). ``input_name`` names the one input (``nixpkgs``
+    for a test that looks for the nixpkgs rev).
     """
+    alias = "" if input_name == "dep" else f"dep = {input_name};"  # `dep = dep` would recurse
     return f"""{{
-  inputs.dep.url = "{dep_url}";
-  outputs = {{ self, dep }}:
+  inputs.{input_name}.url = "{dep_url}";
+  outputs = {{ self, {input_name} }}:
     let
+      {alias}
       system = "x86_64-linux";
       extras = builtins.genList (i: builtins.toFile "extra-${{toString i}}-{label}" "${{toString i}}")
         {extra_paths};
@@ -136,7 +139,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
 
 
 def make_project(base: Path, *, label: str = "env", extra_paths: int = 0,
-                 greeting: str = "hello") -> Project:
+                 greeting: str = "hello", input_name: str = "dep") -> Project:
     """``greeting`` other than "hello" gives the dep input a source of its own in the store."""
     dep = base / "dep"
     dep.mkdir(parents=True)
@@ -146,7 +149,8 @@ def make_project(base: Path, *, label: str = "env", extra_paths: int = 0,
     root = base / "project"
     root.mkdir()
     sh(["git", "init", "-q", "-b", "main"], cwd=root)
-    (root / "flake.nix").write_text(env_flake(f"git+file://{dep}", label=label, extra_paths=extra_paths))
+    (root / "flake.nix").write_text(env_flake(f"git+file://{dep}", label=label, extra_paths=extra_paths,
+                                              input_name=input_name))
     (root / "train.py").write_text(TRAIN_PY)
     sh(["git", "add", "-A"], cwd=root)  # a git flake sees only what git knows
     sh(["nix", "flake", "lock"], cwd=root)

@@ -25,6 +25,7 @@ from nixrepro.record import (
     Recorder,
     RecordError,
     RunRecord,
+    Seeded,
     record_sha256,
 )
 from tests.record_paths import REQUIRED_PATHS, missing_paths
@@ -96,6 +97,11 @@ def full_record() -> RunRecord:
         ),
         metrics={"loss": 0.25, "acc": 0.9, "converged": True, "note": "ok", "step": 300},
         env_vars={"PATH": "/usr/bin:/bin", "WANDB_API_KEY": "<redacted>"},
+        trackers={"wandb": {"run_id": "k2x8a1c9", "url": "https://wandb.ai/me/proj/runs/k2x8a1c9"}},
+        group="lr-sweep-7f3a",
+        repeat_index=2,
+        deterministic=True,
+        seeded=Seeded(seed=1236, libraries=["random", "numpy"], deterministic_algorithms=True),
     )
 
 

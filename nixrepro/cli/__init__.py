@@ -79,3 +79,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 from . import archive as _archive  # noqa: E402, F401
 from . import diff as _diff  # noqa: E402, F401
 from . import run as _run  # noqa: E402, F401
+from . import sync as _sync  # noqa: E402, F401

@@ -25,11 +25,16 @@ from . import CONTEXT, cli, echo_json, store
 @click.option("--seed", type=int, help="Recorded and exported as NIXREPRO_SEED and PYTHONHASHSEED.")
 @click.option("--verify-contents", is_flag=True,
               help="Re-hash the closure (nix store verify) and refuse a corrupted one.")
+@click.option("--deterministic", is_flag=True,
+              help="Pin PYTHONHASHSEED, CUBLAS_WORKSPACE_CONFIG and BLAS thread counts (seed 0 "
+              "unless --seed); nixrepro.seed_everything() then also makes torch deterministic.")
+@click.option("--repeat", type=click.IntRange(min=1), metavar="N",
+              help="Run N times as a group, with seeds SEED, SEED+1, ... (SEED defaults to 0).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     env_path: str | None, flake: str | None, dev: bool, name: str | None, tags: tuple[str, ...],
     parent: str | None, params: tuple[str, ...], seed: int | None, verify_contents: bool,
-    command: tuple[str, ...],
+    deterministic: bool, repeat: int | None, command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in a pinned environment and record the run.
 
@@ -39,24 +44,54 @@ def run(
     \b
     Example:
       nixrepro run --flake .#env -p lr=0.1 --seed 42 -- python train.py --epochs 3
+      nixrepro run --flake .#env --repeat 5 --deterministic -- python train.py
     """
+    from .. import config as config_module
+    from ..git import GitRepo
+    from ..repeats import run_repeated
     from ..runner import RunRequest, parse_param
     from ..runner import run as run_request
 
     request = RunRequest(
         argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
         tags=list(tags), parent=parent, params=dict(parse_param(p) for p in params), seed=seed,
-        verify_contents=verify_contents,
+        verify_contents=verify_contents, deterministic=deterministic,
     )
-    record = run_request(request)
+    root = GitRepo.discover(request.cwd).root
+    config = config_module.load(root)
+    if repeat is None:
+        record = run_request(request, config, observers=_trackers(config, root))
+        _report(record)
+    else:
+        records = run_repeated(request, repeat, config, observers=lambda: _trackers(config, root),
+                               on_run=_report)
+        record = records[-1]
+        click.echo(f"nixrepro: group {record.group}: {len(records)} of {repeat} runs; "
+                   f"`nixrepro show {(record.group or '')[:9]}`", err=True)
+    code = record.exit_code if record.exit_code is not None else 128 + _signal_number(record.signal)
+    sys.exit(code)
+
+
+def _report(record: Any) -> None:
     click.echo(
         f"nixrepro: run {record.id} {record.status}"
         + (" (dev)" if record.dev else "")
+        + (f" (repeat {record.repeat_index}, seed {record.seed})" if record.group else "")
         + f" in {record.duration_s or 0:.1f}s; `nixrepro show {record.short_id}`",
         err=True,
     )
-    code = record.exit_code if record.exit_code is not None else 128 + _signal_number(record.signal)
-    sys.exit(code)
+
+
+def _trackers(config: Any, repo_root: Path) -> list[Any]:
+    """The dashboards this run also goes to ([tracker] in nixrepro.toml)."""
+    from ..runstore import RunStore
+    from ..wandb_sink import WandbSink, check_config
+
+    check_config(config.tracker, config.source)
+    if config.tracker.kind != "wandb":
+        return []
+    sink = WandbSink(config.tracker, RunStore.for_repo(repo_root).root, default_project=repo_root.name)
+    return [] if sink.mode == "disabled" else [sink]
 
 
 def _signal_number(name: str | None) -> int:
@@ -77,13 +112,13 @@ def runs(status: str | None, limit: int | None, as_json: bool) -> None:
     Example:
       nixrepro runs --status failed --limit 5
     """
-    from ..present import runs_table
+    from ..groups import runs_listing
 
     records = [r for r in store().records() if status is None or r.status == status][:limit]
     if as_json:
         echo_json([_summary_dict(r) for r in records])
     else:
-        click.echo(runs_table(records))
+        click.echo(runs_listing(records))
 
 
 def _summary_dict(record: Any) -> dict[str, Any]:
@@ -92,7 +127,8 @@ def _summary_dict(record: Any) -> dict[str, Any]:
         "started_at": record.started_at, "duration_s": record.duration_s,
         "exit_code": record.exit_code, "commit": record.code.commit, "tags": record.tags,
         "closure_hash": record.environment.closure_hash, "argv": record.command.argv,
-        "metrics": record.metrics,
+        "metrics": record.metrics, "group": record.group, "repeat_index": record.repeat_index,
+        "seed": record.seed, "deterministic": record.deterministic,
     }
 
 
@@ -102,12 +138,23 @@ def _summary_dict(record: Any) -> dict[str, Any]:
 def show(run_ref: str, as_json: bool) -> None:
     """Show one run. RUN is an id, a unique id prefix, @latest or @latest~N.
 
+    A repeat group id (g..., or a unique prefix) shows the group: mean, std, SEM and n per metric.
+
     \b
     Example:
       nixrepro show @latest --json
+      nixrepro show g3f9a2c
     """
+    from ..groups import group_json, group_summary, is_group_ref, resolve_group
     from ..present import run_summary
 
+    if is_group_ref(run_ref):
+        group = resolve_group(store(), run_ref)
+        if as_json:
+            echo_json(group_json(group))
+        else:
+            click.echo(group_summary(group))
+        return
     record = store().resolve(run_ref)
     if as_json:
         echo_json(record.to_dict())

@@ -1,0 +1,410 @@
+"""Weights & Biases as the team dashboard: every recorded run also becomes a W&B run.
+
+:class:`WandbSink` is a run observer (nixrepro/observers.py). ``wandb`` is imported lazily, in a
+thread started when the sink is made, so its ~0.6 s import and its init overlap nixrepro's preflight
+and the experiment itself. The W&B run id is the nixrepro run id; its config holds the params and
+the provenance (closure hash, flake.lock hash, commit, nixpkgs rev, data versions, GPU/driver);
+metrics stream live from metrics.jsonl with their steps; the record and logs are attached as files;
+data inputs and outputs become reference artifacts, so W&B's lineage graph shows them.
+
+Everything W&B writes lives under ``.nixrepro/`` (run directories, cache, staging), never in the work
+tree. A W&B failure, at init or mid-run, is one warning and never touches the local record: the
+sink raises :class:`TrackerError`, and the observer machinery drops it for the rest of the run.
+Documented in docs/wandb.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .config import TrackerConfig
+from .errors import ConfigError, NixreproError
+from .metrics import MetricPoint
+from .parallel import Background
+from .record import DataVersion, RunRecord
+
+MODES = ("online", "offline", "disabled")
+WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
+ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.jsonl", "code.patch")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 2.0
+TAG_MAX = 64  # W&B refuses longer tags
+
+
+class TrackerError(NixreproError):
+    """A tracker (W&B) failed; the run goes on without it."""
+
+
+class WandbSyncError(NixreproError):
+    """`wandb sync` failed."""
+
+
+def check_config(config: TrackerConfig, source: str | None) -> None:
+    where = source or "nixrepro.toml"
+    if config.kind not in (None, "wandb"):
+        raise ConfigError(f"{where}: 'tracker.kind' must be \"wandb\" (or left out), not {config.kind!r}.")
+    if config.mode not in MODES:
+        raise ConfigError(f"{where}: 'tracker.mode' must be one of {', '.join(MODES)}, not {config.mode!r}.")
+
+
+def resolve_mode(config: TrackerConfig, environ: Mapping[str, str]) -> str:
+    """WANDB_MODE wins over ``[tracker] mode`` (W&B's own aliases: dryrun = offline, run = online)."""
+    raw = (environ.get("WANDB_MODE") or config.mode).strip().lower()
+    return {"dryrun": "offline", "run": "online"}.get(raw, raw if raw in MODES else config.mode)
+
+
+def nixpkgs_rev(record: RunRecord) -> str | None:
+    """The locked rev of the flake input named ``nixpkgs``, when the flake has one."""
+    locked = record.environment.inputs.get("nixpkgs")
+    return locked.rev if locked else None
+
+
+def _data(version: DataVersion) -> dict[str, Any]:
+    return {"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
+            "size": version.size, "pending": version.pending}
+
+
+def provenance(record: RunRecord) -> dict[str, Any]:
+    """What the W&B config keeps under ``nixrepro``: everything the result depended on, by identity."""
+    env, host, code = record.environment, record.host, record.code
+    return {
+        "run_id": record.id,
+        "command": " ".join(record.command.argv),
+        "seed": record.seed,
+        "deterministic": record.deterministic,
+        "dev": record.dev,
+        "group": record.group,
+        "repeat_index": record.repeat_index,
+        "code": {"commit": code.commit, "branch": code.branch, "remote": code.remote,
+                 "dirty": code.dirty, "diff_sha256": code.diff_sha256},
+        "environment": {
+            "closure_hash": env.closure_hash,
+            "flake_lock_sha256": env.flake_lock_sha256,
+            "nixpkgs_rev": nixpkgs_rev(record),
+            "inputs": {name: inp.rev or inp.narHash for name, inp in sorted(env.inputs.items())},
+            "env_path": env.env_path,
+            "flake_ref": env.flake_ref,
+            "system": env.system,
+            "nix_version": env.nix_version,
+            "closure_paths": len(env.closure),
+        },
+        "host": {
+            "os": host.os, "kernel": host.kernel, "cpu": host.cpu, "cpu_count": host.cpu_count,
+            "gpus": [{"name": g.name, "uuid": g.uuid, "compute_capability": g.compute_capability}
+                     for g in host.gpus],
+            "nvidia_driver": host.nvidia_driver, "cuda_driver": host.cuda_driver,
+        },
+        "data": {"inputs": [_data(v) for v in record.data.inputs],
+                 "outputs": [_data(v) for v in record.data.outputs]},
+    }
+
+
+def run_tags(record: RunRecord) -> list[str]:
+    tags = (["dev"] if record.dev else []) + ([record.code.branch] if record.code.branch else [])
+    tags += record.tags
+    return list(dict.fromkeys(tag[:TAG_MAX] for tag in tags if tag))
+
+
+def _wandb_value(value: Any) -> Any:
+    """metrics.jsonl keeps NaN and inf as strings (JSON has no such numbers); W&B takes floats."""
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line (W&B's messages can span screens)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def reachable(base_url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    parsed = urlparse(base_url)
+    if not parsed.hostname:
+        return False
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def wandb_environ(home: Path) -> Iterator[None]:
+    """W&B's cache and staging under ``home`` (unless the user chose their own), for one call.
+
+    ``os.environ`` is put back afterwards, including the WANDB_SERVICE token wandb.init leaves in
+    it: the next run's command must not inherit nixrepro's W&B service.
+    """
+    wanted = {"WANDB_CACHE_DIR": home / "cache", "WANDB_DATA_DIR": home / "data",
+              "WANDB_ARTIFACT_DIR": home / "artifacts"}
+    names = [*wanted, "WANDB_SERVICE"]
+    saved = {name: os.environ.get(name) for name in names}
+    for name, path in wanted.items():
+        os.environ.setdefault(name, str(path))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _import_wandb() -> Any:
+    import wandb
+
+    return wandb
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"nixrepro: {message}\n")
+    sys.stderr.flush()
+
+
+class WandbSink:
+    """One W&B run for one nixrepro run (make a new sink per run)."""
+
+    name = "wandb"
+
+    def __init__(
+        self,
+        config: TrackerConfig,
+        store_root: Path,
+        *,
+        default_project: str,
+        environ: Mapping[str, str] | None = None,
+        note: Callable[[str], None] = _note,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self._config = config
+        self._store_root = store_root
+        self._home = store_root / WANDB_HOME
+        self._mode = resolve_mode(config, environ)
+        self._base_url = environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+        self._project = config.project or environ.get("WANDB_PROJECT") or default_project
+        self._note = note
+        self._wandb = Background(_import_wandb)  # starts now: overlaps the preflight
+        self._points: queue.SimpleQueue[MetricPoint | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._run: Any = None
+        self._error: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    # --- RunObserver --------------------------------------------------------------------------
+
+    def started(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
+        self._worker = threading.Thread(target=self._work, args=(record,), daemon=True,
+                                        name="nixrepro-wandb")
+        self._worker.start()
+        return None  # the W&B run id and URL go into the record once the run exists (ended)
+
+    def logged(self, point: MetricPoint) -> None:
+        if self._error is not None:
+            raise TrackerError(self._error)
+        self._points.put(point)
+
+    def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
+        self._points.put(None)
+        if self._worker is not None:
+            self._worker.join()
+        if self._error is not None or self._run is None:
+            raise TrackerError(self._error or "W&B never started")
+        run = self._run
+        try:
+            with wandb_environ(self._home):
+                run.config.update({"nixrepro": provenance(record)}, allow_val_change=True)
+                run.summary.update(self._summary(record))
+                for name in ATTACHED:
+                    if (run_dir / name).is_file():
+                        run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+                self._log_data(run, record)
+                run.finish(exit_code=record.exit_code if record.exit_code is not None else 1)
+        except Exception as exc:
+            self._fail("W&B failed at the end of the run", exc)
+            raise TrackerError(self._error or describe(exc)) from exc
+        info = {"run_id": run.id, "project": self._project, "mode": self._mode,
+                "url": getattr(run, "url", None), "dir": self._run_dir_of(run)}
+        if self._config.entity:
+            info["entity"] = self._config.entity
+        return info
+
+    # --- the worker thread: init, then every metric as it arrives -------------------------------
+
+    def _work(self, record: RunRecord) -> None:
+        try:
+            wandb = self._wandb.result()
+            if self._mode == "online" and not reachable(self._base_url):
+                self._mode = "offline"
+                self._note(f"W&B ({self._base_url}) is unreachable; the W&B run is kept offline, "
+                           "`nixrepro sync` uploads it later.")
+            with wandb_environ(self._home):
+                self._run = wandb.init(**self._init_args(wandb, record))
+        except Exception as exc:
+            self._fail("W&B could not start", exc)
+            return
+        while True:
+            point = self._points.get()
+            if point is None:
+                return
+            values = {key: _wandb_value(value) for key, value in point.metrics.items()}
+            try:
+                if point.step is None:
+                    self._run.log(values)
+                else:
+                    self._run.log(values, step=point.step)
+            except Exception as exc:
+                self._fail("W&B stopped during the run", exc)
+                return
+
+    def _init_args(self, wandb: Any, record: RunRecord) -> dict[str, Any]:
+        wanted: dict[str, Any] = {
+            "console": "off",  # nixrepro's own output is not the experiment's; its logs are attached
+            "silent": True,
+            "save_code": False,
+            "disable_code": True,
+            "disable_git": True,  # the commit and remote below come from the record
+            "git_commit": record.code.commit,
+            "git_remote_url": record.code.remote,
+            "x_save_requirements": False,  # nixrepro's Python packages, not the experiment's
+            "x_disable_stats": not self._config.system_metrics,
+        }
+        known = getattr(wandb.Settings, "model_fields", None)
+        settings = {k: v for k, v in wanted.items() if known is None or k in known}
+        self._home.mkdir(parents=True, exist_ok=True)
+        return {
+            "id": record.id,
+            "project": self._project,
+            "entity": self._config.entity,
+            "mode": self._mode,
+            "dir": str(self._store_root),
+            "name": record.name,
+            "notes": " ".join(record.command.argv),
+            "group": record.group or self._config.group,
+            "job_type": self._config.job_type,
+            "tags": run_tags(record),
+            "config": {**record.params, "nixrepro": provenance(record)},
+            "settings": wandb.Settings(**settings),
+        }
+
+    def _summary(self, record: RunRecord) -> dict[str, Any]:
+        values = {key: _wandb_value(value) for key, value in record.metrics.items()}
+        values["nixrepro"] = {"status": record.status, "exit_code": record.exit_code,
+                              "signal": record.signal, "duration_s": record.duration_s}
+        return values
+
+    def _log_data(self, run: Any, record: RunRecord) -> None:
+        """Inputs are used, outputs logged, as reference artifacts pinned to their version id."""
+        wandb = self._wandb.result()
+        for direction, versions in (("input", record.data.inputs), ("output", record.data.outputs)):
+            for version in versions:
+                if version.pending or not version.version_id:
+                    continue  # not uploaded yet: there is no version to point at
+                artifact = data_artifact(wandb, version)
+                if direction == "output":
+                    run.log_artifact(artifact)
+                elif self._mode != "offline":
+                    run.use_artifact(artifact)
+                elif hasattr(run, "_log_artifact"):
+                    # use_artifact refuses offline; this is what it does online for a new artifact,
+                    # and `wandb sync` replays it as a use once the artifact is committed.
+                    run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+
+    def _run_dir_of(self, run: Any) -> str | None:
+        sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+        if not sync_dir:
+            return None
+        with contextlib.suppress(ValueError):
+            return str(Path(sync_dir).relative_to(self._store_root.parent))
+        return str(sync_dir)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        """Remember the failure (reported once by the observers) and silence wandb's exit hooks."""
+        self._error = f"{what}: {describe(exc)}"
+        wandb = sys.modules.get("wandb")
+        if self._run is not None:
+            with contextlib.suppress(Exception):
+                self._run.finish(exit_code=1)
+        if wandb is not None:
+            # teardown unregisters wandb's atexit hook first, so a dead service prints no traceback
+            with contextlib.suppress(Exception):
+                wandb.teardown()
+
+
+def artifact_name(uri: str) -> str:
+    """A W&B artifact name for a data URI: the same URI is the same artifact across runs."""
+    parsed = urlparse(uri)
+    text = f"{parsed.netloc}{parsed.path}".strip("/") or uri
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[-128:] or "data"
+
+
+def data_artifact(wandb: Any, version: DataVersion) -> Any:
+    """A reference artifact for one data version: the URI, its version id, sha256 and size."""
+    parsed = urlparse(version.uri)
+    artifact = wandb.Artifact(
+        artifact_name(version.uri), type="dataset",
+        metadata={"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
+                  "size": version.size},
+    )
+    name = Path(parsed.path).name or artifact_name(version.uri)
+    ref = f"{version.uri}?versionId={version.version_id}" if parsed.scheme == "s3" else version.uri
+    for entry in artifact.add_reference(ref, name=name, checksum=False):
+        # W&B's own S3 handler keeps the version in extra.versionID; without a checksum pass (no
+        # network needed) the digest would be the bare URI, the same for every version.
+        entry.extra["versionID"] = version.version_id
+        if version.sha256:
+            entry.extra["sha256"] = version.sha256
+        entry.digest = version.sha256 or f"{version.uri}@{version.version_id}"
+        if version.size is not None:
+            entry.size = version.size
+    return artifact
+
+
+# --- `nixrepro sync`: upload the W&B runs that were kept offline ----------------------------------
+
+
+def pending_offline_runs(store_root: Path) -> list[Path]:
+    """Offline W&B run directories under the run store that `wandb sync` has not uploaded yet."""
+    wandb_dir = store_root / WANDB_HOME
+    if not wandb_dir.is_dir():
+        return []
+    pending = []
+    for run_dir in sorted(wandb_dir.glob("offline-run-*")):
+        logs = [p for p in run_dir.glob("run-*.wandb")]
+        if logs and not all(p.with_name(p.name + ".synced").exists() for p in logs):
+            pending.append(run_dir)
+    return pending
+
+
+def sync_offline_runs(store_root: Path, dry_run: bool = False) -> list[Path]:
+    """Run `wandb sync` on every pending offline run; returns the run directories it synced."""
+    from . import proc
+
+    pending = pending_offline_runs(store_root)
+    if pending and not dry_run:
+        argv = [sys.executable, "-m", "wandb", "sync", *map(str, pending)]
+        result = proc.run(argv, check=False)
+        if result.returncode != 0:
+            tail = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+            reason = f" ({tail[-1][:200]})" if tail else ""
+            raise WandbSyncError(
+                f"`wandb sync` could not upload {len(pending)} offline W&B run(s){reason}; check "
+                "`wandb login` and the network, then run `nixrepro sync` again."
+            )
+    return pending
