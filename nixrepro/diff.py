@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .closure import StorePathInfo, normalize_nar_hash
+from .determinism import determinism_note
 from .lock import LockedInput
 from .record import RunRecord, Scalar, to_plain
 
@@ -157,6 +158,8 @@ class RunDiff:
     data: list[DataChange]
     metrics: list[MetricChange]
     outcome: list[FieldChange]
+    # One sentence per run that was not run deterministically (metrics may differ by chance).
+    determinism: list[str] = field(default_factory=list)
 
     @property
     def verdict_text(self) -> str:
@@ -192,6 +195,7 @@ def diff_runs(a: RunRecord, b: RunRecord, *, repo: GitRepo | None = None) -> Run
             ("signal", a.signal, b.signal),
             ("duration_s", a.duration_s, b.duration_s),
         ]),
+        determinism=[note for note in map(determinism_note, (a, b)) if note],
     )
 
 
@@ -460,6 +464,7 @@ def to_json(diff: RunDiff) -> dict[str, Any]:
             "metrics": {"differs": bool(changed_metrics(diff)), "metrics": to_plain(diff.metrics)},
             "outcome": {"differs": section_differs(diff, "outcome"), "changes": to_plain(diff.outcome)},
         },
+        "determinism": diff.determinism,
     }
 
 

@@ -43,6 +43,9 @@ def render_text(diff: RunDiff, all: bool = False, color: bool = False) -> str:
         lines.append("")
         lines.append(style(_TITLES[section], "bold"))
         lines.extend(f"  {line}" for line in body or ["(same)"])
+    if diff.determinism and (all or section_differs(diff, "metrics")):
+        lines.append("")
+        lines.extend(style(f"note: {note}", "yellow") for note in diff.determinism)
     return "\n".join(lines)
 
 

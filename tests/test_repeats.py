@@ -28,6 +28,8 @@ nixrepro.log({"loss": 0.3 + random.random() / 10, "label": "x"}, step=0)
 
 
 def load_records(project: Project) -> list[RunRecord]:
+    if not project.runs_dir.exists():
+        return []
     found = [RunRecord.from_dict(json.loads((d / "record.json").read_text()))
              for d in project.runs_dir.iterdir()]
     return sorted(found, key=lambda r: r.repeat_index or 0)
@@ -149,3 +151,59 @@ def test_determinism_note_says_when_a_run_was_not_deterministic(project: Project
     assert determinism_note(no_seeding) == (
         f"run {no_seeding.short_id} ran with --deterministic but never called "
         "nixrepro.seed_everything(), so nixrepro did not seed random, numpy or torch in it.")
+
+
+SHIFTED = NOISY.replace("0.3 +", "0.3 + nixrepro.params().get('shift', 0) +")
+
+
+def group_of(project: Project, *args: str) -> str:
+    before = {r.id for r in load_records(project)}
+    result = project.nixrepro("run", "--flake", ".#env", *args, "--", sys.executable, "train.py")
+    assert result.returncode == 0, result.stderr
+    (group,) = {r.group for r in load_records(project) if r.id not in before}
+    assert group is not None
+    return group
+
+
+def test_diff_of_two_groups_says_which_differences_are_within_noise(project: Project) -> None:
+    with_script(project, SHIFTED)
+    base = group_of(project, "--repeat", "4", "--seed", "0")
+    same = group_of(project, "--repeat", "4", "--seed", "100")
+    better = group_of(project, "--repeat", "4", "--seed", "200", "-p", "shift=-0.5")
+
+    noise = project.nixrepro("diff", base[:9], same[:9])
+    assert noise.returncode == 0, noise.stderr
+    assert noise.stdout.splitlines()[:2] == [f"A = group {base[:9]} (4 of 4 runs succeeded)",
+                                             f"B = group {same[:9]} (4 of 4 runs succeeded)"]
+    loss_row = next(line for line in noise.stdout.splitlines() if line.startswith("loss"))
+    assert "within noise" in loss_row
+
+    real = json.loads(project.nixrepro("diff", base, better, "--json").stdout)
+    loss = real["metrics"]["loss"]
+    assert (real["a"], real["b"]) == (base, better)
+    assert loss["within_noise"] is False and loss["p_value"] < 0.05
+    assert loss["difference"] == pytest.approx(loss["b"]["mean"] - loss["a"]["mean"])
+    assert -0.6 < loss["difference"] < -0.4
+
+
+def test_diff_of_a_run_and_a_group_is_a_usage_error(project: Project) -> None:
+    with_script(project, NOISY)
+    group = group_of(project, "--repeat", "2")
+    run_id = load_records(project)[0].id
+    result = project.nixrepro("diff", run_id, group)
+    assert result.returncode == 2
+    assert result.stderr == (f"Error: cannot compare a run with a repeat group ({run_id} and {group}); "
+                             "give two runs or two groups.\n")
+
+
+def test_diff_of_runs_notes_a_run_that_was_not_deterministic(project: Project) -> None:
+    with_script(project, SHIFTED)
+    for shift in ("0", "1"):
+        assert project.nixrepro("run", "--flake", ".#env", "--seed", "1", "-p", f"shift={shift}", "--",
+                                sys.executable, "train.py").returncode == 0
+    old, new = sorted(load_records(project), key=lambda r: r.started_at)
+    shown = project.nixrepro("diff", old.id, new.id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"note: {determinism_note(old)}" in shown.stdout.splitlines()
+    doc = json.loads(project.nixrepro("diff", old.id, new.id, "--json").stdout)
+    assert doc["determinism"] == [determinism_note(old), determinism_note(new)]

@@ -104,6 +104,7 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
     Example:
       nixrepro reproduce @latest --rtol 1e-6
     """
+    from ..determinism import determinism_note
     from ..rebuild import metric_within
     from ..rebuild import reproduce as reproduce_run
 
@@ -112,9 +113,11 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
     result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
                            rtol=rtol)
     ok = result.within_tolerance and result.run.status == "succeeded"
+    note = determinism_note(record)  # why metrics may legitimately differ
     if as_json:
         echo_json({"run": result.run.id, "parent": record.id, "status": result.run.status,
                    "rtol": rtol, "within_tolerance": result.within_tolerance,
+                   "determinism": note,
                    "metrics": [{"name": m.name, "old": m.old, "new": m.new, "delta": m.delta,
                                 "relative": m.relative, "within": metric_within(m, rtol)}
                                for m in result.metrics]})
@@ -127,5 +130,8 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
             click.echo(f"  {mark} {m.name:<16} {m.old} -> {m.new}{delta}")
         click.echo(("metrics within" if result.within_tolerance else "metrics NOT within")
                    + (" rtol=0 (bit-identical)" if rtol == 0 else f" rtol={rtol:g}"))
+        if note and not result.within_tolerance:
+            click.echo(f"note: {note}")
     if not ok:
         sys.exit(1)
+

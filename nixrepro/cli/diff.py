@@ -26,15 +26,23 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool, color: bool | No
     environment packages, host, params, seed, data versions, metrics and outcome, each shown only
     when it differs. RUN_A and RUN_B are ids, unique id prefixes, @latest or @latest~N.
 
+    Two repeat groups (ids starting with g, from `run --repeat N`) are compared by their metric
+    means with their standard errors; Welch's t-test says which differences are within noise.
+
     \b
     Example:
       nixrepro diff @latest~1 @latest
       nixrepro diff 3f9a2c 7c1d0e --all
+      nixrepro diff g1a2b3c g4d5e6f
     """
     from ..diff import diff_runs, to_json
     from ..git import GitRepo
+    from ..groups import is_group_ref
 
     runs = store()
+    if is_group_ref(run_a) or is_group_ref(run_b):
+        _diff_groups(run_a, run_b, as_json)
+        return
     a, b = runs.resolve(run_a), runs.resolve(run_b)
     result = diff_runs(a, b, repo=GitRepo(runs.root.parent))
     if as_json:
@@ -44,6 +52,25 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool, color: bool | No
 
     use_color = sys.stdout.isatty() if color is None else color
     click.echo(render_text(result, all=show_all, color=use_color), color=use_color)
+
+
+def _diff_groups(ref_a: str, ref_b: str, as_json: bool) -> None:
+    from ..errors import UsageError
+    from ..groups import compare_groups, comparison_json, comparison_text, is_group_ref, resolve_group
+
+    if not (is_group_ref(ref_a) and is_group_ref(ref_b)):
+        raise UsageError(
+            f"cannot compare a run with a repeat group ({ref_a} and {ref_b}); give two runs or two groups."
+        )
+    runs = store()
+    a, b = resolve_group(runs, ref_a), resolve_group(runs, ref_b)
+    comparison = compare_groups(a.runs, b.runs)
+    if as_json:
+        echo_json({"a": a.id, "b": b.id, **comparison_json(comparison)})
+        return
+    click.echo(f"A = group {a.short_id} ({len(a.succeeded)} of {len(a.runs)} runs succeeded)")
+    click.echo(f"B = group {b.short_id} ({len(b.succeeded)} of {len(b.runs)} runs succeeded)")
+    click.echo(comparison_text(comparison))
 
 
 @cli.command(context_settings=CONTEXT)
