@@ -75,6 +75,16 @@ class DataRecord:
 
 
 @dataclass(frozen=True)
+class StageInfo:
+    """For a run that is a pipeline stage: its name, cache key and the runs it depends on."""
+
+    name: str
+    cache_key: str
+    key_parts: dict[str, Any] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Recorder:
     """Who wrote the record: the nixrepro version and the recorder's process."""
 
@@ -108,6 +118,7 @@ class RunRecord:
     metrics: dict[str, Scalar] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
     trackers: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. the W&B run id/url
+    stage: StageInfo | None = None
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

@@ -29,7 +29,7 @@ from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
-from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar
+from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar, StageInfo
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Outcome, supervise
@@ -53,6 +53,7 @@ class RunRequest:
     seed: int | None = None
     verify_contents: bool = False
     data_pins: dict[str, str] = field(default_factory=dict)  # uri -> version id (reproduce)
+    stage: StageInfo | None = None  # set when the run is a pipeline stage
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def execute(
                     for k, v in request.params.items()},
             seed=request.seed,
             env_vars=redactor.env(env),
+            stage=request.stage,
         )
         if prepared.dev_patch is not None:
             (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))

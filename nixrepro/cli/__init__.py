@@ -76,4 +76,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Each module registers its commands on `cli` when imported; add new areas here.
+from . import pipeline as _pipeline  # noqa: E402, F401
 from . import run as _run  # noqa: E402, F401
