@@ -169,10 +169,11 @@ class StageOutcome:
     run_id: str | None = None
     reason: str = ""
     outputs: dict[str, str] = field(default_factory=dict)  # uri -> version id
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.name, "state": self.state, "run": self.run_id, "reason": self.reason,
-                "outputs": self.outputs}
+                "outputs": self.outputs, "cache_key": self.key}
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -233,8 +234,13 @@ class PipelineRunner:
                 self._closures[env_path] = self.nix.closure(env_path).hash
             return self._closures[env_path]
 
-    def key_parts(self, stage: Stage, env_path: str, inputs: dict[str, str]) -> dict[str, Any]:
+    def key_parts(
+        self, stage: Stage, env_path: str, inputs: dict[str, str], done: dict[str, StageOutcome]
+    ) -> dict[str, Any]:
         return {
+            # an upstream stage that changes invalidates this one, even through `after` alone
+            "upstream": {up: done[up].key for up in sorted(self.pipeline.upstream[stage.name])
+                         if up in done},
             "cmd": stage.argv,
             "params": stage.params,
             "closure_hash": self.closure_hash(env_path),
@@ -307,14 +313,14 @@ class PipelineRunner:
         try:
             inputs = self.input_versions(stage, done)
             env_path = self.env_path(stage)
-            parts = self.key_parts(stage, env_path, inputs)
+            parts = self.key_parts(stage, env_path, inputs, done)
         except NixreproError as exc:
             return StageOutcome(stage.name, "failed", reason=str(exc))
         key = cache_key(parts)
         cached = None if self.force else self.cached_run(key)
         if cached is not None:
             return StageOutcome(stage.name, "skipped", cached.id, "nothing it depends on changed",
-                                {o.uri: o.version_id or "" for o in cached.data.outputs})
+                                {o.uri: o.version_id or "" for o in cached.data.outputs}, key)
         depends_on = sorted({run_id for up in self.pipeline.upstream[stage.name]
                              if up in done and (run_id := done[up].run_id)})
         info = StageInfo(name=stage.name, cache_key=key, key_parts=parts, depends_on=depends_on)
@@ -331,7 +337,7 @@ class PipelineRunner:
             return StageOutcome(stage.name, "failed", record.id,
                                 f"it did not write its declared output {missing[0]}")
         self.remember(key, record)
-        return StageOutcome(stage.name, "ran", record.id, "", outputs)
+        return StageOutcome(stage.name, "ran", record.id, "", outputs, key)
 
     def input_versions(self, stage: Stage, done: dict[str, StageOutcome]) -> dict[str, str]:
         """Exact version ids: an upstream stage's output as it produced it, else the latest."""
@@ -358,14 +364,16 @@ def plan(runner: PipelineRunner, targets: Sequence[str] = ()) -> list[StageOutco
             result[name] = StageOutcome(name, "not run", reason=f"would run after {stale_ups[0]}")
             continue
         try:
-            parts = runner.key_parts(stage, runner.env_path(stage), runner.input_versions(stage, result))
+            inputs = runner.input_versions(stage, result)
+            parts = runner.key_parts(stage, runner.env_path(stage), inputs, result)
         except NixreproError as exc:
             result[name] = StageOutcome(name, "failed", reason=str(exc))
             continue
         cached = None if runner.force else runner.cached_run(cache_key(parts))
         if cached is not None:
             result[name] = StageOutcome(name, "skipped", cached.id, "up to date",
-                                        {o.uri: o.version_id or "" for o in cached.data.outputs})
+                                        {o.uri: o.version_id or "" for o in cached.data.outputs},
+                                        cache_key(parts))
         else:
             reason = stale_reason(previous.get(name), parts)
             result[name] = StageOutcome(name, "not run", reason=f"would run: {reason}")
@@ -416,7 +424,8 @@ def stale_reason(previous: StageInfo | None, parts: dict[str, Any]) -> str:
     """In words, which part of the key changed since the stage last ran."""
     if previous is None:
         return "it never ran"
-    names = {"cmd": "command", "params": "params", "closure_hash": "environment", "code": "code",
-             "dev_diff": "uncommitted changes", "inputs": "input data", "outputs": "outputs"}
+    names = {"closure_hash": "environment", "code": "code", "params": "params", "inputs": "input data",
+             "cmd": "command", "upstream": "an upstream stage", "dev_diff": "uncommitted changes",
+             "outputs": "outputs"}
     changed = [names[k] for k in names if previous.key_parts.get(k) != parts.get(k)]
     return ("changed: " + ", ".join(changed)) if changed else "its cached run is gone"
