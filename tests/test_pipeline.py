@@ -161,7 +161,8 @@ def test_a_changed_dependency_file_reruns_only_what_depends_on_it(piped: tuple[P
     ran(log)
     (project.root / "report.sh").write_text('echo report >> "$1"; echo v2 > /dev/null\n')
     project.commit("report v2")
-    assert states(project) == {"prepare": "skipped", "report": "ran", "train": "skipped", "evaluate": "skipped"}
+    expected = {"prepare": "skipped", "report": "ran", "train": "skipped", "evaluate": "skipped"}
+    assert states(project) == expected
 
 
 def test_one_changed_store_path_of_the_environment_reruns_every_stage(piped: tuple[Project, Path]) -> None:
