@@ -62,11 +62,25 @@ class TrackerConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """``[stages.NAME]``: one step of a pipeline (docs/pipelines.md)."""
+
+    cmd: str | list[str]
+    inputs: list[str] = field(default_factory=list)  # data URIs; another stage's output URI links them
+    outputs: list[str] = field(default_factory=list)  # LOCAL=URI
+    params: dict[str, int | float | bool | str] = field(default_factory=dict)
+    env: str | None = None  # a flake output (.#env) or a store path; default [run] flake
+    deps: list[str] = field(default_factory=list)  # files it depends on; default the whole commit
+    after: list[str] = field(default_factory=list)  # stages to run first, beyond data links
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
     source: str | None = None  # the file it was read from, for messages
 
 
@@ -108,6 +122,11 @@ def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str])
         key = prefix + unknown[0]
         known = ", ".join(sorted(prefix + k for k in keys))
         raise ConfigError(f"{source}: unknown key {key!r}; known keys here: {known}.")
+    required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in table]
+    if missing:
+        raise ConfigError(f"{source}: {prefix.rstrip('.')!r} needs {missing[0]!r}.")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for name, value in table.items():
@@ -124,15 +143,29 @@ def _value(hint: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key!r} must be a list, not {_kind(value)}.")
         return [_value(args[0], item, source, key) for item in value]
-    if type(None) in args:
-        hint = next(arg for arg in args if arg is not type(None))
-    expected = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
-    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise ConfigError(f"{source}: {key!r} must be {expected.get(hint, hint)}, not {_kind(value)}.")
-    return value
+    if origin is dict:  # a table of named entries, e.g. [stages.NAME]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key!r} must be a table, not {_kind(value)}.")
+        return {name: _value(args[1], item, source, f"{key}.{name}") for name, item in value.items()}
+    options = [arg for arg in args if arg is not type(None)] if args else [hint]
+    for option in options:
+        if typing.get_origin(option) is list and isinstance(value, list):
+            return _value(option, value, source, key)
+        if isinstance(option, type) and _is(value, option):
+            return float(value) if option is float else value
+    expected = " or ".join(_EXPECTED.get(o, str(o)) for o in options)
+    raise ConfigError(f"{source}: {key!r} must be {expected}, not {_kind(value)}.")
+
+
+_EXPECTED: dict[Any, str] = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def _is(value: Any, option: type) -> bool:
+    if isinstance(value, bool):
+        return option is bool
+    if option is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, option)
 
 
 def _kind(value: Any) -> str:

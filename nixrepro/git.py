@@ -109,6 +109,27 @@ class GitRepo:
                 return False
         return True
 
+    def tree_ids(self, paths: list[str]) -> dict[str, str]:
+        """Git object ids at HEAD of ``paths`` (files or directories); ``{".": tree}`` for none.
+
+        Refuses a path that is not in the commit.
+        """
+        wanted = paths or ["."]
+        args = [f"HEAD:{p.strip('/') or ''}" if p not in (".", "") else "HEAD^{tree}" for p in wanted]
+        result = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", *args],
+                          check=False, missing_hint=_HINT)
+        ids = result.stdout.split()
+        if result.returncode != 0 or len(ids) != len(wanted):
+            for path, arg in zip(wanted, args, strict=False):
+                single = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", arg],
+                                  check=False, missing_hint=_HINT)
+                if single.returncode != 0:
+                    raise RefusedError(
+                        f"{path!r} is not in the commit {self.root.name} is at; commit it or fix the "
+                        "stage's deps."
+                    )
+        return dict(zip(wanted, ids, strict=True))
+
     def is_tracked(self, rel_path: str) -> bool:
         result = proc.run(
             ["git", "-C", str(self.root), "ls-files", "--error-unmatch", "--", rel_path],

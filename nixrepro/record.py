@@ -76,6 +76,16 @@ class DataRecord:
 
 
 @dataclass(frozen=True)
+class StageInfo:
+    """For a run that is a pipeline stage: its name, cache key and the runs it depends on."""
+
+    name: str
+    cache_key: str
+    key_parts: dict[str, Any] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Recorder:
     """Who wrote the record: the nixrepro version and the recorder's process."""
 
@@ -122,6 +132,7 @@ class RunRecord:
     repeat_index: int | None = None  # 0..N-1 within its group
     deterministic: bool = False  # run with --deterministic
     seeded: Seeded | None = None  # set when the experiment called nixrepro.seed_everything()
+    stage: StageInfo | None = None
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

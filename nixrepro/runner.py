@@ -29,7 +29,7 @@ from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
-from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar
+from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar, StageInfo
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Outcome, supervise
@@ -61,6 +61,7 @@ class RunRequest:
     def effective_seed(self) -> int | None:
         """``--deterministic`` without ``--seed`` runs with seed 0 (recorded)."""
         return 0 if self.seed is None and self.deterministic else self.seed
+    stage: StageInfo | None = None  # set when the run is a pipeline stage
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ def execute(
             deterministic=request.deterministic,
             group=request.group,
             repeat_index=request.repeat_index,
+            stage=request.stage,
         )
         if prepared.dev_patch is not None:
             (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))

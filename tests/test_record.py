@@ -26,6 +26,7 @@ from nixrepro.record import (
     RecordError,
     RunRecord,
     Seeded,
+    StageInfo,
     record_sha256,
 )
 from tests.record_paths import REQUIRED_PATHS, missing_paths
@@ -102,6 +103,9 @@ def full_record() -> RunRecord:
         repeat_index=2,
         deterministic=True,
         seeded=Seeded(seed=1236, libraries=["random", "numpy"], deterministic_algorithms=True),
+        stage=StageInfo(name="train", cache_key="5d41402abc4b2a76b9719d911017c592",
+                        key_parts={"params": {"lr": 0.1}, "code": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+                        depends_on=["20260611T100000-prep01"]),
     )
 
 

@@ -1,0 +1,87 @@
+"""How long a fully cached 3-stage pipeline takes to decide "nothing to do".
+
+nixrepro (`pipeline run`: builds/evaluates the env, hashes its closure, checks the stage cache)
+against `dvc repro` on the equivalent dvc.yaml when dvc is installed (DVC_BIN or `dvc` on PATH).
+Target (issue #7): under 1 s, and faster than dvc repro. Prints medians and the ratio.
+
+    .venv/bin/python bench/pipeline.py [--repeat 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers import NIX_CONFIG, git_commit, make_project, sh
+
+STAGES = ("prepare", "train", "evaluate")
+TOML = """[run]
+flake = ".#env"
+""" + "".join(
+    f'\n[stages.{name}]\ncmd = "sh {name}.sh"\ndeps = ["{name}.sh"]\n'
+    + (f'after = ["{prev}"]\n' if prev else "")
+    for prev, name in zip((None, *STAGES), STAGES, strict=False)
+)
+DVC_YAML = "stages:\n" + "".join(
+    f"  {name}:\n    cmd: sh {name}.sh\n    deps:\n      - {name}.sh\n"
+    + (f"      - out/{prev}.txt\n" if prev else "")
+    + f"    outs:\n      - out/{name}.txt\n"
+    for prev, name in zip((None, *STAGES), STAGES, strict=False)
+)
+
+
+def timed(argv: list[str], cwd: Path, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    with tempfile.TemporaryDirectory(prefix="nixrepro-bench-") as tmp:
+        project = make_project(Path(tmp), label="benchpipe")
+        for name in STAGES:
+            (project.root / f"{name}.sh").write_text(f"mkdir -p out; echo {name} > out/{name}.txt\n")
+        (project.root / "nixrepro.toml").write_text(TOML)
+        (project.root / ".gitignore").write_text("out/\n")
+        git_commit(project.root, "pipeline")
+        nixrepro = [sys.executable, "-m", "nixrepro", "pipeline", "run"]
+        subprocess.run(nixrepro, cwd=project.root, check=True, capture_output=True)
+        ours = timed(nixrepro, project.root, args.repeat)
+        print(f"nixrepro pipeline run, all 3 stages cached: {ours:.3f} s  (target < 1 s)")
+
+        dvc = os.environ.get("DVC_BIN") or shutil.which("dvc")
+        if not dvc:
+            print("dvc repro: skipped (dvc is not installed; set DVC_BIN or put dvc on PATH)")
+            return
+        theirs_dir = Path(tmp) / "dvc"
+        theirs_dir.mkdir()
+        sh(["git", "init", "-q"], cwd=theirs_dir)
+        for name in STAGES:
+            (theirs_dir / f"{name}.sh").write_text(f"mkdir -p out; echo {name} > out/{name}.txt\n")
+        (theirs_dir / "dvc.yaml").write_text(DVC_YAML)
+        subprocess.run([dvc, "init", "-q"], cwd=theirs_dir, check=True)
+        subprocess.run([dvc, "config", "core.analytics", "false"], cwd=theirs_dir, check=True)
+        subprocess.run([dvc, "repro"], cwd=theirs_dir, check=True, capture_output=True)
+        git_commit(theirs_dir, "dvc")
+        theirs = timed([dvc, "repro"], theirs_dir, args.repeat)
+        print(f"dvc repro, all 3 stages cached:             {theirs:.3f} s")
+        print(f"ratio nixrepro / dvc: {ours / theirs:.2f}  (target < 1)")
+
+
+if __name__ == "__main__":
+    main()

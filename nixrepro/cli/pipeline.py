@@ -1,0 +1,138 @@
+"""``pipeline run|status|graph``: stages from nixrepro.toml, each a recorded run, cached."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import CONTEXT, cli, echo_json
+
+
+def _runner(dev: bool = False, force: bool = False) -> Any:
+    from .. import config as config_module
+    from ..git import GitRepo
+    from ..nix import Nix
+    from ..pipeline import Pipeline, PipelineRunner
+    from ..runner import RunRequest
+    from ..runner import run as run_request
+
+    repo = GitRepo.discover(Path.cwd())
+    config = config_module.load(repo.root)
+    nix = Nix()
+
+    def execute(stage: Any, env_path: str, info: Any, inputs: dict[str, str]) -> Any:
+        request = RunRequest(
+            argv=stage.argv, cwd=repo.root, env_path=env_path, params=stage.params, dev=dev,
+            name=stage.name, tags=[f"stage:{stage.name}"], data_pins=inputs, stage=info,
+            **_data_flags(stage),
+        )
+        return run_request(request, config, nix)
+
+    return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
+                          resolver=_resolver(config), execute=execute, dev=dev, force=force)
+
+
+def _data_flags(stage: Any) -> dict[str, Any]:
+    """The stage's inputs and outputs as `nixrepro run --input/--output` would pass them."""
+    return {}
+
+
+def _resolver(config: Any) -> Any:
+    from ..errors import NixreproError
+
+    class NoDataStore:
+        def latest_version(self, uri: str) -> str:
+            raise NixreproError(f"cannot resolve {uri}: no data store is configured.")
+
+    return NoDataStore()
+
+
+def _print(outcomes: list[Any]) -> None:
+    width = max((len(o.name) for o in outcomes), default=5)
+    for o in outcomes:
+        run = f"run {o.run_id[:8]}" if o.run_id else ""
+        detail = "; ".join(part for part in (run, o.reason) if part)
+        click.echo(f"{o.name:<{width}}  {o.state:<8}  {detail}".rstrip())
+
+
+@cli.group(context_settings=CONTEXT)
+def pipeline() -> None:
+    """Run the stages of [stages.NAME] in nixrepro.toml, skipping those that are up to date.
+
+    A stage is skipped when a succeeded run has the same command, params, environment closure,
+    code (git tree of its deps) and input data versions.
+
+    \b
+    Example:
+      nixrepro pipeline run
+      nixrepro pipeline status
+    """
+
+
+@pipeline.command("run", context_settings=CONTEXT)
+@click.argument("stages", nargs=-1)
+@click.option("--force", is_flag=True, help="Run every selected stage even when it is cached.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Stages that do not depend on each other may run at the same time.")
+@click.option("--dev", is_flag=True, help="Allow a dirty tree; the stages are recorded as dev runs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable outcome.")
+def pipeline_run(stages: tuple[str, ...], force: bool, jobs: int, dev: bool, as_json: bool) -> None:
+    """Run STAGES (default: all) and what they depend on; exit 1 if a stage failed.
+
+    \b
+    Example:
+      nixrepro pipeline run train -j 2
+    """
+    outcomes = _runner(dev=dev, force=force).run(list(stages), jobs=jobs)
+    if as_json:
+        echo_json([o.to_dict() for o in outcomes])
+    else:
+        _print(outcomes)
+    if any(o.state in ("failed", "not run") for o in outcomes):
+        sys.exit(1)
+
+
+@pipeline.command("status", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def pipeline_status(as_json: bool) -> None:
+    """Show how each stage ended in the last `pipeline run`, and what a run would do now.
+
+    \b
+    Example:
+      nixrepro pipeline status
+    """
+    from ..pipeline import last_outcomes, plan
+
+    runner = _runner(dev=True)
+    last = {o["stage"]: o for o in last_outcomes(runner.store)}
+    now = plan(runner)
+    if as_json:
+        echo_json([{"stage": o.name, "last": last.get(o.name), "now": o.to_dict()} for o in now])
+        return
+    width = max(len(o.name) for o in now)
+    for o in now:
+        previous = last.get(o.name)
+        then = previous["state"] if previous else "-"
+        state = "up to date" if o.state == "skipped" else o.reason
+        click.echo(f"{o.name:<{width}}  last: {then:<8}  now: {state}")
+
+
+@pipeline.command("graph", context_settings=CONTEXT)
+@click.option("--dot", is_flag=True, help="Graphviz dot instead of text.")
+def pipeline_graph(dot: bool) -> None:
+    """Print the stages and the data that links them.
+
+    \b
+    Example:
+      nixrepro pipeline graph --dot | dot -Tsvg > pipeline.svg
+    """
+    from .. import config as config_module
+    from ..git import GitRepo
+    from ..pipeline import Pipeline, graph_dot, graph_text
+
+    config = config_module.load(GitRepo.discover(Path.cwd()).root)
+    pipe = Pipeline.from_config(config)
+    click.echo(graph_dot(pipe) if dot else graph_text(pipe))

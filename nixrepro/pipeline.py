@@ -1,0 +1,431 @@
+"""Pipelines: stages from ``[stages.NAME]`` that compose, each a recorded run, skipped when nothing
+they depend on changed.
+
+A stage's cache key is the sha256 of its command, its params, the closure hash of its environment,
+the git tree ids of the files it depends on (the whole commit by default) and the exact version
+ids of its input data. A succeeded run with the same key is reused: its outputs (uri + version id)
+feed the next stages and nothing runs. Change one store path of the environment and the key
+changes, which is what DVC's stage cache cannot see.
+
+Stages are linked by data: an input URI that another stage declares as an output makes that stage
+run first (``after`` adds links that carry no data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from .config import Config, StageConfig
+from .errors import ConfigError, NixreproError, RefusedError
+from .fsutil import atomic_write
+from .git import GitRepo, format_dirty
+from .nix import Nix
+from .record import RunRecord, StageInfo
+from .runstore import RunStore
+
+State = Literal["ran", "skipped", "failed", "not run"]
+CACHE_DIR = "stage-cache"
+LAST_FILE = "pipeline-last.json"
+
+
+class DataResolver(Protocol):
+    """What the pipeline needs of the data store: the current version of an input."""
+
+    def latest_version(self, uri: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Output:
+    local: str
+    uri: str
+
+    @classmethod
+    def parse(cls, stage: str, text: str) -> Output:
+        local, sep, uri = text.partition("=")
+        if not sep or not local or "://" not in uri:
+            raise ConfigError(
+                f"stage {stage!r}: output {text!r} is not LOCAL=URI; write it as "
+                "\"model.pkl=file:///data/model.pkl\"."
+            )
+        return cls(local, uri)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    argv: list[str]
+    inputs: list[str]
+    outputs: list[Output]
+    params: dict[str, Any]
+    env: str | None
+    deps: list[str]
+    after: list[str]
+
+    @classmethod
+    def from_config(cls, name: str, stage: StageConfig) -> Stage:
+        argv = shlex.split(stage.cmd) if isinstance(stage.cmd, str) else list(stage.cmd)
+        if not argv:
+            raise ConfigError(f"stage {name!r} has an empty cmd; give the command to run.")
+        return cls(name, argv, list(stage.inputs), [Output.parse(name, o) for o in stage.outputs],
+                   dict(stage.params), stage.env, list(stage.deps), list(stage.after))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: dict[str, Stage]
+    upstream: dict[str, set[str]]  # stage -> the stages that must finish before it
+    producer: dict[str, str]  # output URI -> stage that writes it
+
+    @classmethod
+    def from_config(cls, config: Config) -> Pipeline:
+        if not config.stages:
+            raise ConfigError(
+                f"{config.source or 'nixrepro.toml'} defines no stages; add [stages.NAME] tables "
+                "(see docs/pipelines.md)."
+            )
+        stages = {name: Stage.from_config(name, sc) for name, sc in config.stages.items()}
+        producer: dict[str, str] = {}
+        for stage in stages.values():
+            for out in stage.outputs:
+                if out.uri in producer:
+                    raise ConfigError(
+                        f"stages {producer[out.uri]!r} and {stage.name!r} both write {out.uri}; "
+                        "give each output one producer."
+                    )
+                producer[out.uri] = stage.name
+        upstream: dict[str, set[str]] = {}
+        for stage in stages.values():
+            unknown = [a for a in stage.after if a not in stages]
+            if unknown:
+                raise ConfigError(
+                    f"stage {stage.name!r} runs after {unknown[0]!r}, which is not a stage; "
+                    f"known stages: {', '.join(sorted(stages))}."
+                )
+            links = {producer[uri] for uri in stage.inputs if uri in producer} | set(stage.after)
+            upstream[stage.name] = links  # reading its own output is a cycle, reported below
+        pipeline = cls(stages, upstream, producer)
+        pipeline.order()  # refuses a cycle now, not halfway through a run
+        return pipeline
+
+    def order(self) -> list[str]:
+        """Stages in an order where each comes after everything it depends on."""
+        done: list[str] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "visiting":
+                cycle = [*path[path.index(name):], name]
+                raise ConfigError(
+                    f"the stages form a cycle ({' -> '.join(cycle)}); remove one of these links "
+                    "(an input that is another stage's output, or `after`)."
+                )
+            state[name] = "visiting"
+            for up in sorted(self.upstream[name]):
+                visit(up, [*path, name])
+            state[name] = "done"
+            done.append(name)
+
+        for name in sorted(self.stages):
+            visit(name, [])
+        return done
+
+    def closure_of(self, targets: Iterable[str]) -> list[str]:
+        """The targets and everything upstream of them, in run order."""
+        wanted: set[str] = set()
+        todo = list(targets)
+        for name in todo:
+            if name not in self.stages:
+                known = ", ".join(sorted(self.stages))
+                raise ConfigError(f"there is no stage {name!r}; known stages: {known}.")
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(self.upstream[name])
+        return [name for name in self.order() if name in wanted]
+
+    def downstream(self, name: str) -> set[str]:
+        found: set[str] = set()
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            for other, ups in self.upstream.items():
+                if current in ups and other not in found:
+                    found.add(other)
+                    todo.append(other)
+        return found
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    state: State
+    run_id: str | None = None
+    reason: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # uri -> version id
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "state": self.state, "run": self.run_id, "reason": self.reason,
+                "outputs": self.outputs, "cache_key": self.key}
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the key's parts (see the module docstring)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class PipelineRunner:
+    """Decides, stage by stage, whether to reuse a cached run or to run, and runs."""
+
+    def __init__(
+        self,
+        repo: GitRepo,
+        config: Config,
+        pipeline: Pipeline,
+        *,
+        nix: Nix,
+        resolver: DataResolver,
+        execute: Callable[[Stage, str, StageInfo, dict[str, str]], RunRecord],
+        dev: bool = False,
+        force: bool = False,
+    ) -> None:
+        self.repo, self.config, self.pipeline = repo, config, pipeline
+        self.nix, self.resolver, self.execute = nix, resolver, execute
+        self.dev, self.force = dev, force
+        self.store = RunStore.for_repo(repo.root)
+        self._envs: dict[str, str] = {}
+        self._closures: dict[str, str] = {}
+        self._memo = threading.Lock()
+        snapshot = repo.snapshot()
+        if snapshot.changes and not dev:
+            raise RefusedError(
+                f"the work tree has uncommitted changes ({format_dirty(snapshot.changes)}); commit "
+                "them, or pass --dev to run the pipeline as development runs."
+            )
+        self.dev_diff = (
+            hashlib.sha256(repo.diff_with_untracked()).hexdigest() if snapshot.changes else None
+        )
+
+    # -- the parts of a cache key ------------------------------------------------------------
+
+    def env_path(self, stage: Stage) -> str:
+        ref = stage.env or self.config.run.flake
+        if ref is None:
+            raise ConfigError(
+                f"stage {stage.name!r} has no environment; set env = \".#env\" in [stages.{stage.name}] "
+                "or [run] flake in nixrepro.toml."
+            )
+        with self._memo:
+            if ref not in self._envs:
+                built = ref if ref.startswith("/nix/store/") else self.nix.build(ref, cwd=self.repo.root)
+                self._envs[ref] = built
+            return self._envs[ref]
+
+    def closure_hash(self, env_path: str) -> str:
+        with self._memo:
+            if env_path not in self._closures:
+                self._closures[env_path] = self.nix.closure(env_path).hash
+            return self._closures[env_path]
+
+    def key_parts(
+        self, stage: Stage, env_path: str, inputs: dict[str, str], done: dict[str, StageOutcome]
+    ) -> dict[str, Any]:
+        return {
+            # an upstream stage that changes invalidates this one, even through `after` alone
+            "upstream": {up: done[up].key for up in sorted(self.pipeline.upstream[stage.name])
+                         if up in done},
+            "cmd": stage.argv,
+            "params": stage.params,
+            "closure_hash": self.closure_hash(env_path),
+            "code": self.repo.tree_ids(stage.deps),
+            "dev_diff": self.dev_diff,
+            "inputs": inputs,
+            "outputs": [out.uri for out in stage.outputs],
+        }
+
+    # -- the stage cache -----------------------------------------------------------------------
+
+    def cached_run(self, key: str) -> RunRecord | None:
+        link = self.store.root / CACHE_DIR / key
+        try:
+            run_id = link.read_text().strip()
+            record = self.store.load(run_id)
+        except (FileNotFoundError, NixreproError):
+            return None
+        outputs = {o.uri: o for o in record.data.outputs}
+        if record.status != "succeeded" or any(
+            outputs.get(o.uri) is None or outputs[o.uri].pending or not outputs[o.uri].version_id
+            for o in self.pipeline.stages[record.stage.name if record.stage else ""].outputs
+        ):
+            return None
+        return record
+
+    def remember(self, key: str, record: RunRecord) -> None:
+        atomic_write(self.store.root / CACHE_DIR / key, record.id + "\n")
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, targets: Sequence[str] = (), jobs: int = 1) -> list[StageOutcome]:
+        names = self.pipeline.closure_of(targets or self.pipeline.stages)
+        outcomes: dict[str, StageOutcome] = {}
+        lock = threading.Condition()
+        running: set[str] = set()
+
+        def ready(name: str) -> bool:
+            return all(up in outcomes for up in self.pipeline.upstream[name] if up in names)
+
+        def work(name: str) -> None:
+            outcome = self.run_stage(self.pipeline.stages[name], outcomes)
+            with lock:
+                outcomes[name] = outcome
+                running.discard(name)
+                if outcome.state == "failed":
+                    for below in self.pipeline.downstream(name):
+                        if below in names and below not in outcomes:
+                            outcomes[below] = StageOutcome(below, "not run", reason=f"{name} failed")
+                lock.notify_all()
+
+        threads: list[threading.Thread] = []
+        with lock:
+            while len(outcomes) < len(names):
+                startable = [n for n in names if n not in outcomes and n not in running and ready(n)]
+                while startable and len(running) < max(jobs, 1):
+                    name = startable.pop(0)
+                    running.add(name)
+                    thread = threading.Thread(target=work, args=(name,), daemon=True)
+                    threads.append(thread)
+                    thread.start()
+                lock.wait()
+        for thread in threads:
+            thread.join()
+        result = [outcomes[name] for name in names]
+        atomic_write(self.store.root / LAST_FILE, json.dumps([o.to_dict() for o in result], indent=2))
+        return result
+
+    def run_stage(self, stage: Stage, done: dict[str, StageOutcome]) -> StageOutcome:
+        try:
+            inputs = self.input_versions(stage, done)
+            env_path = self.env_path(stage)
+            parts = self.key_parts(stage, env_path, inputs, done)
+        except NixreproError as exc:
+            return StageOutcome(stage.name, "failed", reason=str(exc))
+        key = cache_key(parts)
+        cached = None if self.force else self.cached_run(key)
+        if cached is not None:
+            return StageOutcome(stage.name, "skipped", cached.id, "nothing it depends on changed",
+                                {o.uri: o.version_id or "" for o in cached.data.outputs}, key)
+        depends_on = sorted({run_id for up in self.pipeline.upstream[stage.name]
+                             if up in done and (run_id := done[up].run_id)})
+        info = StageInfo(name=stage.name, cache_key=key, key_parts=parts, depends_on=depends_on)
+        try:
+            record = self.execute(stage, env_path, info, inputs)
+        except NixreproError as exc:
+            return StageOutcome(stage.name, "failed", reason=str(exc))
+        outputs = {o.uri: o.version_id or "" for o in record.data.outputs if not o.pending}
+        if record.status != "succeeded":
+            return StageOutcome(stage.name, "failed", record.id, f"run {record.short_id} {record.status}"
+                                + (f" with exit code {record.exit_code}" if record.exit_code else ""))
+        missing = [o.uri for o in stage.outputs if not outputs.get(o.uri)]
+        if missing:
+            return StageOutcome(stage.name, "failed", record.id,
+                                f"it did not write its declared output {missing[0]}")
+        self.remember(key, record)
+        return StageOutcome(stage.name, "ran", record.id, "", outputs, key)
+
+    def input_versions(self, stage: Stage, done: dict[str, StageOutcome]) -> dict[str, str]:
+        """Exact version ids: an upstream stage's output as it produced it, else the latest."""
+        versions: dict[str, str] = {}
+        for uri in stage.inputs:
+            producer = self.pipeline.producer.get(uri)
+            if producer is not None and producer in done:
+                versions[uri] = done[producer].outputs[uri]
+            else:
+                versions[uri] = self.resolver.latest_version(uri)
+        return versions
+
+
+def plan(runner: PipelineRunner, targets: Sequence[str] = ()) -> list[StageOutcome]:
+    """What ``pipeline run`` would do now, without running anything (``skipped`` = up to date)."""
+    names = runner.pipeline.closure_of(targets or runner.pipeline.stages)
+    previous = _previous_stage_runs(runner.store)
+    result: dict[str, StageOutcome] = {}
+    for name in names:
+        stage = runner.pipeline.stages[name]
+        stale_ups = [up for up in sorted(runner.pipeline.upstream[name])
+                     if up in result and result[up].state != "skipped"]
+        if stale_ups:
+            result[name] = StageOutcome(name, "not run", reason=f"would run after {stale_ups[0]}")
+            continue
+        try:
+            inputs = runner.input_versions(stage, result)
+            parts = runner.key_parts(stage, runner.env_path(stage), inputs, result)
+        except NixreproError as exc:
+            result[name] = StageOutcome(name, "failed", reason=str(exc))
+            continue
+        cached = None if runner.force else runner.cached_run(cache_key(parts))
+        if cached is not None:
+            result[name] = StageOutcome(name, "skipped", cached.id, "up to date",
+                                        {o.uri: o.version_id or "" for o in cached.data.outputs},
+                                        cache_key(parts))
+        else:
+            reason = stale_reason(previous.get(name), parts)
+            result[name] = StageOutcome(name, "not run", reason=f"would run: {reason}")
+    return [result[name] for name in names]
+
+
+def _previous_stage_runs(store: RunStore) -> dict[str, StageInfo]:
+    latest: dict[str, StageInfo] = {}
+    for record in reversed(store.records()):  # oldest first, so the newest wins
+        if record.stage is not None:
+            latest[record.stage.name] = record.stage
+    return latest
+
+
+def last_outcomes(store: RunStore) -> list[dict[str, Any]]:
+    try:
+        data: list[dict[str, Any]] = json.loads((store.root / LAST_FILE).read_text())
+        return data
+    except FileNotFoundError:
+        return []
+
+
+def graph_text(pipeline: Pipeline) -> str:
+    lines = []
+    for name in pipeline.order():
+        stage = pipeline.stages[name]
+        ups = sorted(pipeline.upstream[name])
+        lines.append(f"{name}" + (f"  <- {', '.join(ups)}" if ups else ""))
+        for uri in stage.inputs:
+            source = f"  (from {pipeline.producer[uri]})" if uri in pipeline.producer else ""
+            lines.append(f"    in   {uri}{source}")
+        for out in stage.outputs:
+            lines.append(f"    out  {out.uri}  ({out.local})")
+    return "\n".join(lines)
+
+
+def graph_dot(pipeline: Pipeline) -> str:
+    lines = ["digraph pipeline {", "  rankdir=LR;", "  node [shape=box];"]
+    for name in pipeline.order():
+        lines.append(f'  "{name}";')
+        for up in sorted(pipeline.upstream[name]):
+            lines.append(f'  "{up}" -> "{name}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def stale_reason(previous: StageInfo | None, parts: dict[str, Any]) -> str:
+    """In words, which part of the key changed since the stage last ran."""
+    if previous is None:
+        return "it never ran"
+    names = {"closure_hash": "environment", "code": "code", "params": "params", "inputs": "input data",
+             "cmd": "command", "upstream": "an upstream stage", "dev_diff": "uncommitted changes",
+             "outputs": "outputs"}
+    changed = [names[k] for k in names if previous.key_parts.get(k) != parts.get(k)]
+    return ("changed: " + ", ".join(changed)) if changed else "its cached run is gone"
