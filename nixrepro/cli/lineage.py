@@ -1,0 +1,33 @@
+"""``lineage``: where a data version came from, across runs and pipeline stages."""
+
+from __future__ import annotations
+
+import click
+
+from . import CONTEXT, cli, echo_json, store
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("ref", metavar="URI[@VERSION]")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable tree (nixrepro.lineage/1).")
+@click.option("--dot", "as_dot", is_flag=True, help="Graphviz source (pipe into `dot -Tsvg`).")
+def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
+    """Show the run that produced a data version, the inputs it read, and so on back.
+
+    Without @VERSION, the version most recently written by a recorded run. Works from the run
+    records alone: no data store needs to be reachable.
+
+    \b
+    Example:
+      nixrepro lineage s3://ml-data/models/model.pt
+      nixrepro lineage file:///data/eval.json@000003 --dot | dot -Tsvg > lineage.svg
+    """
+    from ..lineage import DataRef, Lineage, render_dot, render_text, to_json
+
+    tree = Lineage(store().records()).trace(DataRef.parse(ref))
+    if as_json:
+        echo_json(to_json(tree))
+    elif as_dot:
+        click.echo(render_dot(tree))
+    else:
+        click.echo(render_text(tree))

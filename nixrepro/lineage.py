@@ -1,0 +1,195 @@
+"""Lineage: which run produced a data version, what it read, and so on back.
+
+Computed from the run records alone (``data.outputs`` says what a run wrote, ``data.inputs`` what
+it read, both with version ids), so it works offline and years later. A version no recorded run
+produced is a leaf ("external"). Pipeline stages are runs like any other: a stage's inputs are its
+upstream stage's outputs, so lineage walks across stages with no special case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+from .record import DataVersion, RunRecord
+
+SCHEMA = "nixrepro.lineage/1"
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """``URI`` or ``URI@VERSION`` as a user types it."""
+
+    uri: str
+    version_id: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DataRef:
+        # A version id never contains "/", a key may contain "@": split only at a last "@"
+        # whose tail has no "/".
+        uri, sep, version = text.rpartition("@")
+        if sep and uri and version and "/" not in version and "://" in uri:
+            return cls(uri, version)
+        if "://" not in text:
+            raise UsageError(
+                f"{text!r} is not a data URI; give s3://bucket/key or file:///dir/key, "
+                "optionally with @VERSION."
+            )
+        return cls(text)
+
+    def __str__(self) -> str:
+        return f"{self.uri}@{self.version_id}" if self.version_id else self.uri
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """One data version, the run that produced it (None: external) and that run's inputs."""
+
+    version: DataVersion
+    run: RunRecord | None
+    inputs: list[LineageNode] = field(default_factory=list)
+    repeated: bool = False  # already shown above in this tree (a diamond); not expanded again
+
+
+class Lineage:
+    """An index of the run store: (uri, version id) -> the run that wrote it."""
+
+    def __init__(self, records: Iterable[RunRecord]) -> None:
+        # Oldest first, so the latest producer of a URI wins in `by_uri`.
+        self.records = sorted(records, key=lambda r: (r.started_at, r.id))
+        self.by_version: dict[tuple[str, str | None], tuple[RunRecord, DataVersion]] = {}
+        self.by_uri: dict[str, tuple[RunRecord, DataVersion]] = {}
+        for record in self.records:
+            for output in record.data.outputs:
+                self.by_version[(output.uri, output.version_id)] = (record, output)
+                self.by_uri[output.uri] = (record, output)
+
+    def trace(self, ref: DataRef) -> LineageNode:
+        """The lineage tree of ``ref``; an unknown version is a usage error naming the remedy."""
+        if ref.version_id is None:
+            found = self.by_uri.get(ref.uri)
+        else:
+            found = self.by_version.get((ref.uri, ref.version_id))
+        if found is None:
+            readers = [r for r in self.records if any(self._same(i, ref) for i in r.data.inputs)]
+            if readers:  # read by recorded runs but produced outside them: an external source
+                version = next(i for i in readers[-1].data.inputs if self._same(i, ref))
+                return LineageNode(version, None)
+            raise UsageError(
+                f"no recorded run wrote or read {ref}; `nixrepro data versions {ref.uri}` lists "
+                "its versions."
+            )
+        run, version = found
+        return self._node(version, run, seen=set())
+
+    def _node(self, version: DataVersion, run: RunRecord | None, seen: set[str]) -> LineageNode:
+        if run is None:
+            return LineageNode(version, None)
+        if run.id in seen:
+            return LineageNode(version, run, repeated=True)
+        seen.add(run.id)
+        inputs = []
+        for item in run.data.inputs:
+            producer = self.by_version.get((item.uri, item.version_id))
+            inputs.append(self._node(item, producer[0] if producer else None, seen))
+        return LineageNode(version, run, inputs)
+
+    @staticmethod
+    def _same(version: DataVersion, ref: DataRef) -> bool:
+        return version.uri == ref.uri and ref.version_id in (None, version.version_id)
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _version_text(version: DataVersion) -> str:
+    at = f"@{version.version_id}" if version.version_id else ""
+    at = "@(pending upload)" if version.pending else at
+    sha = f"  sha256 {version.sha256[:12]}" if version.sha256 else ""
+    return f"{version.uri}{at}{sha}"
+
+
+def _run_text(run: RunRecord) -> str:
+    name = f" ({run.stage.name if run.stage else run.name})" if (run.stage or run.name) else ""
+    return (f"run {run.short_id}{name} {run.status} {run.started_at[:19].replace('T', ' ')}, "
+            f"commit {run.code.commit[:12]}, closure {run.environment.closure_hash[:16]}")
+
+
+def render_text(node: LineageNode) -> str:
+    """A tree: each version, the run that produced it, and indented below it what that run read."""
+    lines: list[str] = []
+
+    def walk(n: LineageNode, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└─ " if last else "├─ ")
+        lines.append(prefix + branch + _version_text(n.version))
+        inner = prefix + ("" if top else ("   " if last else "│  "))
+        if n.run is None:
+            lines.append(inner + "   external: no recorded run produced it")
+            return
+        lines.append(inner + "   produced by " + _run_text(n.run)
+                     + (" (shown above)" if n.repeated else ""))
+        for i, child in enumerate(n.inputs):
+            walk(child, inner, i == len(n.inputs) - 1, top=False)
+
+    walk(node, "", True, top=True)
+    return "\n".join(lines)
+
+
+def to_json(node: LineageNode) -> dict[str, Any]:
+    def plain(n: LineageNode) -> dict[str, Any]:
+        run = None
+        if n.run is not None:
+            run = {"id": n.run.id, "name": n.run.name, "status": n.run.status,
+                   "started_at": n.run.started_at, "commit": n.run.code.commit,
+                   "closure_hash": n.run.environment.closure_hash,
+                   "stage": n.run.stage.name if n.run.stage else None}
+        return {"uri": n.version.uri, "version_id": n.version.version_id,
+                "sha256": n.version.sha256, "size": n.version.size, "pending": n.version.pending,
+                "run": run, "repeated": n.repeated, "inputs": [plain(c) for c in n.inputs]}
+
+    return {"schema": SCHEMA, "root": plain(node)}
+
+
+def render_dot(node: LineageNode) -> str:
+    """Graphviz: data versions as ellipses, runs as boxes, edges in the direction data flows."""
+    nodes: dict[str, str] = {}
+    edges: set[tuple[str, str]] = set()
+
+    def data_id(v: DataVersion) -> str:
+        key = f"d:{v.uri}@{v.version_id}"
+        nodes.setdefault(key, f'[shape=ellipse, label="{_dot_escape(_version_text(v))}"]')
+        return key
+
+    def run_id(r: RunRecord) -> str:
+        key = f"r:{r.id}"
+        nodes.setdefault(key, f'[shape=box, label="{_dot_escape(_run_text(r))}"]')
+        return key
+
+    def walk(n: LineageNode) -> None:
+        out = data_id(n.version)
+        if n.run is None:
+            return
+        producer = run_id(n.run)
+        edges.add((producer, out))
+        for child in n.inputs:
+            edges.add((data_id(child.version), producer))
+            if not child.repeated:
+                walk(child)
+
+    walk(node)
+    body = [f'  "{key}" {attrs};' for key, attrs in sorted(nodes.items())]
+    body += [f'  "{a}" -> "{b}";' for a, b in sorted(edges)]
+    return "digraph lineage {\n  rankdir=LR;\n" + "\n".join(body) + "\n}"
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def walk(node: LineageNode) -> Iterator[LineageNode]:
+    """Every node of the tree, depth first."""
+    yield node
+    for child in node.inputs:
+        yield from walk(child)
