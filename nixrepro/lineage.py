@@ -96,6 +96,14 @@ class Lineage:
             inputs.append(self._node(item, producer[0] if producer else None, seen))
         return LineageNode(version, run, inputs)
 
+    def trace_run(self, run: RunRecord) -> list[LineageNode]:
+        """The lineage of each input ``run`` read (for ``nixrepro lineage RUN``)."""
+        inputs = []
+        for item in run.data.inputs:
+            producer = self.by_version.get((item.uri, item.version_id))
+            inputs.append(self._node(item, producer[0] if producer else None, seen={run.id}))
+        return inputs
+
     @staticmethod
     def _same(version: DataVersion, ref: DataRef) -> bool:
         return version.uri == ref.uri and ref.version_id in (None, version.version_id)
@@ -137,19 +145,42 @@ def render_text(node: LineageNode) -> str:
     return "\n".join(lines)
 
 
-def to_json(node: LineageNode) -> dict[str, Any]:
-    def plain(n: LineageNode) -> dict[str, Any]:
-        run = None
-        if n.run is not None:
-            run = {"id": n.run.id, "name": n.run.name, "status": n.run.status,
-                   "started_at": n.run.started_at, "commit": n.run.code.commit,
-                   "closure_hash": n.run.environment.closure_hash,
-                   "stage": n.run.stage.name if n.run.stage else None}
-        return {"uri": n.version.uri, "version_id": n.version.version_id,
-                "sha256": n.version.sha256, "size": n.version.size, "pending": n.version.pending,
-                "run": run, "repeated": n.repeated, "inputs": [plain(c) for c in n.inputs]}
+def render_run_text(run: RunRecord, inputs: list[LineageNode]) -> str:
+    """``nixrepro lineage RUN``: the run, what it wrote, and the lineage of what it read."""
+    lines = [_run_text(run)]
+    lines += [f"  wrote {_version_text(v)}" for v in run.data.outputs]
+    if not inputs:
+        lines.append("  read no recorded data")
+    for node in inputs:
+        lines.append("  read:")
+        lines += ["    " + line for line in render_text(node).splitlines()]
+    return "\n".join(lines)
 
-    return {"schema": SCHEMA, "root": plain(node)}
+
+def _run_json(run: RunRecord) -> dict[str, Any]:
+    return {"id": run.id, "name": run.name, "status": run.status, "started_at": run.started_at,
+            "commit": run.code.commit, "closure_hash": run.environment.closure_hash,
+            "stage": run.stage.name if run.stage else None}
+
+
+def _version_json(version: DataVersion) -> dict[str, Any]:
+    return {"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
+            "size": version.size, "pending": version.pending}
+
+
+def _node_json(n: LineageNode) -> dict[str, Any]:
+    return {**_version_json(n.version), "run": _run_json(n.run) if n.run else None,
+            "repeated": n.repeated, "inputs": [_node_json(c) for c in n.inputs]}
+
+
+def to_json(node: LineageNode) -> dict[str, Any]:
+    return {"schema": SCHEMA, "root": _node_json(node)}
+
+
+def run_to_json(run: RunRecord, inputs: list[LineageNode]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "run": _run_json(run),
+            "outputs": [_version_json(v) for v in run.data.outputs],
+            "inputs": [_node_json(n) for n in inputs]}
 
 
 def render_dot(node: LineageNode) -> str:

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from nixrepro.errors import UsageError
 from nixrepro.lineage import DataRef
 from tests.helpers import Project, git_commit
 
@@ -107,11 +108,31 @@ def test_an_unknown_version_names_the_remedy(project: Project, history: dict[str
                              f"`nixrepro data versions {MODEL}` lists its versions.\n")
 
 
-def test_a_reference_that_is_not_a_uri_is_a_usage_error(project: Project) -> None:
+def test_a_reference_that_is_neither_a_uri_nor_a_run_is_a_usage_error(project: Project) -> None:
     result = project.nixrepro("lineage", "model.pt")
     assert result.returncode == 2
-    assert result.stderr == ("Error: 'model.pt' is not a data URI; give s3://bucket/key or "
-                             "file:///dir/key, optionally with @VERSION.\n")
+    assert result.stderr == (f"Error: no run matches 'model.pt' in {project.root / '.nixrepro'}; "
+                             "`nixrepro runs` lists the runs.\n")
+    with pytest.raises(UsageError) as caught:
+        DataRef.parse("model.pt")
+    assert str(caught.value) == ("'model.pt' is not a data URI; give s3://bucket/key or "
+                                 "file:///dir/key, optionally with @VERSION.")
+
+
+def test_lineage_of_a_run_shows_what_it_wrote_and_where_its_inputs_came_from(
+    project: Project, history: dict[str, str]
+) -> None:
+    result = project.nixrepro("lineage", history["retrain"][:6])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"run {history['retrain'][:8]} (retrain) succeeded ")
+    assert lines[1] == f"  wrote {MODEL}@m2  sha256 abababababab"
+    assert lines[2:4] == ["  read:", f"    {CLEAN}@c1  sha256 abababababab"]
+    assert lines[4].startswith(f"       produced by run {history['prepare'][:8]} (prepare)")
+    doc = json.loads(project.nixrepro("lineage", history["retrain"], "--json").stdout)
+    assert doc["run"]["id"] == history["retrain"]
+    assert [o["version_id"] for o in doc["outputs"]] == ["m2"]
+    assert doc["inputs"][0]["inputs"][0]["uri"] == RAW
 
 
 @pytest.mark.parametrize(("text", "uri", "version"), [

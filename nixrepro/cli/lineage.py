@@ -4,27 +4,50 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from . import CONTEXT, cli, echo_json, store
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("ref", metavar="URI[@VERSION]")
+@click.argument("ref", metavar="URI[@VERSION] | RUN")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable tree (nixrepro.lineage/1).")
 @click.option("--dot", "as_dot", is_flag=True, help="Graphviz source (pipe into `dot -Tsvg`).")
 def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
     """Show the run that produced a data version, the inputs it read, and so on back.
 
-    Without @VERSION, the version most recently written by a recorded run. Works from the run
+    Without @VERSION, the version most recently written by a recorded run. Given a run (id,
+    prefix or @latest), what it wrote and the lineage of everything it read. Works from the run
     records alone: no data store needs to be reachable.
 
     \b
     Example:
       nixrepro lineage s3://ml-data/models/model.pt
       nixrepro lineage file:///data/eval.json@000003 --dot | dot -Tsvg > lineage.svg
+      nixrepro lineage @latest
     """
-    from ..lineage import DataRef, Lineage, render_dot, render_text, to_json
+    from ..lineage import (
+        DataRef,
+        Lineage,
+        render_dot,
+        render_run_text,
+        render_text,
+        run_to_json,
+        to_json,
+    )
 
-    tree = Lineage(store().records()).trace(DataRef.parse(ref))
+    runs = store()
+    index = Lineage(runs.records())
+    if "://" not in ref:  # a run, not a data URI
+        if as_dot:
+            raise UsageError("--dot draws the lineage of a data version; give URI[@VERSION].")
+        record = runs.resolve(ref)
+        inputs = index.trace_run(record)
+        if as_json:
+            echo_json(run_to_json(record, inputs))
+        else:
+            click.echo(render_run_text(record, inputs))
+        return
+    tree = index.trace(DataRef.parse(ref))
     if as_json:
         echo_json(to_json(tree))
     elif as_dot:
