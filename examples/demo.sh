@@ -34,7 +34,7 @@ echo "== nixrepro runs"
 "$nixrepro" runs
 echo "== nixrepro show @latest"
 "$nixrepro" show @latest
-if "$nixrepro" diff --help >/dev/null 2>&1; then
-  echo "== nixrepro diff @latest~1 @latest"
-  "$nixrepro" diff @latest~1 @latest
-fi
+echo "== nixrepro diff @latest~1 @latest"
+"$nixrepro" diff @latest~1 @latest
+echo "== nixrepro verify @latest"
+"$nixrepro" verify @latest

@@ -45,7 +45,12 @@ def render_text(diff: RunDiff, all: bool = False, color: bool = False) -> str:
         lines.extend(f"  {line}" for line in body or ["(same)"])
     if diff.determinism and (all or section_differs(diff, "metrics")):
         lines.append("")
-        lines.extend(style(f"note: {note}", "yellow") for note in diff.determinism)
+        if not (a.deterministic or b.deterministic):  # the common case: one line, not two
+            notes = ["neither run was recorded with --deterministic, so part of a difference in "
+                     "their metrics may be chance; compare repeats (--repeat N) instead."]
+        else:
+            notes = diff.determinism
+        lines.extend(style(f"note: {note}", "yellow") for note in notes)
     return "\n".join(lines)
 
 

@@ -204,6 +204,11 @@ def test_diff_of_runs_notes_a_run_that_was_not_deterministic(project: Project) -
     old, new = sorted(load_records(project), key=lambda r: r.started_at)
     shown = project.nixrepro("diff", old.id, new.id)
     assert shown.returncode == 0, shown.stderr
-    assert f"note: {determinism_note(old)}" in shown.stdout.splitlines()
+    assert shown.stdout.splitlines()[-1].startswith("note: neither run was recorded with --deterministic")
+    assert project.nixrepro("run", "--flake", ".#env", "--seed", "1", "--deterministic", "-p", "shift=2",
+                            "--", sys.executable, "train.py").returncode == 0
+    (newest,) = [r for r in load_records(project) if r.deterministic]
+    one_sided = project.nixrepro("diff", old.id, newest.id).stdout.splitlines()
+    assert one_sided[-2:] == [f"note: {determinism_note(old)}", f"note: {determinism_note(newest)}"]
     doc = json.loads(project.nixrepro("diff", old.id, new.id, "--json").stdout)
     assert doc["determinism"] == [determinism_note(old), determinism_note(new)]
