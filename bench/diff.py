@@ -13,24 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import NIX_CONFIG, make_project, set_env
+from _common import offline_nix, timed
 
-
-def timed(argv: list[str], cwd: Path, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+from tests.helpers import make_project, set_env
 
 
 def record_run(root: Path) -> dict[str, object]:
@@ -46,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
-    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    offline_nix()
     with tempfile.TemporaryDirectory(prefix="nixrepro-bench-") as tmp:
         label = f"benchdiff{os.getpid()}"
         project = make_project(Path(tmp), label=label, extra_paths=1999)

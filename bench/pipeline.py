@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import NIX_CONFIG, git_commit, make_project, sh
+from _common import offline_nix, timed
+
+from tests.helpers import git_commit, make_project, sh
 
 STAGES = ("prepare", "train", "evaluate")
 TOML = """[run]
@@ -38,20 +37,11 @@ DVC_YAML = "stages:\n" + "".join(
 )
 
 
-def timed(argv: list[str], cwd: Path, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    offline_nix()
     with tempfile.TemporaryDirectory(prefix="nixrepro-bench-") as tmp:
         project = make_project(Path(tmp), label="benchpipe")
         for name in STAGES:

@@ -10,33 +10,22 @@ Target (issue #2): under 0.3 s added for 2,000 paths.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import NIX_CONFIG, make_project
+from _common import offline_nix, timed
 
-
-def timed(argv: list[str], cwd: Path, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+from tests.helpers import make_project
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
-    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    offline_nix()
     nixrepro = [sys.executable, "-m", "nixrepro"]
     true = shutil.which("true") or "/bin/true"
     print(f"{'closure':>8} {'true':>9} {'nixrepro run':>13} {'added':>8} {'ratio':>7} "

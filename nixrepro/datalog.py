@@ -10,10 +10,10 @@ Pins for ``reproduce`` travel the other way, as NIXREPRO_DATA_PINS (JSON: uri ->
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from .fsutil import append_line
 from .record import DataRecord, DataVersion
 
 DATA_FILE = "data.jsonl"
@@ -23,11 +23,7 @@ PINS_VARIABLE = "NIXREPRO_DATA_PINS"
 def append(run_dir: Path, direction: str, version: DataVersion, **extra: Any) -> None:
     """Append one line (atomic with O_APPEND, like metrics)."""
     line = json.dumps({"direction": direction, **version.__dict__, **extra}, sort_keys=True) + "\n"
-    fd = os.open(run_dir / DATA_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append_line(run_dir / DATA_FILE, line)
 
 
 def read(run_dir: Path) -> DataRecord:

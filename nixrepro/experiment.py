@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .fsutil import append_line
 from .metrics import METRICS_FILE
 
 _warned: list[bool] = []  # a mutable flag, not config: "warn once" per process
@@ -59,12 +60,8 @@ def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
             print("nixrepro: not inside `nixrepro run`; metrics are not recorded", file=sys.stderr)
         return
     values = {str(key): _plain(value) for key, value in metrics.items()}
-    line = json.dumps({"time": time.time(), "step": step, "metrics": values}) + "\n"
-    fd = os.open(directory / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append_line(directory / METRICS_FILE,
+                json.dumps({"time": time.time(), "step": step, "metrics": values}) + "\n")
 
 
 def _plain(value: Any) -> Any:

@@ -1,14 +1,16 @@
-"""Small file-system helpers: every file nixrepro writes goes through :func:`atomic_write`."""
+"""Small file-system helpers: every file nixrepro writes goes through :func:`atomic_write`, every
+log it appends to (metrics, data log) through :func:`append_line`."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
+    import tempfile  # here, not at the top: the experiment side imports this module and stays light
+
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,3 +24,17 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one ``\\n``-terminated line with a single O_APPEND write.
+
+    Several processes (an experiment and its workers) may append to the same log: a single write
+    of a whole line is never interleaved with another, and a reader sees complete lines, or a
+    torn last line only if the writer was killed mid-write.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,35 @@
+"""What every benchmark here shares: the tests' offline Nix settings and a median timer.
+
+Benchmarks print medians and ratios against a baseline measured in the same run: the machines
+they run on are noisy, so only ratios compare across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the benchmarks build their projects with the tests' helpers
+
+from tests.helpers import NIX_CONFIG  # noqa: E402
+
+
+def offline_nix() -> None:
+    """Flakes on, no substituters: the settings the tests use (unless the caller set its own)."""
+    os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+
+
+def timed(argv: list[str], cwd: Path, repeat: int, env: dict[str, str] | None = None) -> float:
+    """Median wall time of running ``argv`` ``repeat`` times (output discarded, failure raises)."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
