@@ -8,6 +8,7 @@ dataclass and a field of :class:`Config`, and the loader validates it from its t
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -62,6 +63,26 @@ class TrackerConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: how to reach the data stores and where the local cache is (docs/data.md).
+
+    Credentials never go here: they come from the standard AWS chain (environment, AWS_PROFILE,
+    ~/.aws), so the config can be committed.
+    """
+
+    cache_dir: str | None = None  # default $XDG_CACHE_HOME/nixrepro/data
+    endpoint_url: str | None = None  # an S3-compatible service; AWS_ENDPOINT_URL(_S3) also work
+    region: str | None = None
+    profile: str | None = None  # an AWS profile; AWS_PROFILE also works
+
+    def cache_path(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "nixrepro" / "data"
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """``[stages.NAME]``: one step of a pipeline (docs/pipelines.md)."""
 
@@ -80,6 +101,7 @@ class Config:
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     source: str | None = None  # the file it was read from, for messages
 

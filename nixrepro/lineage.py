@@ -12,35 +12,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datastore import DataRef
 from .errors import UsageError
 from .record import DataVersion, RunRecord
 
 SCHEMA = "nixrepro.lineage/1"
-
-
-@dataclass(frozen=True)
-class DataRef:
-    """``URI`` or ``URI@VERSION`` as a user types it."""
-
-    uri: str
-    version_id: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> DataRef:
-        # A version id never contains "/", a key may contain "@": split only at a last "@"
-        # whose tail has no "/".
-        uri, sep, version = text.rpartition("@")
-        if sep and uri and version and "/" not in version and "://" in uri:
-            return cls(uri, version)
-        if "://" not in text:
-            raise UsageError(
-                f"{text!r} is not a data URI; give s3://bucket/key or file:///dir/key, "
-                "optionally with @VERSION."
-            )
-        return cls(text)
-
-    def __str__(self) -> str:
-        return f"{self.uri}@{self.version_id}" if self.version_id else self.uri
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ writes the final record, whatever happens in between.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, datalog, determinism, host
-from .config import Config
+from . import __version__, datalog, determinism, host, rundata
+from .config import Config, DataConfig
+from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
@@ -56,12 +58,14 @@ class RunRequest:
     deterministic: bool = False
     group: str | None = None  # set by repeats.run_repeated
     repeat_index: int | None = None
+    stage: StageInfo | None = None  # set when the run is a pipeline stage
+    inputs: list[str] = field(default_factory=list)  # URI[@VERSION], fetched before the command
+    outputs: list[str] = field(default_factory=list)  # LOCAL=URI, stored after it
 
     @property
     def effective_seed(self) -> int | None:
         """``--deterministic`` without ``--seed`` runs with seed 0 (recorded)."""
         return 0 if self.seed is None and self.deterministic else self.seed
-    stage: StageInfo | None = None  # set when the run is a pipeline stage
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Prepared:
     parent: str | None
     redactor: Redactor
     nix: Nix
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def parse_param(text: str) -> tuple[str, Scalar]:
@@ -108,6 +113,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         raise UsageError("no command given; put it after --, e.g. nixrepro run -- python train.py.")
     if request.env_path and request.flake:
         raise UsageError("give either --env or --flake, not both.")
+    rundata.check_flags(request.inputs, request.outputs)
     repo = GitRepo.discover(request.cwd)
     store = RunStore.for_repo(repo.root)
     snapshot = Background(repo.snapshot)
@@ -173,6 +179,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         parent=parent,
         redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
         nix=nix,
+        data=config.data,
     )
 
 
@@ -268,6 +275,7 @@ def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[st
         env.update(determinism.deterministic_env(seed, env))
     if request.data_pins:
         env[datalog.PINS_VARIABLE] = json.dumps(request.data_pins, sort_keys=True)
+    env[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(prepared.data), sort_keys=True)
     return env
 
 
@@ -284,9 +292,12 @@ def execute(
     """
     request, store, redactor = prepared.request, prepared.store, prepared.redactor
     sinks = Observers(observers, lambda message: _warn(stderr, message))
+    # Inputs come first: one that cannot be fetched refuses the run before anything is recorded.
+    inputs = rundata.fetch_inputs(request.inputs, prepared.data, request.data_pins)
     run_id, run_dir = store.new_run_dir()
     with store.hold(run_id):
         env = child_environment(prepared, run_id, run_dir)
+        rundata.expose_inputs(inputs, run_dir, env)
         record = RunRecord(
             id=run_id,
             status="running",
@@ -326,6 +337,9 @@ def execute(
             status = "interrupted"
             raise
         finally:
+            if request.outputs:  # kept even if the command failed: nothing produced is lost
+                rundata.store_outputs(request.outputs, request.cwd, prepared.data, run_dir,
+                                      lambda message: _warn(stderr, message))
             record = _finish(record, outcome, run_dir, status)
             store.save(record)
             if sinks:

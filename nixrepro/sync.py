@@ -21,7 +21,14 @@ def _wandb_step(store_root: Path, dry_run: bool) -> list[str]:
             for p in wandb_sink.sync_offline_runs(store_root, dry_run=dry_run)]
 
 
-STEPS: list[tuple[str, SyncStep]] = [("wandb", _wandb_step)]
+def _data_step(store_root: Path, dry_run: bool) -> list[str]:
+    from .dataops import Data, project_settings
+
+    return Data(project_settings()).sync_pending(dry_run=dry_run)
+
+
+# Data first: a W&B run that references an output should find it uploaded.
+STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("wandb", _wandb_step)]
 
 
 @dataclass(frozen=True)

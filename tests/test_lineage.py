@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
+from nixrepro.datastore import DataRef
 from nixrepro.errors import UsageError
-from nixrepro.lineage import DataRef
 from tests.helpers import Project, git_commit
 
 pytestmark = pytest.mark.nix

@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # Each module registers its commands on `cli` when imported; add new areas here.
 from . import archive as _archive  # noqa: E402, F401
+from . import data as _data  # noqa: E402, F401
 from . import diff as _diff  # noqa: E402, F401
 from . import init as _init  # noqa: E402, F401
 from . import lineage as _lineage  # noqa: E402, F401

@@ -25,8 +25,8 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
       nixrepro lineage file:///data/eval.json@000003 --dot | dot -Tsvg > lineage.svg
       nixrepro lineage @latest
     """
+    from ..datastore import DataRef
     from ..lineage import (
-        DataRef,
         Lineage,
         render_dot,
         render_run_text,

@@ -30,11 +30,18 @@ from . import CONTEXT, cli, echo_json, store
               "unless --seed); nixrepro.seed_everything() then also makes torch deterministic.")
 @click.option("--repeat", type=click.IntRange(min=1), metavar="N",
               help="Run N times as a group, with seeds SEED, SEED+1, ... (SEED defaults to 0).")
+@click.option("--input", "inputs", multiple=True, metavar="URI[@VERSION]",
+              help="Data to fetch (through the cache) and record before the command; it finds "
+              "the paths in NIXREPRO_INPUTS (JSON uri -> path). Repeatable.")
+@click.option("--output", "outputs", multiple=True, metavar="LOCAL=URI",
+              help="A file or directory the command writes, stored as a new version of URI "
+              "and recorded when it ends. Repeatable.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     env_path: str | None, flake: str | None, dev: bool, name: str | None, tags: tuple[str, ...],
     parent: str | None, params: tuple[str, ...], seed: int | None, verify_contents: bool,
-    deterministic: bool, repeat: int | None, command: tuple[str, ...],
+    deterministic: bool, repeat: int | None, inputs: tuple[str, ...], outputs: tuple[str, ...],
+    command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in a pinned environment and record the run.
 
@@ -45,6 +52,7 @@ def run(
     Example:
       nixrepro run --flake .#env -p lr=0.1 --seed 42 -- python train.py --epochs 3
       nixrepro run --flake .#env --repeat 5 --deterministic -- python train.py
+      nixrepro run --input s3://ml-data/raw.csv --output out.csv=s3://ml-data/clean.csv -- ./clean.sh
     """
     from .. import config as config_module
     from ..git import GitRepo
@@ -55,7 +63,8 @@ def run(
     request = RunRequest(
         argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
         tags=list(tags), parent=parent, params=dict(parse_param(p) for p in params), seed=seed,
-        verify_contents=verify_contents, deterministic=deterministic,
+        verify_contents=verify_contents, deterministic=deterministic, inputs=list(inputs),
+        outputs=list(outputs),
     )
     root = GitRepo.discover(request.cwd).root
     config = config_module.load(root)

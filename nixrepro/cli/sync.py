@@ -11,7 +11,10 @@ from . import CONTEXT, cli, echo_json, store
 @click.option("--dry-run", is_flag=True, help="Only list what would be uploaded.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sync(dry_run: bool, as_json: bool) -> None:
-    """Upload W&B runs that were recorded offline (runs `wandb sync` on them).
+    """Upload what runs kept locally: pending data outputs, then W&B runs recorded offline.
+
+    Pending outputs are those a run wrote while the data store was unreachable; once uploaded,
+    their version ids are filled into the runs' records.
 
     \b
     Example:

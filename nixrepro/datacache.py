@@ -1,0 +1,229 @@
+"""The local data cache: content-addressed objects, an index, a stat cache and the pending queue.
+
+- ``objects/ab/abcdef...``: one read-only file per sha256. A pinned version is downloaded once.
+- ``index.sqlite`` (WAL, so several processes can use it at once):
+  ``versions`` (store, key, version id) -> sha256, size, kind: a version already seen needs no
+  request to know its hash, and none to fetch it when its object is here;
+  ``stat`` (path) -> (device, inode, size, mtime_ns, sha256): a file whose stat is unchanged is not
+  re-hashed, so re-putting an unchanged 20,000-file directory reads no file;
+  ``pending``: outputs a run produced while the store was unreachable, kept here (their bytes in
+  ``objects/``) until ``nixrepro sync`` uploads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datastore import DataIntegrityError
+
+HASH_THREADS = 4
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+  store TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT NOT NULL,
+  sha256 TEXT NOT NULL, size INTEGER NOT NULL, kind TEXT NOT NULL,
+  PRIMARY KEY (store, key, version_id));
+CREATE TABLE IF NOT EXISTS stat (
+  path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS pending (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
+  size INTEGER NOT NULL, kind TEXT NOT NULL, run_dir TEXT, created REAL NOT NULL);
+"""
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file at OpenSSL's speed: hashlib is OpenSSL, fed 1 MiB at a time from one
+    reused buffer (no per-block allocation)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(1024 * 1024)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    uri: str
+    sha256: str
+    size: int
+    kind: str
+    run_dir: str | None
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    checked: int
+    corrupt: list[str]  # sha256 of objects whose bytes no longer match; removed
+
+
+class DataCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(root / "index.sqlite", timeout=60, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- objects --------------------------------------------------------------------------------
+
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.object_path(sha256).is_file()
+
+    def add_file(self, path: Path, sha256: str) -> Path:
+        """Copy ``path`` in as object ``sha256`` (read-only); returns the object's path."""
+        target = self.object_path(sha256)
+        if target.is_file():
+            return target
+        tmp = self.temp_path(sha256)
+        shutil.copyfile(path, tmp)
+        return self.commit_temp(tmp, sha256)
+
+    def temp_path(self, sha256: str) -> Path:
+        """A private temporary file next to the object it will become (same file system)."""
+        target = self.object_path(sha256)
+        target.parent.mkdir(exist_ok=True)
+        return target.parent / f".{sha256}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+
+    def commit_temp(self, tmp: Path, sha256: str) -> Path:
+        """Check that ``tmp`` hashes to ``sha256`` and make it the read-only object."""
+        actual = sha256_file(tmp)
+        if actual != sha256:
+            tmp.unlink(missing_ok=True)
+            raise DataIntegrityError(f"the bytes hash to {actual[:12]}, not {sha256[:12]}")
+        os.chmod(tmp, 0o444)
+        target = self.object_path(sha256)
+        os.replace(tmp, target)  # atomic; a concurrent writer of the same object wrote the same bytes
+        return target
+
+    # --- the version index ----------------------------------------------------------------------
+
+    def known(self, store: str, key: str, version_id: str) -> tuple[str, int, str] | None:
+        row = self.db.execute(
+            "SELECT sha256, size, kind FROM versions WHERE store=? AND key=? AND version_id=?",
+            (store, key, version_id),
+        ).fetchone()
+        return (str(row[0]), int(row[1]), str(row[2])) if row else None
+
+    def remember(self, store: str, key: str, version_id: str, sha256: str, size: int, kind: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+                        (store, key, version_id, sha256, size, kind))
+
+    def remember_many(self, rows: Iterable[tuple[str, str, str, str, int, str]]) -> None:
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    # --- hashing with the stat cache ------------------------------------------------------------
+
+    def hash_files(self, paths: list[Path]) -> dict[Path, str]:
+        """sha256 of each file; unchanged files (same dev, inode, size, mtime_ns) are not read."""
+        stats = {path: path.stat() for path in paths}
+        cached = self._stat_rows([str(p) for p in paths])
+        result: dict[Path, str] = {}
+        misses: list[Path] = []
+        for path, st in stats.items():
+            row = cached.get(str(path))
+            if row and row[:4] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+                result[path] = row[4]
+            else:
+                misses.append(path)
+        if misses:
+            with ThreadPoolExecutor(HASH_THREADS) as pool:  # hashlib releases the GIL on big reads
+                hashed = dict(zip(misses, pool.map(sha256_file, misses), strict=True))
+            result.update(hashed)
+            with self._transaction():
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?, ?)",
+                    [(str(p), stats[p].st_dev, stats[p].st_ino, stats[p].st_size, stats[p].st_mtime_ns,
+                      hashed[p]) for p in misses],
+                )
+        return result
+
+    def _stat_rows(self, paths: list[str]) -> dict[str, tuple[int, int, int, int, str]]:
+        if len(paths) > 200:  # one scan beats thousands of lookups
+            common = os.path.commonpath(paths)
+            rows = self.db.execute("SELECT * FROM stat WHERE path >= ? AND path < ?",
+                                   (common, common + "\uffff")).fetchall()
+        else:
+            marks = ",".join("?" * len(paths))
+            rows = self.db.execute(f"SELECT * FROM stat WHERE path IN ({marks})", paths).fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2]), int(r[3]), int(r[4]), str(r[5])) for r in rows}
+
+    # --- pending uploads ------------------------------------------------------------------------
+
+    def add_pending(self, uri: str, sha256: str, size: int, kind: str, run_dir: Path | None) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO pending (uri, sha256, size, kind, run_dir, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (uri, sha256, size, kind, str(run_dir) if run_dir else None, time.time()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def pending(self) -> list[Pending]:
+        rows = self.db.execute("SELECT id, uri, sha256, size, kind, run_dir FROM pending ORDER BY id")
+        return [Pending(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), r[5]) for r in rows]
+
+    def done_pending(self, pending_id: int) -> None:
+        self.db.execute("DELETE FROM pending WHERE id=?", (pending_id,))
+
+    # --- maintenance ----------------------------------------------------------------------------
+
+    def _objects(self) -> Iterator[Path]:
+        for directory in self.objects.iterdir():
+            if directory.is_dir():
+                yield from (p for p in directory.iterdir() if not p.name.startswith("."))
+
+    def verify(self) -> CacheCheck:
+        """Re-hash every object; a corrupt one is removed (it is fetched again when needed)."""
+        checked, corrupt = 0, []
+        for path in self._objects():
+            checked += 1
+            if sha256_file(path) != path.name:
+                corrupt.append(path.name)
+                path.unlink()
+        return CacheCheck(checked, corrupt)
+
+    def prune(self) -> tuple[int, int]:
+        """Remove every object not waiting to be uploaded; returns (files, bytes) removed."""
+        keep = {p.sha256 for p in self.pending()}
+        count = size = 0
+        for path in list(self._objects()):
+            if path.name not in keep:
+                size += path.stat().st_size
+                path.unlink()
+                count += 1
+        return count, size
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,379 @@
+"""Versioned data operations over the stores and the cache: put, get, verify, pending, sync.
+
+The library behind ``nixrepro data ...``, ``nixrepro sync``, the ``--input/--output`` flags of
+``nixrepro run`` and the in-experiment API (``nixrepro.data``). A directory is a set of objects
+plus a manifest (``nixrepro.manifest/1``: relative path -> version id, sha256, size); the
+manifest's version pins the whole directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig
+from .datacache import DataCache, sha256_file
+from .datastore import (
+    VERSIONS_DIR,
+    DataIntegrityError,
+    DataRef,
+    DataStore,
+    DataStoreError,
+    DataURI,
+    NoSuchObject,
+    ObjectVersion,
+    open_store,
+)
+from .record import DataVersion
+
+MANIFEST_SCHEMA = "nixrepro.manifest/1"
+UPLOAD_THREADS = 16
+DOWNLOAD_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: dict[str, dict[str, Any]]  # relative path -> {"version_id", "sha256", "size"}
+
+    def to_bytes(self) -> bytes:
+        doc = {"schema": MANIFEST_SCHEMA, "files": self.files}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, uri: str) -> Manifest:
+        try:
+            doc = json.loads(data)
+            if doc.get("schema") != MANIFEST_SCHEMA:
+                raise ValueError(doc.get("schema"))
+            return cls({str(k): dict(v) for k, v in doc["files"].items()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataStoreError(f"{uri} is not a nixrepro directory manifest ({exc}).") from None
+
+    @property
+    def size(self) -> int:
+        return sum(int(entry["size"]) for entry in self.files.values())
+
+
+@dataclass(frozen=True)
+class PutResult:
+    version: DataVersion
+    uploaded: int  # objects sent to the store
+    unchanged: bool  # the latest version already held exactly these bytes: no new version
+
+
+@dataclass(frozen=True)
+class Fetched:
+    version: DataVersion
+    path: Path  # read-only, in the cache: a file, or a tree of links for a directory
+
+
+class Data:
+    """Data operations with one configuration and one cache (several threads may use it)."""
+
+    def __init__(self, settings: DataConfig | None = None) -> None:
+        self.settings = settings or DataConfig()
+        self._cache: DataCache | None = None
+        self._stores: dict[str, DataStore] = {}
+
+    @property
+    def cache(self) -> DataCache:
+        if self._cache is None:
+            self._cache = DataCache(self.settings.cache_path())
+        return self._cache
+
+    def store(self, uri: DataURI) -> DataStore:
+        if uri.scheme not in self._stores:
+            self._stores[uri.scheme] = open_store(uri, self.settings)
+        return self._stores[uri.scheme]
+
+    # --- put ------------------------------------------------------------------------------------
+
+    def put(self, local: Path, uri_text: str) -> PutResult:
+        uri = DataURI.parse(uri_text)
+        if local.is_dir():
+            return self._put_dir(local, uri)
+        if not local.is_file():
+            raise DataStoreError(f"{local} does not exist; give a file or a directory to put.")
+        sha = self.cache.hash_files([local])[local]
+        latest = self._latest(uri)
+        if latest is not None and latest.sha256 == sha and latest.kind == "file":
+            return PutResult(_record(uri, latest), 0, True)
+        version = self.store(uri).put_file(uri, local, sha)
+        self.cache.remember(uri.store, uri.key, version.version_id, sha, version.size, "file")
+        return PutResult(_record(uri, version), 1, False)
+
+    def _put_dir(self, local: Path, uri: DataURI) -> PutResult:
+        files = _walk_files(local)
+        hashes = self.cache.hash_files(list(files.values()))
+        previous = self._latest(uri)
+        old = self.read_manifest(uri, previous).files if previous and previous.kind == "manifest" else {}
+        entries: dict[str, dict[str, Any]] = {}
+        todo: list[str] = []
+        for rel, path in files.items():
+            sha = hashes[path]
+            if rel in old and old[rel]["sha256"] == sha and old[rel].get("version_id"):
+                entries[rel] = old[rel]
+            else:
+                todo.append(rel)
+        if previous is not None and not todo and set(old) == set(files):
+            return PutResult(_record(uri, previous), 0, True)
+        store = self.store(uri)
+
+        def send(rel: str) -> tuple[str, ObjectVersion]:
+            return rel, store.put_file(uri.child(rel), files[rel], hashes[files[rel]])
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            sent = list(pool.map(send, todo))
+        for rel, version in sent:
+            entries[rel] = {"version_id": version.version_id, "sha256": version.sha256, "size": version.size}
+        self.cache.remember_many(
+            (uri.store, uri.child(rel).key, v.version_id, str(v.sha256), v.size, "file") for rel, v in sent
+        )
+        version = self._put_manifest(uri, Manifest(dict(sorted(entries.items()))))
+        return PutResult(_record(uri, version, Manifest(entries).size), len(sent), False)
+
+    def _put_manifest(self, uri: DataURI, manifest: Manifest) -> ObjectVersion:
+        data = manifest.to_bytes()
+        sha = _sha(data)
+        tmp = self.cache.temp_path(sha)
+        tmp.write_bytes(data)
+        path = self.cache.commit_temp(tmp, sha)
+        version = self.store(uri).put_file(uri, path, sha, kind="manifest")
+        self.cache.remember(uri.store, uri.key, version.version_id, sha, version.size, "manifest")
+        return version
+
+    def _latest(self, uri: DataURI) -> ObjectVersion | None:
+        try:
+            return self.store(uri).head(uri)
+        except NoSuchObject:
+            return None
+
+    # --- resolve and fetch ----------------------------------------------------------------------
+
+    def resolve(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion:
+        if version_id is not None:
+            known = self.cache.known(uri.store, uri.key, version_id)
+            if known is not None and self.cache.has(known[0]):  # pinned and cached: no request
+                sha, size, kind = known
+                return ObjectVersion(str(uri), version_id, sha, size, kind)  # type: ignore[arg-type]
+        return self.store(uri).head(uri, version_id)
+
+    def fetch(self, uri_text: str, version_id: str | None = None) -> Fetched:
+        """The version's bytes in the cache (downloaded at most once), checked against its sha256."""
+        uri = DataURI.parse(uri_text)
+        version = self.resolve(uri, version_id)
+        path = self._fetch_object(uri, version)
+        if version.kind != "manifest":
+            return Fetched(_record(uri, version), path)
+        manifest = Manifest.from_bytes(path.read_bytes(), str(uri))
+        tree = self.cache.root / "trees" / str(version.sha256)
+        if not tree.is_dir():
+            self._materialize(uri, manifest, tree, link=True)
+        return Fetched(_record(uri, version, manifest.size), tree)
+
+    def read_manifest(self, uri: DataURI, version: ObjectVersion) -> Manifest:
+        return Manifest.from_bytes(self._fetch_object(uri, version).read_bytes(), str(uri))
+
+    def _fetch_object(self, uri: DataURI, version: ObjectVersion) -> Path:
+        if version.sha256 and self.cache.has(version.sha256):
+            self.cache.remember(uri.store, uri.key, version.version_id, version.sha256, version.size,
+                                version.kind)
+            return self.cache.object_path(version.sha256)
+        store = self.store(uri)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            tmp = self.cache.temp_path(version.sha256 or "unknown")
+            try:
+                store.download(uri, version.version_id, tmp)
+                sha = version.sha256 or sha256_file(tmp)  # an object another tool wrote has no sha
+                path = self.cache.commit_temp(tmp, sha)
+            except DataIntegrityError as exc:
+                tmp.unlink(missing_ok=True)
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise DataIntegrityError(
+                        f"{uri}@{version.version_id} arrived corrupt {DOWNLOAD_ATTEMPTS} times ({exc}); "
+                        "it was refused; check the store (`nixrepro data verify`)."
+                    ) from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            else:
+                self.cache.remember(uri.store, uri.key, version.version_id, sha, version.size, version.kind)
+                return path
+        raise AssertionError("unreachable")
+
+    def _materialize(self, uri: DataURI, manifest: Manifest, dest: Path, link: bool) -> None:
+        """Write the manifest's files under ``dest``: links to read-only cache objects, or copies."""
+        def one(item: tuple[str, dict[str, Any]]) -> tuple[str, Path]:
+            rel, entry = item
+            child = uri.child(rel)
+            version = ObjectVersion(str(child), str(entry["version_id"]), entry["sha256"], int(entry["size"]))
+            return rel, self._fetch_object(child, version)
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            objects = list(pool.map(one, manifest.files.items()))
+        staging = dest.with_name(f".{dest.name}.{os.getpid()}.tmp") if link else dest
+        for rel, source in objects:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if link:
+                try:
+                    os.link(source, target)
+                    continue
+                except OSError:
+                    pass
+            shutil.copyfile(source, target)
+        if link:
+            staging.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(staging, dest)
+            except OSError:  # another process materialized it first
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def get(self, ref_text: str, dest: Path | None = None) -> tuple[DataVersion, Path]:
+        """``data get``: a writable copy of a version at ``dest`` (default: its name, here)."""
+        ref = DataRef.parse(ref_text)
+        uri = DataURI.parse(ref.uri)
+        version = self.resolve(uri, ref.version_id)
+        target = dest or Path.cwd() / Path(uri.key).name
+        if version.kind == "manifest":
+            manifest = self.read_manifest(uri, version)
+            self._materialize(uri, manifest, target, link=False)
+            return _record(uri, version, manifest.size), target
+        source = self._fetch_object(uri, version)
+        if target.is_dir():
+            target = target / Path(uri.key).name
+        shutil.copyfile(source, target)
+        return _record(uri, version), target
+
+    def verify(self, ref_text: str) -> ObjectVersion:
+        """Download a version afresh (not from the cache) and check it against its sha256."""
+        ref = DataRef.parse(ref_text)
+        if ref.version_id is None:
+            raise DataStoreError(f"give the version to verify, as in {ref.uri}@VERSION; "
+                                 f"`nixrepro data versions {ref.uri}` lists them.")
+        uri = DataURI.parse(ref.uri)
+        version = self.store(uri).head(uri, ref.version_id)
+        tmp = self.cache.temp_path("verify")
+        try:
+            self.store(uri).download(uri, version.version_id, tmp)
+            actual = sha256_file(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if version.sha256 and actual != version.sha256:
+            raise DataIntegrityError(f"{ref_text} does not match its recorded sha256 "
+                                     f"({actual[:12]} != {version.sha256[:12]}); the stored bytes changed.")
+        return version
+
+    # --- outputs that cannot be stored now --------------------------------------------------------
+
+    def keep_pending(self, local: Path, uri_text: str, run_dir: Path | None) -> DataVersion:
+        """Keep ``local`` in the cache and queue it for ``nixrepro sync``; nothing is lost."""
+        uri = DataURI.parse(uri_text)
+        if local.is_dir():
+            files = _walk_files(local)
+            hashes = self.cache.hash_files(list(files.values()))
+            for path in files.values():
+                self.cache.add_file(path, hashes[path])
+            manifest = Manifest({rel: {"version_id": None, "sha256": hashes[p], "size": p.stat().st_size}
+                                 for rel, p in sorted(files.items())})
+            data = manifest.to_bytes()
+            sha = _sha(data)
+            tmp = self.cache.temp_path(sha)
+            tmp.write_bytes(data)
+            self.cache.commit_temp(tmp, sha)
+            self.cache.add_pending(str(uri), sha, manifest.size, "manifest", run_dir)
+            return DataVersion(str(uri), None, sha, manifest.size, pending=True)
+        sha = self.cache.hash_files([local])[local]
+        self.cache.add_file(local, sha)
+        size = local.stat().st_size
+        self.cache.add_pending(str(uri), sha, size, "file", run_dir)
+        return DataVersion(str(uri), None, sha, size, pending=True)
+
+    def sync_pending(self, dry_run: bool = False) -> list[str]:
+        """Upload every pending output; fill in the version ids of the runs that produced them."""
+        done = []
+        for item in self.cache.pending():
+            if dry_run:
+                done.append(f"{item.uri} ({item.size} bytes)")
+                continue
+            uri = DataURI.parse(item.uri)
+            source = self.cache.object_path(item.sha256)
+            if item.kind == "manifest":
+                manifest = Manifest.from_bytes(source.read_bytes(), item.uri)
+                files = {rel: self.cache.object_path(e["sha256"]) for rel, e in manifest.files.items()}
+                store = self.store(uri)
+                entries = {}
+                for rel, path in files.items():
+                    sent = store.put_file(uri.child(rel), path, path.name)
+                    entries[rel] = {"version_id": sent.version_id, "sha256": sent.sha256, "size": sent.size}
+                final = Manifest(entries)
+                stored = self._put_manifest(uri, final)
+                version = _record(uri, stored, final.size)
+            else:
+                stored = self.store(uri).put_file(uri, source, item.sha256)
+                version = _record(uri, stored)
+            if item.run_dir:
+                _fill_in(Path(item.run_dir), version)
+            self.cache.done_pending(item.id)
+            done.append(f"{item.uri}@{version.version_id}")
+        return done
+
+
+def project_settings() -> DataConfig:
+    """The ``[data]`` section of the project around the current directory (defaults outside one)."""
+    from .config import load
+    from .errors import NixreproError
+    from .git import GitRepo
+
+    try:
+        return load(GitRepo.discover(Path.cwd()).root).data
+    except NixreproError:
+        return DataConfig()
+
+
+def _fill_in(run_dir: Path, version: DataVersion) -> None:
+    """Replace a run's pending output by its stored version, in the data log and the record."""
+    from . import datalog
+    from .runstore import RunStore
+
+    if not run_dir.is_dir():
+        return
+    datalog.append(run_dir, "output", version)
+    store = RunStore(run_dir.parent.parent)
+    record = store.load(run_dir.name)
+    if record.status != "running":  # a running run folds the data log itself when it ends
+        store.save(record.replace(data=datalog.read(run_dir)))
+
+
+def _record(uri: DataURI, version: ObjectVersion, size: int | None = None) -> DataVersion:
+    return DataVersion(str(uri), version.version_id, version.sha256, version.size if size is None else size)
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _walk_files(root: Path) -> dict[str, Path]:
+    """Regular files under ``root`` by relative POSIX path; links are followed, hidden stores not."""
+    found: dict[str, Path] = {}
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if d != VERSIONS_DIR)
+        for name in names:
+            path = Path(directory) / name
+            if path.is_file():
+                found[path.relative_to(root).as_posix()] = path
+    if not found:
+        raise DataStoreError(f"{root} has no files to put.")
+    return dict(sorted(found.items()))
+
+
+def warn(message: str) -> None:
+    print(f"nixrepro: warning: {message}", file=sys.stderr)

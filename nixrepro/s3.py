@@ -1,0 +1,243 @@
+"""The one module that talks to S3 (boto3, imported lazily: only s3:// URIs pay for it).
+
+Endpoint, region and credentials come from ``[data]`` or the standard AWS chain (AWS_PROFILE,
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, ~/.aws). botocore's errors become one-sentence
+:class:`DataStoreError` messages that never contain a credential.
+
+Transfers: small objects are one ``put_object``; large ones a multipart upload whose parts go up
+in parallel, so that the version id comes back from CompleteMultipartUpload (boto3's transfer
+manager does not return it). Large downloads are parallel ranged GETs written in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .config import DataConfig
+from .datastore import (
+    DataStoreError,
+    DataStoreUnreachable,
+    DataURI,
+    Kind,
+    NoSuchObject,
+    ObjectVersion,
+)
+
+MULTIPART_THRESHOLD = 32 * 1024 * 1024
+PART_SIZE = 32 * 1024 * 1024
+THREADS = 16
+SHA_KEY = "sha256"  # x-amz-meta-sha256
+KIND_KEY = "nixrepro-kind"
+T = TypeVar("T")
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
+                     "ExpiredToken", "403"}
+
+
+def make_client(settings: DataConfig, *, retries: int = 3) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.Session(profile_name=settings.profile) if settings.profile else boto3.Session()
+    return session.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        config=Config(retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=5,
+                      read_timeout=60, max_pool_connections=THREADS * 2),
+    )
+
+
+class S3Store:
+    def __init__(self, settings: DataConfig) -> None:
+        self.settings = settings
+        self.client = make_client(settings)
+        self._versioned: set[str] = set()
+
+    # --- the DataStore interface --------------------------------------------------------------
+
+    def put_file(self, uri: DataURI, path: Path, sha256: str, kind: Kind = "file") -> ObjectVersion:
+        self._check_versioning(uri)
+        size = path.stat().st_size
+        metadata = {SHA_KEY: sha256, KIND_KEY: kind}
+        if size < MULTIPART_THRESHOLD:
+            with open(path, "rb") as body:
+                reply = self._call(uri, lambda: self.client.put_object(
+                    Bucket=uri.bucket, Key=uri.key, Body=body, Metadata=metadata))
+        else:
+            reply = self._multipart(uri, path, size, metadata)
+        return ObjectVersion(str(uri), str(reply["VersionId"]), sha256, size, kind, latest=True)
+
+    def head(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion:
+        extra = {"VersionId": version_id} if version_id else {}
+        reply = self._call(uri, lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key, **extra),
+                           version_id=version_id)
+        meta = reply.get("Metadata", {})
+        modified = reply.get("LastModified")
+        return ObjectVersion(str(uri), str(reply.get("VersionId")), meta.get(SHA_KEY),
+                             int(reply["ContentLength"]), meta.get(KIND_KEY, "file"),
+                             modified.isoformat() if modified else None, latest=version_id is None)
+
+    def download(self, uri: DataURI, version_id: str, dest: Path, size: int | None = None) -> None:
+        if size is None:
+            size = self.head(uri, version_id).size
+        if size < MULTIPART_THRESHOLD:
+            reply = self._call(uri, lambda: self.client.get_object(
+                Bucket=uri.bucket, Key=uri.key, VersionId=version_id), version_id=version_id)
+            with open(dest, "wb") as out:
+                for chunk in reply["Body"].iter_chunks(1024 * 1024):
+                    out.write(chunk)
+            return
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+
+            def fetch(start: int) -> None:
+                end = min(start + PART_SIZE, size) - 1
+                reply = self._call(uri, lambda: self.client.get_object(
+                    Bucket=uri.bucket, Key=uri.key, VersionId=version_id, Range=f"bytes={start}-{end}"),
+                    version_id=version_id)
+                offset = start
+                for chunk in reply["Body"].iter_chunks(1024 * 1024):
+                    os.pwrite(fd, chunk, offset)
+                    offset += len(chunk)
+
+            with ThreadPoolExecutor(THREADS) as pool:
+                list(pool.map(fetch, range(0, size, PART_SIZE)))
+        finally:
+            os.close(fd)
+
+    def versions(self, uri: DataURI) -> list[ObjectVersion]:
+        found: list[ObjectVersion] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        pages = self._call(uri, lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=uri.key)))
+        for page in pages:
+            for item in page.get("Versions", []):
+                if item["Key"] == uri.key:
+                    modified = item.get("LastModified")
+                    found.append(ObjectVersion(str(uri), str(item["VersionId"]), None, int(item["Size"]),
+                                               "file", modified.isoformat() if modified else None,
+                                               bool(item.get("IsLatest"))))
+        if not found:
+            raise NoSuchObject(f"there is no object at {uri}; `nixrepro data ls` lists what is there.")
+        found.sort(key=lambda v: (v.modified or "", v.latest), reverse=True)
+        return [self._with_meta(uri, v) for v in found]
+
+    def listing(self, uri: DataURI) -> list[ObjectVersion]:
+        prefix = f"{uri.key}/" if uri.key else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(uri, lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=prefix)))
+        found = []
+        for page in pages:
+            for item in page.get("Contents", []):
+                modified = item.get("LastModified")
+                found.append(ObjectVersion(f"s3://{uri.bucket}/{item['Key']}", "", None, int(item["Size"]),
+                                           "file", modified.isoformat() if modified else None, True))
+        return found
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _with_meta(self, uri: DataURI, version: ObjectVersion) -> ObjectVersion:
+        full = self.head(uri, version.version_id)
+        return ObjectVersion(version.uri, version.version_id, full.sha256, version.size, full.kind,
+                             version.modified, version.latest)
+
+    def _multipart(self, uri: DataURI, path: Path, size: int, metadata: dict[str, str]) -> Any:
+        created = self._call(uri, lambda: self.client.create_multipart_upload(
+            Bucket=uri.bucket, Key=uri.key, Metadata=metadata))
+        upload_id = created["UploadId"]
+
+        def send(number: int) -> dict[str, Any]:
+            with open(path, "rb") as source:
+                source.seek((number - 1) * PART_SIZE)
+                body = source.read(PART_SIZE)
+            reply = self._call(uri, lambda: self.client.upload_part(
+                Bucket=uri.bucket, Key=uri.key, UploadId=upload_id, PartNumber=number, Body=body))
+            return {"PartNumber": number, "ETag": reply["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(THREADS // 2) as pool:
+                parts = list(pool.map(send, range(1, (size + PART_SIZE - 1) // PART_SIZE + 1)))
+            return self._call(uri, lambda: self.client.complete_multipart_upload(
+                Bucket=uri.bucket, Key=uri.key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: servers expire abandoned uploads
+                self.client.abort_multipart_upload(Bucket=uri.bucket, Key=uri.key, UploadId=upload_id)
+            raise
+
+    def _check_versioning(self, uri: DataURI) -> None:
+        if uri.bucket in self._versioned:
+            return
+        reply = self._call(uri, lambda: self.client.get_bucket_versioning(Bucket=uri.bucket))
+        if reply.get("Status") != "Enabled":
+            endpoint = f" --endpoint-url {self._endpoint()}" if self._endpoint() != "AWS" else ""
+            raise DataStoreError(
+                f"bucket {uri.bucket} has no object versioning, so old versions would be lost; enable it "
+                f"with `aws s3api put-bucket-versioning --bucket {uri.bucket} "
+                f"--versioning-configuration Status=Enabled{endpoint}`."
+            )
+        self._versioned.add(uri.bucket)
+
+    def _call(self, uri: DataURI, call: Callable[[], T], version_id: str | None = None) -> T:
+        """Run one boto3 call; its errors become one sentence naming the problem and the remedy."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionClosedError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+
+        try:
+            return call()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NotFound") and not self._bucket_exists(uri.bucket):
+                code = "NoSuchBucket"  # a HEAD has no body: a missing bucket is a bare 404 too
+            missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
+            error = NoSuchObject if missing else DataStoreError
+            raise error(self._explain(uri, code, version_id)) from None
+        except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+            raise DataStoreUnreachable(
+                f"cannot reach S3 at {self._endpoint()} for {uri} ({type(exc).__name__}); check the network "
+                "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."
+            ) from None
+        except NoCredentialsError:
+            raise DataStoreError(
+                f"no AWS credentials for {uri}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "AWS_PROFILE, or [data] profile in nixrepro.toml."
+            ) from None
+        except BotoCoreError as exc:
+            raise DataStoreError(f"S3 failed for {uri} ({type(exc).__name__}); retry, or check the "
+                                 "endpoint and credentials.") from None
+
+    def _endpoint(self) -> str:
+        return (self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+            return True
+        except Exception:
+            return False
+
+    @staticmethod
+    def _explain(uri: DataURI, code: str, version_id: str | None) -> str:
+        if code == "NoSuchBucket":
+            return f"bucket {uri.bucket} does not exist; create it (with versioning) or fix the URI."
+        if code in ("NoSuchVersion", "InvalidArgument") and version_id:
+            return f"{uri} has no version {version_id}; `nixrepro data versions {uri}` lists them."
+        if code in ("NoSuchKey", "404", "NotFound"):
+            if version_id:
+                return f"{uri} has no version {version_id}; `nixrepro data versions {uri}` lists them."
+            return f"there is no object at {uri}; `nixrepro data ls` lists what is there."
+        if code in _CREDENTIAL_CODES:
+            return (f"S3 refused the credentials for bucket {uri.bucket} ({code}); check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE.")
+        return f"S3 refused the request for {uri} ({code or 'unknown error'}); check the URI and permissions."
