@@ -59,15 +59,15 @@ def input(uri: str, version: str | None = None) -> Path:  # shadows the builtin 
 def output(local: str | Path, uri: str) -> DataVersion:
     """Store ``local`` (a file or a directory) as a new version of ``uri`` and record it.
 
-    If the store cannot be reached, the bytes are kept in the local cache, the output is recorded
+    If the store cannot take it now, the bytes are kept in the local cache, the output is recorded
     as pending, and ``nixrepro sync`` uploads it later: nothing is lost.
     """
-    from .datastore import DataStoreUnreachable
+    from .datastore import DataStoreError
 
     path, directory = Path(local), run_dir()
     try:
         version = _ops().put(path, uri).version
-    except DataStoreUnreachable as exc:
+    except DataStoreError as exc:  # unreachable, or refusing: either way the bytes are kept
         import sys
 
         version = _ops().keep_pending(path, uri, directory)

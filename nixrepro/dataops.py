@@ -30,6 +30,7 @@ from .datastore import (
     ObjectVersion,
     open_store,
 )
+from .errors import UsageError
 from .record import DataVersion
 
 MANIFEST_SCHEMA = "nixrepro.manifest/1"
@@ -99,7 +100,7 @@ class Data:
         if local.is_dir():
             return self._put_dir(local, uri)
         if not local.is_file():
-            raise DataStoreError(f"{local} does not exist; give a file or a directory to put.")
+            raise UsageError(f"{local} does not exist; give a file or a directory to put.")
         sha = self.cache.hash_files([local])[local]
         latest = self._latest(uri)
         if latest is not None and latest.sha256 == sha and latest.kind == "file":
@@ -371,7 +372,7 @@ def _walk_files(root: Path) -> dict[str, Path]:
             if path.is_file():
                 found[path.relative_to(root).as_posix()] = path
     if not found:
-        raise DataStoreError(f"{root} has no files to put.")
+        raise UsageError(f"{root} has no files to put; put a file, or a directory with files in it.")
     return dict(sorted(found.items()))
 
 

@@ -184,14 +184,7 @@ class S3Store:
 
     def _call(self, uri: DataURI, call: Callable[[], T], version_id: str | None = None) -> T:
         """Run one boto3 call; its errors become one sentence naming the problem and the remedy."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            ConnectionClosedError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            ReadTimeoutError,
-        )
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
 
         try:
             return call()
@@ -202,7 +195,7 @@ class S3Store:
             missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
             error = NoSuchObject if missing else DataStoreError
             raise error(self._explain(uri, code, version_id)) from None
-        except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+        except HTTPClientError as exc:  # refused, reset, timed out: the server is away
             raise DataStoreUnreachable(
                 f"cannot reach S3 at {self._endpoint()} for {uri} ({type(exc).__name__}); check the network "
                 "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."
