@@ -1,7 +1,7 @@
 """Pipelines: stages that compose, each a recorded run, skipped when nothing they depend on changed.
 
 Real git, real Nix, real runs. The data-linked pipelines (inputs/outputs through the data store)
-are in tests/test_pipeline_data.py.
+are in tests/test_pipeline_data.py (file:// and S3).
 """
 
 from __future__ import annotations

@@ -24,30 +24,32 @@ def _runner(dev: bool = False, force: bool = False) -> Any:
     nix = Nix()
 
     def execute(stage: Any, env_path: str, info: Any, inputs: dict[str, str]) -> Any:
+        # Inputs at exactly the versions in the cache key, outputs stored when the stage ends:
+        # as `nixrepro run --input URI@VERSION --output LOCAL=URI` would.
         request = RunRequest(
             argv=stage.argv, cwd=repo.root, env_path=env_path, params=stage.params, dev=dev,
             name=stage.name, tags=[f"stage:{stage.name}"], data_pins=inputs, stage=info,
-            **_data_flags(stage),
+            inputs=[f"{uri}@{version}" for uri, version in inputs.items()],
+            outputs=[f"{out.local}={out.uri}" for out in stage.outputs],
         )
         return run_request(request, config, nix)
 
     return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
-                          resolver=_resolver(config), execute=execute, dev=dev, force=force)
+                          resolver=_LatestVersion(config.data), execute=execute, dev=dev, force=force)
 
 
-def _data_flags(stage: Any) -> dict[str, Any]:
-    """The stage's inputs and outputs as `nixrepro run --input/--output` would pass them."""
-    return {}
+class _LatestVersion:
+    """The pipeline's resolver: an external input's latest version, asked of its store."""
 
+    def __init__(self, settings: Any) -> None:
+        from ..dataops import Data
 
-def _resolver(config: Any) -> Any:
-    from ..errors import NixreproError
+        self.data = Data(settings)
 
-    class NoDataStore:
-        def latest_version(self, uri: str) -> str:
-            raise NixreproError(f"cannot resolve {uri}: no data store is configured.")
+    def latest_version(self, uri: str) -> str:
+        from ..datastore import DataURI
 
-    return NoDataStore()
+        return self.data.resolve(DataURI.parse(uri)).version_id
 
 
 def _print(outcomes: list[Any]) -> None:
