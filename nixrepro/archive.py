@@ -21,10 +21,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlparse
 
-from .config import ArchiveConfig
+from .config import ArchiveConfig, DataConfig
 from .errors import NixreproError, UsageError
 from .fsutil import atomic_write
 from .git import GitRepo
@@ -200,19 +199,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# --- s3: a local file:// cache, mirrored with boto3 --------------------------------------------------
-
-
-def _s3_client(endpoint_url: str | None) -> Any:
-    import boto3  # lazily: only s3:// archives need it
-
-    return boto3.client("s3", endpoint_url=endpoint_url)
-
-
-def _bucket_prefix(url: str) -> tuple[str, str]:
-    parsed = urlparse(url)
-    prefix = parsed.path.strip("/")
-    return parsed.netloc, (prefix + "/" if prefix else "")
+# --- s3: a local file:// cache, mirrored with boto3 (nixrepro.s3) ----------------------------------
 
 
 def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int]:
@@ -220,42 +207,13 @@ def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int
 
     Returns (uploaded, skipped). ``nix-cache-info`` is always rewritten (it is tiny).
     """
-    bucket, prefix = _bucket_prefix(url)
-    client = _s3_client(endpoint_url)
-    existing: set[str] = set()
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            existing.update(obj["Key"] for obj in page.get("Contents", []))
-    except Exception as exc:  # botocore's errors are not importable without boto3
-        raise ArchiveError(f"cannot list {url} ({exc}); check the bucket, endpoint_url and "
-                           "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).") from exc
-    uploaded = skipped = 0
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        key = prefix + path.relative_to(local).as_posix()
-        if key in existing and path.name != "nix-cache-info":
-            skipped += 1
-            continue
-        client.upload_file(str(path), bucket, key)
-        uploaded += 1
-    return uploaded, skipped
+    from .s3 import mirror_upload
+
+    return mirror_upload(local, url, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})
 
 
 def download(url: str, local: Path, *, endpoint_url: str | None) -> int:
     """Mirror the archive at ``url`` into ``local``; files already there are kept. Returns the count."""
-    bucket, prefix = _bucket_prefix(url)
-    client = _s3_client(endpoint_url)
-    fetched = 0
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                target = local / obj["Key"][len(prefix):]
-                if target.is_file() and target.name != "nix-cache-info":
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, obj["Key"], str(target))
-                fetched += 1
-    except Exception as exc:
-        raise ArchiveError(f"cannot read the archive {url} ({exc}); check the bucket, "
-                           "endpoint_url and credentials.") from exc
-    return fetched
+    from .s3 import mirror_download
+
+    return mirror_download(url, local, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .closure import closure_hash, normalize_nar_hash
+from .config import DataConfig
 from .git import GitRepo
 from .nix import Nix
 from .record import RunRecord, record_sha256
@@ -50,7 +51,8 @@ class Verification:
 
 
 def verify_run(
-    store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, contents: bool = False
+    store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, contents: bool = False,
+    data: DataConfig | None = None,
 ) -> Verification:
     checks = [
         check_record(store, record.id),
@@ -58,7 +60,7 @@ def verify_run(
         *check_store(record, nix, contents),
         check_flake_lock(record, repo),
         check_dev_patch(store, record),
-        check_data(record),
+        check_data(record, data, contents),
     ]
     return Verification(record.id, checks)
 
@@ -155,12 +157,36 @@ def check_dev_patch(store: RunStore, record: RunRecord) -> Check:
     return Check("dev patch", "pass", f"{DEV_PATCH} matches code.diff_sha256")
 
 
-def check_data(record: RunRecord) -> Check:
-    count = len(record.data.inputs) + len(record.data.outputs)
-    if not count:
+def check_data(record: RunRecord, settings: DataConfig | None, contents: bool) -> Check:
+    """Every recorded data version is still in its store with the recorded sha256."""
+    versions = [*record.data.inputs, *record.data.outputs]
+    if not versions:
         return Check("data", "skip", "no data versions recorded")
-    return Check("data", "skip", f"{count} data versions recorded; checking that they are still "
-                 "retrievable needs the data store, which this version does not have")
+    pending = [v.uri for v in versions if v.pending or not v.version_id]
+    if pending:
+        return Check("data", "fail", f"{_some(pending)} not uploaded yet; `nixrepro sync` uploads them")
+    from .dataops import Data
+    from .datastore import DataStoreError, DataURI
+
+    data = Data(settings)
+    problems = []
+    for version in versions:
+        ref = f"{version.uri}@{version.version_id}"
+        try:
+            if contents:  # download afresh and re-hash
+                found = data.verify(ref)
+            else:
+                uri = DataURI.parse(version.uri)
+                found = data.store(uri).head(uri, version.version_id)
+        except DataStoreError as exc:
+            problems.append(f"{ref}: {exc}")
+            continue
+        if found.sha256 != version.sha256:
+            problems.append(f"{ref}: its sha256 is not the recorded one")
+    if problems:
+        return Check("data", "fail", "; ".join(problems[:3]))
+    how = "re-hashed" if contents else "present"
+    return Check("data", "pass", f"all {len(versions)} data versions {how} with the recorded sha256")
 
 
 def _some(paths: list[str], limit: int = 3) -> str:

@@ -23,6 +23,18 @@ def _nix_offline() -> Iterator[None]:
         os.environ["NIX_CONFIG"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The data cache (XDG_CACHE_HOME) of the tests is theirs, never the user's."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def has_nix() -> None:
     if shutil.which("nix") is None:

@@ -224,3 +224,33 @@ def test_archive_with_build_deps_keeps_the_derivations(unique_project: Project, 
     kept = json.loads((project.runs_dir / record["id"] / "archives.json").read_text())
     assert [e["url"] for e in kept] == [f"file://{archive_dir}", f"file://{tmp_path / 'second'}"]
     assert os.stat(tmp_path / "config" / "nixrepro" / "archive-key.sec").st_mode & 0o777 == 0o600
+
+
+def test_an_s3_archive_brings_the_environment_back_on_a_machine_without_its_mirror(
+    unique_project: Project, tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = unique_project
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the local mirror of the archive
+    record = _run(project)
+    url = f"s3://{s3_server.new_bucket()}/nix"
+    archived = project.nixrepro("archive", record["id"], "--to", url)
+    assert archived.returncode == 0, archived.stderr
+    client, bucket = s3_server.client(), url[5:].split("/")[0]
+    objects = client.list_object_versions(Bucket=bucket, Prefix="nix/")["Versions"]
+    assert any(o["Key"] == "nix/nix-cache-info" for o in objects)
+    assert any(o["Key"].endswith(".narinfo") for o in objects)
+    again = project.nixrepro("archive", record["id"], "--to", url)
+    assert again.returncode == 0, again.stderr
+    rewritten = client.list_object_versions(Bucket=bucket, Prefix="nix/")["Versions"]
+    counts = {key: sum(o["Key"] == key for o in rewritten) for key in {o["Key"] for o in rewritten}}
+    assert counts.pop("nix/nix-cache-info") == 2  # always rewritten; nothing else uploaded again
+    assert set(counts.values()) == {1}
+
+    shutil.rmtree(project.dep)
+    _forget_environment(project, record)
+    shutil.rmtree(tmp_path / "cache")  # another machine: nothing mirrored locally
+    rebuilt = project.nixrepro("rebuild", record["id"])
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout.startswith(f"identical: {record['environment']['env_path']}")

@@ -232,7 +232,7 @@ def test_wandb_service_killed_mid_run_leaves_a_complete_record_and_one_warning(
 def test_sync_uploads_pending_offline_runs_with_wandb_sync(project: Project, tmp_path: Path) -> None:
     env_path = project.build_env()
     configure(project, OFFLINE)
-    assert project.nixrepro("sync").stdout == "wandb: nothing to upload\n"
+    assert project.nixrepro("sync").stdout == "data: nothing to upload\nwandb: nothing to upload\n"
     result = project.nixrepro("run", "--env", env_path, "-p", "lr=0.5", "--", sys.executable, "train.py",
                               env=wandb_env())
     assert result.returncode == 0, result.stderr
@@ -240,7 +240,7 @@ def test_sync_uploads_pending_offline_runs_with_wandb_sync(project: Project, tmp
     rel = run_dir.relative_to(project.root)
     dry = project.nixrepro("sync", "--dry-run")
     assert dry.returncode == 0
-    assert dry.stdout == f"wandb: would upload 1\n  {rel}\n"
+    assert dry.stdout == f"data: nothing to upload\nwandb: would upload 1\n  {rel}\n"
     # No credentials (and no network) here: the real `wandb sync` refuses, and says how to fix it.
     home = tmp_path / "home"
     home.mkdir()
@@ -255,7 +255,7 @@ def test_sync_uploads_pending_offline_runs_with_wandb_sync(project: Project, tmp
     (log,) = run_dir.glob("run-*.wandb")
     log.with_name(log.name + ".synced").write_text("")
     assert project.nixrepro("sync", "--json").stdout == json.dumps(
-        {"dry_run": False, "wandb": []}, indent=2, sort_keys=True) + "\n"
+        {"data": [], "dry_run": False, "wandb": []}, indent=2, sort_keys=True) + "\n"
 
 
 def test_a_bad_tracker_config_is_a_usage_error(project: Project) -> None:

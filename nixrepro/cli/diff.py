@@ -81,20 +81,23 @@ def verify(run_ref: str, contents: bool, as_json: bool) -> None:
     """Prove that a run's record and recorded environment are intact; exit 1 if any check fails.
 
     Checks the record's record_sha256, the closure hash, that every closure path is in the store
-    with its recorded NAR hash (--contents: re-hashes the files too), and that flake.lock at the
-    recorded commit hashes to the recorded value.
+    with its recorded NAR hash (--contents: re-hashes the files too), that flake.lock at the
+    recorded commit hashes to the recorded value, and that every recorded data version is still
+    in its store with its sha256 (--contents: downloaded and re-hashed).
 
     \b
     Example:
       nixrepro verify @latest --contents
     """
+    from ..dataops import project_settings
     from ..git import GitRepo
     from ..nix import Nix
     from ..verify import to_json, verify_run
 
     runs = store()
     record = runs.resolve(run_ref)
-    result = verify_run(runs, record, repo=GitRepo(runs.root.parent), nix=Nix(), contents=contents)
+    result = verify_run(runs, record, repo=GitRepo(runs.root.parent), nix=Nix(), contents=contents,
+                        data=project_settings())
     if as_json:
         echo_json(to_json(result))
     else:
