@@ -34,7 +34,7 @@ from .errors import UsageError
 from .record import DataVersion
 
 MANIFEST_SCHEMA = "nixrepro.manifest/1"
-UPLOAD_THREADS = 16
+UPLOAD_THREADS = 32  # small objects in flight (the S3 client pools as many connections)
 DOWNLOAD_ATTEMPTS = 3
 
 
@@ -110,34 +110,43 @@ class Data:
         return PutResult(_record(uri, version), 1, False)
 
     def _put_dir(self, local: Path, uri: DataURI) -> PutResult:
-        files = _walk_files(local)
-        hashes = self.cache.hash_files(list(files.values()))
+        # Scan first, then ask the store: a background boto3 import would hold the GIL against
+        # the 20,000 stat calls (measured: 3x slower scan).
+        entries = _scan(local)
+        hashes = self.cache.hash_tree(local.resolve(), entries)
+        digest = _digest(hashes)
         previous = self._latest(uri)
+        if previous is not None and previous.kind == "manifest" and \
+                self.cache.manifest_digest(uri.store, uri.key, previous.version_id) == digest:
+            return PutResult(_record(uri, previous), 0, True)  # unchanged: no manifest download
         old = self.read_manifest(uri, previous).files if previous and previous.kind == "manifest" else {}
-        entries: dict[str, dict[str, Any]] = {}
+        if previous is not None and old and _digest({r: e["sha256"] for r, e in old.items()}) == digest:
+            self.cache.remember_manifest(uri.store, uri.key, previous.version_id, digest)
+            return PutResult(_record(uri, previous, Manifest(old).size), 0, True)
+        entries_out: dict[str, dict[str, Any]] = {}
         todo: list[str] = []
-        for rel, path in files.items():
-            sha = hashes[path]
+        for rel, sha in hashes.items():
             if rel in old and old[rel]["sha256"] == sha and old[rel].get("version_id"):
-                entries[rel] = old[rel]
+                entries_out[rel] = old[rel]
             else:
                 todo.append(rel)
-        if previous is not None and not todo and set(old) == set(files):
-            return PutResult(_record(uri, previous), 0, True)
         store = self.store(uri)
 
         def send(rel: str) -> tuple[str, ObjectVersion]:
-            return rel, store.put_file(uri.child(rel), files[rel], hashes[files[rel]])
+            return rel, store.put_file(uri.child(rel), Path(entries[rel][0]), hashes[rel])
 
         with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
             sent = list(pool.map(send, todo))
         for rel, version in sent:
-            entries[rel] = {"version_id": version.version_id, "sha256": version.sha256, "size": version.size}
+            entries_out[rel] = {"version_id": version.version_id, "sha256": version.sha256,
+                                "size": version.size}
         self.cache.remember_many(
             (uri.store, uri.child(rel).key, v.version_id, str(v.sha256), v.size, "file") for rel, v in sent
         )
-        version = self._put_manifest(uri, Manifest(dict(sorted(entries.items()))))
-        return PutResult(_record(uri, version, Manifest(entries).size), len(sent), False)
+        manifest = Manifest(dict(sorted(entries_out.items())))
+        version = self._put_manifest(uri, manifest)
+        self.cache.remember_manifest(uri.store, uri.key, version.version_id, digest)
+        return PutResult(_record(uri, version, manifest.size), len(sent), False)
 
     def _put_manifest(self, uri: DataURI, manifest: Manifest) -> ObjectVersion:
         data = manifest.to_bytes()
@@ -360,6 +369,35 @@ def _sha(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def _scan(root: Path) -> dict[str, tuple[str, os.stat_result]]:
+    """Regular files under ``root``: relative POSIX path -> (path, stat), sorted; one stat each."""
+    found: dict[str, tuple[str, os.stat_result]] = {}
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.is_dir():
+                    if entry.name != VERSIONS_DIR:
+                        walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file():
+                    found[prefix + entry.name] = (entry.path, entry.stat())
+
+    walk(str(root), "")
+    if not found:
+        raise UsageError(f"{root} has no files to put; put a file, or a directory with files in it.")
+    return dict(sorted(found.items()))
+
+
+def _digest(hashes: dict[str, str]) -> str:
+    """One hash of a directory's (relative path, sha256) list: equal digests, equal contents."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in sorted(hashes):
+        digest.update(f"{rel}\0{hashes[rel]}\n".encode())
+    return digest.hexdigest()
 
 
 def _walk_files(root: Path) -> dict[str, Path]:
