@@ -26,10 +26,21 @@ nix flake lock
 git add -A
 git commit -qm "demo experiment"
 
+store="file://$work/store"  # the embedded default store: a directory, versioned
+"$here/.venv/bin/python" - "$work/points.csv" <<'POINTS'
+import random, sys
+rng = random.Random(7)
+rows = [f"{rng.gauss(-1, 1):.4f},{rng.gauss(-1, 1):.4f},0" for _ in range(200)]
+rows += [f"{rng.gauss(1, 1):.4f},{rng.gauss(1, 1):.4f},1" for _ in range(200)]
+open(sys.argv[1], "w").write("\n".join(rows) + "\n")
+POINTS
+echo "== nixrepro data put points.csv $store/points.csv"
+"$nixrepro" data put "$work/points.csv" "$store/points.csv"
+
 echo "== nixrepro run -p lr=0.5"
-"$nixrepro" run --flake .#env --name slow -p lr=0.5 --seed 1 -- python train.py
+"$nixrepro" run --flake .#env --name slow -p lr=0.5 --seed 1 -- python train.py "$store/points.csv" "$store/model.json"
 echo "== nixrepro run -p lr=2.0"
-"$nixrepro" run --flake .#env --name fast -p lr=2.0 --seed 1 -- python train.py
+"$nixrepro" run --flake .#env --name fast -p lr=2.0 --seed 1 -- python train.py "$store/points.csv" "$store/model.json"
 echo "== nixrepro runs"
 "$nixrepro" runs
 echo "== nixrepro show @latest"
@@ -38,3 +49,5 @@ echo "== nixrepro diff @latest~1 @latest"
 "$nixrepro" diff @latest~1 @latest
 echo "== nixrepro verify @latest"
 "$nixrepro" verify @latest
+echo "== nixrepro lineage $store/model.json"
+"$nixrepro" lineage "$store/model.json"

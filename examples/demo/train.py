@@ -1,10 +1,16 @@
-"""A small, real experiment: logistic regression by gradient descent on generated data.
+"""A small, real experiment: logistic regression by gradient descent.
 
 Pure Python (no numpy) so it runs with any interpreter; seeded; logs metrics through nixrepro.
+With a data URI it reads its points from that versioned dataset (recorded in the run), and with
+a second one it stores the trained model there as a new version:
+
+    python train.py [DATA_URI [MODEL_URI]]
 """
 
+import json
 import math
 import random
+import sys
 
 import nixrepro
 
@@ -13,9 +19,14 @@ lr = float(params.get("lr", 0.5))
 epochs = int(params.get("epochs", 30))
 rng = random.Random(nixrepro.seed() or 0)
 
-# two Gaussian blobs in 2-D, labels 0/1
-data = [((rng.gauss(-1, 1), rng.gauss(-1, 1)), 0) for _ in range(200)]
-data += [((rng.gauss(1, 1), rng.gauss(1, 1)), 1) for _ in range(200)]
+if len(sys.argv) > 1:  # x1,x2,label lines from a versioned dataset
+    import nixrepro.data
+
+    rows = nixrepro.data.input(sys.argv[1]).read_text().split()
+    data = [((float(x1), float(x2)), int(y)) for x1, x2, y in (row.split(",") for row in rows)]
+else:  # two Gaussian blobs in 2-D, labels 0/1
+    data = [((rng.gauss(-1, 1), rng.gauss(-1, 1)), 0) for _ in range(200)]
+    data += [((rng.gauss(1, 1), rng.gauss(1, 1)), 1) for _ in range(200)]
 w, b = [0.0, 0.0], 0.0
 for epoch in range(epochs):
     grad_w, grad_b, loss = [0.0, 0.0], 0.0, 0.0
@@ -32,3 +43,8 @@ for epoch in range(epochs):
 accuracy = sum((w[0] * x1 + w[1] * x2 + b > 0) == (y == 1) for (x1, x2), y in data) / len(data)
 nixrepro.log({"accuracy": accuracy})
 print(f"lr={lr} epochs={epochs}: loss {loss / len(data):.4f}, accuracy {accuracy:.3f}")
+
+if len(sys.argv) > 2:  # the model, as a new version of MODEL_URI (written outside the work tree)
+    model = nixrepro.run_dir() / "model.json"
+    model.write_text(json.dumps({"w": w, "b": b}))
+    nixrepro.data.output(model, sys.argv[2])
