@@ -72,126 +72,142 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB and 2,000 files")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=["hash", "many", "big"], action="append",
+                        help="run only these parts (repeatable); default: all")
     args = parser.parse_args()
+    parts = set(args.only or ["hash", "many", "big"])
     big_size = (256 if args.quick else 2048) * 1024 * 1024
     count = 2_000 if args.quick else 20_000
-    dvc = os.environ.get("DVC_BIN") or shutil.which("dvc")
-
     with tempfile.TemporaryDirectory(prefix="nixrepro-bench-data-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "s3").mkdir()
         server = S3Server(tmp / "s3")
         server.start()
-        env = {**os.environ, **server.env(), "XDG_CACHE_HOME": str(tmp / "xdg")}
         os.environ.update(server.env())
-        client = server.client()
+        bench = Bench(tmp, server, args.repeat)
         try:
-            big = tmp / "big.bin"
-            make_big(big, big_size)
-            gib = big_size / 2**30
-            print(f"hashing a {gib:g} GiB file (median of {args.repeat})")
-            ours = median_time(lambda: sha256_file(big), args.repeat)
-            openssl_argv = ["openssl", "dgst", "-sha256", str(big)]
-            openssl = median_time(lambda: run(openssl_argv, tmp, env), args.repeat)
-            coreutils = median_time(lambda: run(["sha256sum", str(big)], tmp, env), 1)
-            row("nixrepro sha256", ours, f"{big_size / ours / 1e9:.2f} GB/s")
-            row("openssl dgst -sha256", openssl, f"{big_size / openssl / 1e9:.2f} GB/s")
-            row("sha256sum", coreutils, f"{big_size / coreutils / 1e9:.2f} GB/s")
-            print(f"  throughput ratio vs openssl: {openssl / ours:.2f}x  (target >= 0.95x)")
-
-            many = tmp / "many"
-            make_many(many, count)
-            bucket = server.new_bucket()
-            print(f"\n{count:,} small files, first put (once each)")
-            data = Data(DataConfig(cache_dir=str(tmp / "cache")))
-            start = time.perf_counter()
-            data.put(many, f"s3://{bucket}/many")
-            ours_first = time.perf_counter() - start
-            files = sorted(p for p in many.rglob("*") if p.is_file())
-            sequential_bucket = server.new_bucket()
-            start = time.perf_counter()
-            for path in files:
-                client.put_object(Bucket=sequential_bucket, Key=str(path.relative_to(many)),
-                                  Body=path.read_bytes())
-            sequential = time.perf_counter() - start
-            row("nixrepro data put (library)", ours_first, f"{count / ours_first:,.0f} files/s")
-            row("boto3 put_object, sequential", sequential, f"{count / sequential:,.0f} files/s")
-            print(f"  ratio: {sequential / ours_first:.2f}x faster  (target >= 1.3x)")
-
-            print(f"\nre-putting the unchanged {count:,}-file directory (median of {args.repeat})")
-            nixrepro = [sys.executable, "-m", "nixrepro", "data", "put", str(many), f"s3://{bucket}/many"]
-            cache_env = {**env, "XDG_CACHE_HOME": str(tmp / "xdg")}
-            run(nixrepro, tmp, cache_env)  # the CLI's own cache learns the stats once
-            reput = median_time(lambda: run(nixrepro, tmp, cache_env), args.repeat)
-            row("nixrepro data put (CLI, end to end)", reput, "target < 0.5 s")
-            if dvc:
-                repo = tmp / "dvcrepo"
-                repo.mkdir()
-                shutil.copytree(many, repo / "many")
-                run(["git", "init", "-q"], repo, env)
-                run([dvc, "init", "-q"], repo, env)
-                run([dvc, "config", "core.analytics", "false"], repo, env)
-                run([dvc, "add", "many"], repo, env)
-                status = median_time(lambda: run([dvc, "status"], repo, env), args.repeat)
-                row("dvc status", status)
-                print(f"  ratio: {status / reput:.2f}x faster than dvc status  (target >= 4x)")
-                remote = server.new_bucket()
-                run([dvc, "remote", "add", "-d", "bench", f"s3://{remote}/dvc"], repo, env)
-                run([dvc, "remote", "modify", "bench", "endpointurl", server.endpoint_url], repo, env)
-                start = time.perf_counter()
-                pushed = subprocess.run([dvc, "push"], cwd=repo, env=env, capture_output=True)
-                push = time.perf_counter() - start
-                if pushed.returncode == 0:
-                    row("dvc push (first)", push, f"{count / push:,.0f} files/s")
-                    print(f"  first put vs dvc push: {push / ours_first:.2f}x faster  (target > 1x)")
-                else:
-                    print("  dvc push: skipped (this dvc has no S3 support: pip install dvc-s3)")
-            else:
-                print("  dvc: skipped (set DVC_BIN or put dvc on PATH)")
-
-            print(f"\na {gib:g} GiB upload and download")
-            from boto3.s3.transfer import TransferConfig
-
-            uri = DataURI.parse(f"s3://{bucket}/big.bin")
-            store = data.store(uri)
-            sha = sha256_file(big)
-            start = time.perf_counter()
-            version = store.put_file(uri, big, sha)
-            ours_up = time.perf_counter() - start
-            tuned = TransferConfig(max_concurrency=16, multipart_chunksize=64 * 2**20)
-            start = time.perf_counter()
-            client.upload_file(str(big), bucket, "big-default.bin")
-            boto_up = time.perf_counter() - start
-            start = time.perf_counter()
-            client.upload_file(str(big), bucket, "big-tuned.bin", Config=tuned)
-            boto_up_tuned = time.perf_counter() - start
-            best_up = min(boto_up, boto_up_tuned)
-            row("nixrepro upload", ours_up, f"{big_size / ours_up / 1e6:.0f} MB/s")
-            row("boto3 upload_file, default", boto_up, f"{big_size / boto_up / 1e6:.0f} MB/s")
-            row("boto3 upload_file, 16 threads 64 MiB", boto_up_tuned,
-                f"{big_size / boto_up_tuned / 1e6:.0f} MB/s")
-            print(f"  ratio vs the best boto3 setting: {best_up / ours_up:.2f}x  (target >= 0.95x)")
-
-            target = tmp / "down.bin"
-            start = time.perf_counter()
-            store.download(uri, version.version_id, target)
-            ours_down = time.perf_counter() - start
-            target.unlink()
-            start = time.perf_counter()
-            client.download_file(bucket, "big-default.bin", str(target))
-            boto_down = time.perf_counter() - start
-            target.unlink()
-            start = time.perf_counter()
-            client.download_file(bucket, "big-default.bin", str(target), Config=tuned)
-            boto_down_tuned = time.perf_counter() - start
-            row("nixrepro download", ours_down, f"{big_size / ours_down / 1e6:.0f} MB/s")
-            row("boto3 download_file, default", boto_down, f"{big_size / boto_down / 1e6:.0f} MB/s")
-            row("boto3 download_file, 16 threads 64 MiB", boto_down_tuned,
-                f"{big_size / boto_down_tuned / 1e6:.0f} MB/s")
-            print(f"  ratio vs boto3 default: {boto_down / ours_down:.2f}x  (target >= 1.4x)")
+            if parts & {"hash", "big"}:
+                make_big(tmp / "big.bin", big_size)
+            if "hash" in parts:
+                bench.hashing(tmp / "big.bin")
+            if "many" in parts:
+                bench.many_files(count)
+            if "big" in parts:
+                bench.transfers(tmp / "big.bin")
         finally:
             server.stop()
 
+
+class Bench:
+    def __init__(self, tmp: Path, server: S3Server, repeat: int) -> None:
+        import boto3  # the baselines: boto3 as a user would use it, default settings
+
+        self.tmp, self.server, self.repeat = tmp, server, repeat
+        self.env = {**os.environ, **server.env(), "XDG_CACHE_HOME": str(tmp / "xdg")}
+        self.client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=server.region)
+        self.data = Data(DataConfig(cache_dir=str(tmp / "cache")))
+        self.bucket = server.new_bucket()
+
+    def hashing(self, big: Path) -> None:
+        size = big.stat().st_size
+        print(f"hashing a {size / 2**30:g} GiB file (median of {self.repeat})")
+        ours = median_time(lambda: sha256_file(big), self.repeat)
+        openssl = median_time(lambda: run(["openssl", "dgst", "-sha256", str(big)], self.tmp, self.env),
+                              self.repeat)
+        coreutils = median_time(lambda: run(["sha256sum", str(big)], self.tmp, self.env), 1)
+        row("nixrepro sha256", ours, f"{size / ours / 1e9:.2f} GB/s")
+        row("openssl dgst -sha256", openssl, f"{size / openssl / 1e9:.2f} GB/s")
+        row("sha256sum", coreutils, f"{size / coreutils / 1e9:.2f} GB/s")
+        print(f"  throughput ratio vs openssl: {openssl / ours:.2f}x  (target >= 0.95x)")
+
+    def many_files(self, count: int) -> None:
+        many = self.tmp / "many"
+        make_many(many, count)
+        print(f"\n{count:,} small files, first put (once each)")
+        start = time.perf_counter()
+        self.data.put(many, f"s3://{self.bucket}/many")
+        ours = time.perf_counter() - start
+        other = self.server.new_bucket()
+        start = time.perf_counter()
+        for path in sorted(p for p in many.rglob("*") if p.is_file()):
+            self.client.put_object(Bucket=other, Key=str(path.relative_to(many)), Body=path.read_bytes())
+        sequential = time.perf_counter() - start
+        row("nixrepro data put (library)", ours, f"{count / ours:,.0f} files/s")
+        row("boto3 put_object, sequential", sequential, f"{count / sequential:,.0f} files/s")
+        print(f"  ratio: {sequential / ours:.2f}x faster  (target >= 1.3x)")
+
+        print(f"\nre-putting the unchanged {count:,}-file directory (median of {self.repeat})")
+        put = [sys.executable, "-m", "nixrepro", "data", "put", str(many), f"s3://{self.bucket}/many"]
+        run(put, self.tmp, self.env)  # the CLI's own cache learns the stats once
+        reput = median_time(lambda: run(put, self.tmp, self.env), self.repeat)
+        row("nixrepro data put (CLI, end to end)", reput, "target < 0.5 s")
+        dvc = os.environ.get("DVC_BIN") or shutil.which("dvc")
+        if not dvc:
+            print("  dvc: skipped (set DVC_BIN or put dvc on PATH)")
+            return
+        repo = self.tmp / "dvcrepo"
+        repo.mkdir()
+        shutil.copytree(many, repo / "many")
+        for argv in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"],
+                     [dvc, "add", "many"]):
+            run(argv, repo, self.env)
+        status = median_time(lambda: run([dvc, "status"], repo, self.env), self.repeat)
+        row("dvc status", status)
+        print(f"  ratio: {status / reput:.2f}x faster than dvc status  (target >= 4x)")
+        remote = self.server.new_bucket()
+        run([dvc, "remote", "add", "-d", "bench", f"s3://{remote}/dvc"], repo, self.env)
+        run([dvc, "remote", "modify", "bench", "endpointurl", self.server.endpoint_url], repo, self.env)
+        start = time.perf_counter()
+        pushed = subprocess.run([dvc, "push"], cwd=repo, env=self.env, capture_output=True)
+        push = time.perf_counter() - start
+        if pushed.returncode != 0:
+            print("  dvc push: skipped (this dvc has no S3 support: pip install dvc-s3)")
+            return
+        row("dvc push (first)", push, f"{count / push:,.0f} files/s")
+        print(f"  first put vs dvc push: {push / ours:.2f}x faster  (target > 1x)")
+
+    def transfers(self, big: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        size = big.stat().st_size
+        mb = lambda seconds: f"{size / seconds / 1e6:.0f} MB/s"  # noqa: E731
+        print(f"\na {size / 2**30:g} GiB upload and download")
+        uri = DataURI.parse(f"s3://{self.bucket}/big.bin")
+        store = self.data.store(uri)
+        sha = sha256_file(big)
+        self.client.upload_file(str(big), self.bucket, "warm-up.bin")  # the server grows its volumes
+        start = time.perf_counter()
+        version = store.put_file(uri, big, sha)
+        ours_up = time.perf_counter() - start
+        tuned = TransferConfig(max_concurrency=16, multipart_chunksize=64 * 2**20)
+        start = time.perf_counter()
+        self.client.upload_file(str(big), self.bucket, "big-default.bin")
+        boto_up = time.perf_counter() - start
+        start = time.perf_counter()
+        self.client.upload_file(str(big), self.bucket, "big-tuned.bin", Config=tuned)
+        boto_up_tuned = time.perf_counter() - start
+        row("nixrepro upload", ours_up, mb(ours_up))
+        row("boto3 upload_file, default", boto_up, mb(boto_up))
+        row("boto3 upload_file, 16 threads 64 MiB", boto_up_tuned, mb(boto_up_tuned))
+        print(f"  ratio vs the best boto3 setting: {min(boto_up, boto_up_tuned) / ours_up:.2f}x  "
+              "(target >= 0.95x)")
+
+        target = self.tmp / "down.bin"
+        start = time.perf_counter()
+        store.download(uri, version.version_id, target)
+        ours_down = time.perf_counter() - start
+        target.unlink()
+        start = time.perf_counter()
+        self.client.download_file(self.bucket, "big-default.bin", str(target))
+        boto_down = time.perf_counter() - start
+        target.unlink()
+        start = time.perf_counter()
+        self.client.download_file(self.bucket, "big-default.bin", str(target), Config=tuned)
+        boto_down_tuned = time.perf_counter() - start
+        row("nixrepro download", ours_down, mb(ours_down))
+        row("boto3 download_file, default", boto_down, mb(boto_down))
+        row("boto3 download_file, 16 threads 64 MiB", boto_down_tuned, mb(boto_down_tuned))
+        print(f"  ratio vs boto3 default: {boto_down / ours_down:.2f}x  (target >= 1.4x)")
 
 
 if __name__ == "__main__":

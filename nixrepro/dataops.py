@@ -34,7 +34,7 @@ from .errors import UsageError
 from .record import DataVersion
 
 MANIFEST_SCHEMA = "nixrepro.manifest/1"
-UPLOAD_THREADS = 32  # small objects in flight (the S3 client pools as many connections)
+UPLOAD_THREADS = 32  # small objects in flight (nixrepro.s3 pools as many connections)
 DOWNLOAD_ATTEMPTS = 3
 
 

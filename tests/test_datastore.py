@@ -229,3 +229,19 @@ def test_several_processes_share_one_cache(data: Data, base: str, tmp_path: Path
     assert [p.returncode for p in procs] == [0] * 6
     (path,) = paths
     assert Path(path).read_text() == "x" * 100_000
+
+
+def test_a_large_file_goes_up_in_parts_and_down_in_ranges_with_its_version(
+    data: Data, s3_server: S3Server, tmp_path: Path
+) -> None:
+    uri = f"s3://{s3_server.new_bucket()}/big.bin"
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(40 * 2**20))  # above the multipart threshold, five ranges down
+    first = data.put(local, uri).version
+    local.write_bytes(os.urandom(40 * 2**20))
+    second = data.put(local, uri).version
+    assert first.version_id != second.version_id
+    data.get(f"{uri}@{first.version_id}", tmp_path / "first.bin")
+    assert datacache.sha256_file(tmp_path / "first.bin") == first.sha256
+    listed = data.store(DataURI.parse(uri)).versions(DataURI.parse(uri))
+    assert [v.version_id for v in listed] == [second.version_id, first.version_id]
