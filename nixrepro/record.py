@@ -86,6 +86,21 @@ class StageInfo:
 
 
 @dataclass(frozen=True)
+class BuildFacts:
+    """What lib.mkExperiment wrote at evaluation time about the build (``nix run .#experiment``)."""
+
+    rev: str | None  # the flake's commit; None: built from a dirty tree
+    nar_hash: str | None  # the flake source's NAR hash
+    flake_lock_sha256: str | None
+    env: str  # the environment's store path
+    system: str
+    nixpkgs_rev: str | None
+    cuda_support: bool = False  # the evaluated nixpkgs config that matters for reproduction
+    cuda_capabilities: list[str] = field(default_factory=list)
+    allow_unfree: bool = False
+
+
+@dataclass(frozen=True)
 class Recorder:
     """Who wrote the record: the nixrepro version and the recorder's process."""
 
@@ -133,6 +148,7 @@ class RunRecord:
     deterministic: bool = False  # run with --deterministic
     seeded: Seeded | None = None  # set when the experiment called nixrepro.seed_everything()
     stage: StageInfo | None = None
+    facts: BuildFacts | None = None  # set when started by `nix run .#experiment` (--facts)
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, datalog, determinism, host, rundata
+from . import __version__, datalog, determinism, facts, host, rundata
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
@@ -31,7 +31,7 @@ from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
-from .record import CodeState, Command, Environment, Recorder, RunRecord, Scalar, StageInfo
+from .record import BuildFacts, CodeState, Command, Environment, Recorder, RunRecord, Scalar, StageInfo
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Outcome, supervise
@@ -59,6 +59,7 @@ class RunRequest:
     group: str | None = None  # set by repeats.run_repeated
     repeat_index: int | None = None
     stage: StageInfo | None = None  # set when the run is a pipeline stage
+    facts: Path | None = None  # the build facts of lib.mkExperiment (`nix run .#experiment`)
     inputs: list[str] = field(default_factory=list)  # URI[@VERSION], fetched before the command
     outputs: list[str] = field(default_factory=list)  # LOCAL=URI, stored after it
 
@@ -83,6 +84,7 @@ class Prepared:
     redactor: Redactor
     nix: Nix
     data: DataConfig = field(default_factory=DataConfig)
+    facts: BuildFacts | None = None
 
 
 def parse_param(text: str) -> tuple[str, Scalar]:
@@ -136,6 +138,11 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
         {e.path for e in dirty},
     )
+    build_facts = None
+    if request.facts is not None:
+        build_facts = facts.read(request.facts)
+        facts.check(build_facts, head=snapshot.result().commit, env_path=env_path, dev=request.dev,
+                    flake_lock=flake_dir / "flake.lock" if flake_dir and lock else None)
     parent = store.resolve(request.parent).id if request.parent else None
     if closure is None:  # build the flake output, then ask for its closure
         env_path = _build_env(request, config, nix)
@@ -180,6 +187,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
         nix=nix,
         data=config.data,
+        facts=build_facts,
     )
 
 
@@ -319,6 +327,7 @@ def execute(
             group=request.group,
             repeat_index=request.repeat_index,
             stage=request.stage,
+            facts=prepared.facts,
         )
         if prepared.dev_patch is not None:
             (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))

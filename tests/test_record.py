@@ -17,6 +17,7 @@ from nixrepro.host import Gpu, HostInfo
 from nixrepro.lock import FlakeLock
 from nixrepro.record import (
     SCHEMA,
+    BuildFacts,
     CodeState,
     Command,
     DataRecord,
@@ -103,6 +104,12 @@ def full_record() -> RunRecord:
         repeat_index=2,
         deterministic=True,
         seeded=Seeded(seed=1236, libraries=["random", "numpy"], deterministic_algorithms=True),
+        facts=BuildFacts(rev="9f7e99119ece7705299595299f3b031f39356de1",
+                         nar_hash="sha256-16KkgfdYqjaeRGBaYsNrhPRRENs0qzkQVUooNHtoy2w=",
+                         flake_lock_sha256=lock.sha256,
+                         env="/nix/store/6816riznq833fs111dw7wy568ic10r5j-python3-3.11.9-env",
+                         system="x86_64-linux", nixpkgs_rev="ac62194c3917d5f474c1a844b6fd6da2db95077d",
+                         cuda_support=True, cuda_capabilities=["8.0", "9.0"], allow_unfree=True),
         stage=StageInfo(name="train", cache_key="5d41402abc4b2a76b9719d911017c592",
                         key_parts={"params": {"lr": 0.1}, "code": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
                         depends_on=["20260611T100000-prep01"]),

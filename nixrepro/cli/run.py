@@ -15,7 +15,10 @@ from . import CONTEXT, cli, echo_json, store
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.option("--env", "env_path", metavar="STOREPATH", help="The environment: a store path.")
 @click.option("--flake", metavar="REF", help="The environment: a flake output to build (.#env).")
-@click.option("--dev", is_flag=True, help="Allow a dirty tree; store its diff; mark the run dev.")
+@click.option("--dev", is_flag=True, envvar="NIXREPRO_DEV",
+              help="Allow a dirty tree; store its diff; mark the run dev (also NIXREPRO_DEV=1).")
+@click.option("--facts", "facts_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Build facts from lib.mkExperiment, checked against the checkout (nix run .#experiment).")
 @click.option("--name", help="A human name for the run.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--parent", metavar="RUN", help="The run this one derives from.")
@@ -41,7 +44,7 @@ def run(
     env_path: str | None, flake: str | None, dev: bool, name: str | None, tags: tuple[str, ...],
     parent: str | None, params: tuple[str, ...], seed: int | None, verify_contents: bool,
     deterministic: bool, repeat: int | None, inputs: tuple[str, ...], outputs: tuple[str, ...],
-    command: tuple[str, ...],
+    facts_file: Path | None, command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in a pinned environment and record the run.
 
@@ -64,7 +67,7 @@ def run(
         argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
         tags=list(tags), parent=parent, params=dict(parse_param(p) for p in params), seed=seed,
         verify_contents=verify_contents, deterministic=deterministic, inputs=list(inputs),
-        outputs=list(outputs),
+        outputs=list(outputs), facts=facts_file,
     )
     root = GitRepo.discover(request.cwd).root
     config = config_module.load(root)
