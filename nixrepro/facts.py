@@ -49,11 +49,6 @@ def check(facts: BuildFacts, *, head: str, flake_lock: Path | None, env_path: st
             "this environment was built from a dirty tree (the flake has no rev); commit your "
             "changes and run `nix run .#experiment` again, or pass --dev (NIXREPRO_DEV=1)."
         )
-    if facts.rev is not None and facts.rev != head:
-        raise RefusedError(
-            f"this environment was built from commit {facts.rev[:12]} but the checkout is at "
-            f"{head[:12]}; run `nix run .#experiment` again."
-        )
     if facts.flake_lock_sha256 is not None and flake_lock is not None:
         on_disk = hashlib.sha256(flake_lock.read_bytes()).hexdigest()
         if on_disk != facts.flake_lock_sha256:
@@ -61,6 +56,11 @@ def check(facts: BuildFacts, *, head: str, flake_lock: Path | None, env_path: st
                 f"flake.lock changed since this environment was built (sha256 {on_disk[:12]}, built "
                 f"with {facts.flake_lock_sha256[:12]}); run `nix run .#experiment` again."
             )
+    if facts.rev is not None and facts.rev != head:
+        raise RefusedError(
+            f"this environment was built from commit {facts.rev[:12]} but the checkout is at "
+            f"{head[:12]}; run `nix run .#experiment` again."
+        )
     if facts.env and env_path and facts.env != env_path:
         raise RefusedError(
             f"the facts describe the environment {facts.env}, not {env_path}; run "
