@@ -146,7 +146,12 @@ class GitRepo:
         with tempfile.TemporaryDirectory(prefix="nixrepro-index-") as tmp:
             env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.git("read-tree", "HEAD", env=env)
-            self.git("add", "-A", "--", ".", f":(exclude){STORE_DIR_NAME}", env=env)
+            # The run store never goes into the patch. Naming it in an exclude pathspec when a
+            # .gitignore already ignores it makes `git add` fail, so exclude it only when needed.
+            ignored = proc.run(["git", "-C", str(self.root), "check-ignore", "-q", STORE_DIR_NAME],
+                               check=False).returncode == 0
+            excluded = [] if ignored else [f":(exclude){STORE_DIR_NAME}"]
+            self.git("add", "-A", "--", ".", *excluded, env=env)
             diff = proc.run(
                 ["git", "-C", str(self.root), "diff", "--cached", "--binary", "HEAD"],
                 error=GitCommandError,

@@ -120,7 +120,7 @@ def test_a_dirty_tree_is_refused_through_nix_run(minimal: Path) -> None:
         result = nix("run", ".#experiment", cwd=minimal)
         assert result.returncode == 1
         assert result.stderr.splitlines()[-1] == (
-            "Error: the work tree has uncommitted changes (modified: train.py); commit them, or "
+            "Error: the work tree has uncommitted changes (M train.py); commit them, or "
             "pass --dev to record a development run with the diff.")
         dev = nix("run", ".#experiment", "--", "--epochs", "5", cwd=minimal, env={"NIXREPRO_DEV": "1"})
         assert dev.returncode == 0, dev.stderr
