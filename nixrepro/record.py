@@ -101,6 +101,18 @@ class BuildFacts:
 
 
 @dataclass(frozen=True)
+class CudaInfo:
+    """CUDA facts: the runtime the env pins, the driver the host brings (nixrepro.cuda)."""
+
+    runtime: str | None  # CUDA runtime version in the closure, "12.4"; None: the env has none
+    driver_supports: str | None  # newest CUDA the host driver supports (nvidia-smi)
+    compute_capabilities: list[str] = field(default_factory=list)  # of the host's GPUs
+    libcuda: str | None = None  # the libcuda.so.1 that will load (resolved path)
+    libcuda_sha256: str | None = None
+    injection: str | None = None  # "nixos-opengl-driver" | "LD_LIBRARY_PATH" | None (not found)
+
+
+@dataclass(frozen=True)
 class Recorder:
     """Who wrote the record: the nixrepro version and the recorder's process."""
 
@@ -149,6 +161,7 @@ class RunRecord:
     seeded: Seeded | None = None  # set when the experiment called nixrepro.seed_everything()
     stage: StageInfo | None = None
     facts: BuildFacts | None = None  # set when started by `nix run .#experiment` (--facts)
+    cuda: CudaInfo | None = None  # set when the env has a CUDA runtime or the host a GPU
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:

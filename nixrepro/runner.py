@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, datalog, determinism, facts, host, rundata
+from . import __version__, cuda, datalog, determinism, facts, host, rundata
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
@@ -31,7 +31,17 @@ from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
-from .record import BuildFacts, CodeState, Command, Environment, Recorder, RunRecord, Scalar, StageInfo
+from .record import (
+    BuildFacts,
+    CodeState,
+    Command,
+    CudaInfo,
+    Environment,
+    Recorder,
+    RunRecord,
+    Scalar,
+    StageInfo,
+)
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Outcome, supervise
@@ -85,6 +95,7 @@ class Prepared:
     nix: Nix
     data: DataConfig = field(default_factory=DataConfig)
     facts: BuildFacts | None = None
+    cuda: CudaInfo | None = None
 
 
 def parse_param(text: str) -> tuple[str, Scalar]:
@@ -147,6 +158,8 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     if closure is None:  # build the flake output, then ask for its closure
         env_path = _build_env(request, config, nix)
         closure = Background(nix.closure, env_path)
+    cuda_info = cuda.collect(closure.result().paths, host_info.result(), os.environ)
+    cuda.check(cuda_info, host_info.result(), build_facts)
     patch = repo.diff_with_untracked() if request.dev and dirty else None
     if request.verify_contents or config.run.verify_contents:
         corrupted = nix.verify_contents([info.path for info in closure.result().paths])
@@ -188,6 +201,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         nix=nix,
         data=config.data,
         facts=build_facts,
+        cuda=cuda_info,
     )
 
 
@@ -328,6 +342,7 @@ def execute(
             repeat_index=request.repeat_index,
             stage=request.stage,
             facts=prepared.facts,
+            cuda=prepared.cuda,
         )
         if prepared.dev_patch is not None:
             (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))

@@ -187,7 +187,7 @@ def test_driver_from_proc_absent() -> None:
     assert host.driver_from_proc("") is None
 
 
-# --- captured output of a real nvidia-smi (H100) ---------------------------------------------------
+# --- nvidia-smi output samples (tests/fixtures/nvidia/README.md) ------------------------------------
 
 NVIDIA = FIXTURES / "nvidia"
 FAKE_NVIDIA_BIN = FIXTURES / "bin-fake-nvidia"

@@ -24,7 +24,9 @@ else:
     print("CUDA is not available: using the CPU")
 
 generator = torch.Generator().manual_seed(args.seed)
-x = torch.cat([torch.randn(2000, 16, generator=generator) - 1, torch.randn(2000, 16, generator=generator) + 1])
+negatives = torch.randn(2000, 16, generator=generator) - 1
+positives = torch.randn(2000, 16, generator=generator) + 1
+x = torch.cat([negatives, positives])
 y = torch.cat([torch.zeros(2000), torch.ones(2000)]).long()
 x, y = x.to(device), y.to(device)
 model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2)).to(device)
