@@ -44,9 +44,11 @@
           welcomeText = ''
             # A nixrepro experiment
 
+            ```sh
             git init && git add -A && git commit -m init   # nixrepro records commits, not dirty trees
-            nix run .#experiment -- --lr 0.1                # build the env, run, record
+            nix run .#experiment -- --lr 0.1                # build the env, run train.py, record the run
             nix develop -c nixrepro runs                    # what was recorded
+            ```
           '';
         };
         pytorch-cuda = {
@@ -55,10 +57,16 @@
           welcomeText = ''
             # A nixrepro PyTorch + CUDA experiment
 
-            Set cudaCapabilities in flake.nix to your GPUs (nvidia-smi --query-gpu=compute_cap --format=csv),
-            then: git init && git add -A && git commit -m init && nix run .#experiment -- --lr 0.01
-            The NVIDIA driver comes from the host (it cannot be pinned); nixrepro records it and refuses
-            a driver older than the CUDA runtime needs.
+            First set `cudaCapabilities` in flake.nix to your GPUs
+            (`nvidia-smi --query-gpu=compute_cap --format=csv`), then:
+
+            ```sh
+            git init && git add -A && git commit -m init
+            nix run .#experiment -- --lr 0.01
+            ```
+
+            The NVIDIA driver comes from the host (it cannot be pinned); nixrepro records it and
+            refuses a driver older than the CUDA runtime needs. See README.md in this directory.
           '';
         };
         default = self.templates.minimal;
