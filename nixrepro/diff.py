@@ -362,6 +362,10 @@ def diff_host(a: RunRecord, b: RunRecord) -> list[FieldChange]:
         ("gpus", [_gpu(g) for g in old.gpus], [_gpu(g) for g in new.gpus]),
         ("nvidia_driver", old.nvidia_driver, new.nvidia_driver),
         ("cuda_driver", old.cuda_driver, new.cuda_driver),
+        # the driver library is the one part of a CUDA run Nix cannot pin: same version, other bits?
+        ("libcuda", a.cuda.libcuda if a.cuda else None, b.cuda.libcuda if b.cuda else None),
+        ("libcuda_sha256", a.cuda.libcuda_sha256 if a.cuda else None,
+         b.cuda.libcuda_sha256 if b.cuda else None),
     ])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from nixrepro.closure import StorePathInfo, closure_hash
 from nixrepro.diff import diff_closures, diff_inputs, diff_runs, split_store_name, to_json
 from nixrepro.diffview import render_text
 from nixrepro.lock import FlakeLock
-from nixrepro.record import RunRecord, record_sha256
+from nixrepro.record import CudaInfo, RunRecord, record_sha256
 from tests.helpers import Project, set_env, sh
 
 LOCKS = Path(__file__).parent / "fixtures" / "flake-locks"
@@ -266,3 +267,16 @@ def test_render_and_json_from_library_calls() -> None:
     text = render_text(diff, color=True)
     assert "\x1b[32m" in text and "\x1b[31m" in text
     assert "exit_code" in render_text(diff) and "status" in render_text(diff)
+
+
+def test_host_section_shows_another_libcuda_at_the_same_driver_version() -> None:
+    doc = json.loads((Path(__file__).parent / "fixtures" / "record-minimal.json").read_text())
+    base = RunRecord.from_dict(doc)
+    cuda = CudaInfo(runtime="12.4", driver_supports="12.4", compute_capabilities=["9.0"],
+                    libcuda="/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", libcuda_sha256="a" * 64,
+                    injection="LD_LIBRARY_PATH")
+    a = base.replace(cuda=cuda)
+    b = base.replace(id="b" * 12, cuda=dataclasses.replace(cuda, libcuda_sha256="b" * 64))
+    changes = to_json(diff_runs(a, b))["sections"]["host"]["changes"]
+    assert changes == [{"field": "libcuda_sha256", "old": "a" * 64, "new": "b" * 64}]
+    assert "libcuda_sha256" in render_text(diff_runs(a, b))
