@@ -227,9 +227,10 @@ def diff_code(a: RunRecord, b: RunRecord, repo: GitRepo | None) -> CodeDiff:
     ])
     between: list[str] | None = None
     stat: str | None = None
-    if repo is not None and old.commit != new.commit and repo.has_commits(old.commit, new.commit):
-        between = repo.commits_between(old.commit, new.commit)
-        stat = repo.diff_stat(old.commit, new.commit)
+    if repo is not None and old.commit != new.commit:
+        between = repo.commits_between(old.commit, new.commit)  # None when either is not here
+        if between is not None:
+            stat = repo.diff_stat(old.commit, new.commit)
     return CodeDiff(old.commit, new.commit, changes, between, stat)
 
 

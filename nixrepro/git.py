@@ -176,10 +176,12 @@ class GitRepo:
         )
         return result.returncode == 0 and "missing" not in result.stdout
 
-    def commits_between(self, old: str, new: str) -> list[str]:
-        """``"<short sha> <subject>"`` of the commits in ``new`` but not ``old``, oldest first."""
-        out = self.git("log", "--reverse", "--format=%h %s", f"{old}..{new}")
-        return out.splitlines()
+    def commits_between(self, old: str, new: str) -> list[str] | None:
+        """``"<short sha> <subject>"`` of the commits in ``new`` but not ``old``, oldest first;
+        None when either commit is not in this repository (one git call, no separate check)."""
+        result = proc.run(["git", "-C", str(self.root), "log", "--reverse", "--format=%h %s",
+                           f"{old}..{new}", "--"], check=False, missing_hint=_HINT)
+        return result.stdout.splitlines() if result.returncode == 0 else None
 
     def diff_stat(self, old: str, new: str) -> str:
         return self.git("diff", "--stat", old, new).rstrip("\n")

@@ -17,18 +17,12 @@ from typing import Any
 from .errors import RunNotFoundError
 from .present import human_duration, local_time, run_row, table
 from .record import RunRecord
-from .runstore import RunStore
+from .runstore import GROUP_PREFIX, RunStore
 from .stats import ALPHA, Summary, Welch, summarize, welch
-
-GROUP_PREFIX = "g"
 
 
 def new_group_id() -> str:
     return GROUP_PREFIX + secrets.token_hex(6)
-
-
-def is_group_ref(ref: str) -> bool:
-    return ref.startswith(GROUP_PREFIX)
 
 
 @dataclass(frozen=True)

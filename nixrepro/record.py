@@ -269,6 +269,9 @@ def _make_converter(hint: Any) -> Converter:
         cls = hint
         hints = typing.get_type_hints(cls)
         fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
+        if all(conv is _identity for _, conv in fields):  # e.g. the 1000s of closure paths
+            names = [name for name, _ in fields]
+            return lambda doc: cls(**{name: doc[name] for name in names if name in doc})
         return lambda doc: cls(**{name: conv(doc[name]) for name, conv in fields if name in doc})
     if origin is list:
         item = _converter(args[0])

@@ -34,6 +34,12 @@ RECORD_FILE = "record.json"
 LOCK_FILE = "lock"
 GC_ROOT = "gcroot"
 _LATEST = re.compile(r"^@latest(?:~(\d+))?$")
+GROUP_PREFIX = "g"  # a repeat group id (nixrepro.groups); run ids are pure hex
+
+
+def is_group_ref(ref: str) -> bool:
+    """Whether ``ref`` names a repeat group rather than a run."""
+    return ref.startswith(GROUP_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool, color: bool | No
     """
     from ..diff import diff_runs, to_json
     from ..git import GitRepo
-    from ..groups import is_group_ref
+    from ..runstore import is_group_ref
 
     runs = store()
     if is_group_ref(run_a) or is_group_ref(run_b):
@@ -56,7 +56,8 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool, color: bool | No
 
 def _diff_groups(ref_a: str, ref_b: str, as_json: bool) -> None:
     from ..errors import UsageError
-    from ..groups import compare_groups, comparison_json, comparison_text, is_group_ref, resolve_group
+    from ..groups import compare_groups, comparison_json, comparison_text, resolve_group
+    from ..runstore import is_group_ref
 
     if not (is_group_ref(ref_a) and is_group_ref(ref_b)):
         raise UsageError(

@@ -157,8 +157,9 @@ def show(run_ref: str, as_json: bool) -> None:
       nixrepro show @latest --json
       nixrepro show g3f9a2c
     """
-    from ..groups import group_json, group_summary, is_group_ref, resolve_group
+    from ..groups import group_json, group_summary, resolve_group
     from ..present import run_summary
+    from ..runstore import is_group_ref
 
     if is_group_ref(run_ref):
         group = resolve_group(store(), run_ref)
