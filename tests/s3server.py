@@ -126,3 +126,14 @@ class S3Server:
         if versioned:
             client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         return name
+
+
+def store_base(backend: str, request: Any, tmp_path: Path, monkeypatch: Any) -> str:
+    """The base URI of a fresh data store on ``backend``: a new bucket on the session's SeaweedFS
+    (its credentials and endpoint in the environment, as a user would set them) or a directory."""
+    if backend != "s3":
+        return f"file://{tmp_path / 'store'}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{server.new_bucket()}"

@@ -16,7 +16,7 @@ from nixrepro.config import DataConfig
 from nixrepro.dataops import Data
 from nixrepro.record import record_sha256
 from tests.helpers import Project, git_commit
-from tests.s3server import S3Server
+from tests.s3server import S3Server, store_base
 
 pytestmark = pytest.mark.nix
 
@@ -51,13 +51,7 @@ def test_a_run_records_its_pinned_input_and_its_new_output(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = project_with_data
-    if backend == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        base = f"s3://{server.new_bucket()}"
-    else:
-        base = f"file://{tmp_path / 'store'}"
+    base = store_base(backend, request, tmp_path, monkeypatch)
     data = Data(DataConfig(cache_dir=str(tmp_path / "cache")))
     (tmp_path / "raw.txt").write_text("hello data\n")
     raw = data.put(tmp_path / "raw.txt", f"{base}/raw.txt").version

@@ -15,7 +15,7 @@ import pytest
 from nixrepro.config import DataConfig
 from nixrepro.dataops import Data
 from tests.helpers import Project, env_flake
-from tests.s3server import S3Server
+from tests.s3server import store_base
 
 pytestmark = pytest.mark.nix
 
@@ -63,13 +63,7 @@ outputs = ["out/evaluate={base}/eval.txt"]
 @pytest.fixture(params=["file", "s3"])
 def pipeline(request: pytest.FixtureRequest, project: Project, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> tuple[Project, str, Path, Data]:
-    if request.param == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        base = f"s3://{server.new_bucket()}"
-    else:
-        base = f"file://{tmp_path / 'store'}"
+    base = store_base(request.param, request, tmp_path, monkeypatch)
     log = tmp_path / "ran.log"
     settings = {"cache": tmp_path / "cache", "python": sys.executable, "base": base, "log": log}
     (project.root / "stage.py").write_text(STAGE)
