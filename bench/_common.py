@@ -20,8 +20,15 @@ from tests.helpers import NIX_CONFIG  # noqa: E402
 
 
 def offline_nix() -> None:
-    """Flakes on, no substituters: the settings the tests use (unless the caller set its own)."""
+    """Flakes on, no substituters: the settings the tests use (unless the caller set its own).
+
+    Also compiles nixrepro's bytecode, as installing a package does: a checkout used with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module in every timed process.
+    """
     os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "nixrepro")], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def timed(argv: list[str], cwd: Path, repeat: int, env: dict[str, str] | None = None) -> float:
@@ -33,3 +40,16 @@ def timed(argv: list[str], cwd: Path, repeat: int, env: dict[str, str] | None = 
                        stderr=subprocess.DEVNULL)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def timed_together(commands: dict[str, list[str]], cwd: Path, repeat: int) -> dict[str, float]:
+    """Median wall time of each command, the commands interleaved round by round, so that the
+    machine's drifts (these machines are noisy) hit every command alike."""
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import offline_nix, timed
+from _common import offline_nix, timed_together
 
 from tests.helpers import make_project, set_env
 
@@ -45,12 +45,13 @@ def main() -> None:
         b = record_run(project.root)
         env_a, env_b = a["environment"], b["environment"]  # type: ignore[index]
         paths = len(env_b["closure"])  # type: ignore[index]
-        ours = timed([sys.executable, "-m", "nixrepro", "diff", str(a["id"]), str(b["id"])],
-                     project.root, args.repeat)
-        ours_json = timed([sys.executable, "-m", "nixrepro", "diff", "--json", str(a["id"]),
-                           str(b["id"])], project.root, args.repeat)
-        nix = timed(["nix", "store", "diff-closures", env_a["env_path"], env_b["env_path"]],  # type: ignore[index]
-                    project.root, args.repeat)
+        nixrepro = str(Path(sys.executable).parent / "nixrepro")  # the console script users run
+        medians = timed_together({
+            "nix": ["nix", "store", "diff-closures", env_a["env_path"], env_b["env_path"]],  # type: ignore[index]
+            "ours": [nixrepro, "diff", str(a["id"]), str(b["id"])],
+            "ours_json": [nixrepro, "diff", "--json", str(a["id"]), str(b["id"])],
+        }, project.root, args.repeat)
+        nix, ours, ours_json = medians["nix"], medians["ours"], medians["ours_json"]
         print(f"closures of {paths} paths, median of {args.repeat} runs")
         print(f"  nix store diff-closures   {nix:.4f} s")
         print(f"  nixrepro diff             {ours:.4f} s   ratio {ours / nix:.2f}")
