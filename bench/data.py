@@ -170,7 +170,10 @@ class Bench:
         from boto3.s3.transfer import TransferConfig
 
         size = big.stat().st_size
-        mb = lambda seconds: f"{size / seconds / 1e6:.0f} MB/s"  # noqa: E731
+
+        def mb(seconds: float) -> str:
+            return f"{size / seconds / 1e6:.0f} MB/s"
+
         print(f"\na {size / 2**30:g} GiB upload and download")
         uri = DataURI.parse(f"s3://{self.bucket}/big.bin")
         store = self.data.store(uri)
@@ -193,17 +196,20 @@ class Bench:
               "(target >= 0.95x)")
 
         target = self.tmp / "down.bin"
-        start = time.perf_counter()
-        store.download(uri, version.version_id, target)
-        ours_down = time.perf_counter() - start
-        target.unlink()
-        start = time.perf_counter()
-        self.client.download_file(self.bucket, "big-default.bin", str(target))
-        boto_down = time.perf_counter() - start
-        target.unlink()
-        start = time.perf_counter()
-        self.client.download_file(self.bucket, "big-default.bin", str(target), Config=tuned)
-        boto_down_tuned = time.perf_counter() - start
+        downloads: dict[str, Callable[[], None]] = {
+            "ours": lambda: store.download(uri, version.version_id, target),
+            "default": lambda: self.client.download_file(self.bucket, "big-default.bin", str(target)),
+            "tuned": lambda: self.client.download_file(self.bucket, "big-default.bin", str(target),
+                                                       Config=tuned),
+        }
+        took: dict[str, list[float]] = {name: [] for name in downloads}
+        for _ in range(self.repeat):  # interleaved rounds: the server's drifts hit all alike
+            for name, download in downloads.items():
+                start = time.perf_counter()
+                download()
+                took[name].append(time.perf_counter() - start)
+                target.unlink()
+        ours_down, boto_down, boto_down_tuned = (statistics.median(took[n]) for n in downloads)
         row("nixrepro download", ours_down, mb(ours_down))
         row("boto3 download_file, default", boto_down, mb(boto_down))
         row("boto3 download_file, 16 threads 64 MiB", boto_down_tuned, mb(boto_down_tuned))
