@@ -63,7 +63,13 @@ def make_client(settings: DataConfig, *, retries: int = 3) -> Any:
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
         config=Config(retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=5,
-                      read_timeout=60, max_pool_connections=POOL),
+                      read_timeout=60, max_pool_connections=POOL,
+                      # botocore's default CRC32 of every body is redundant here: each object's
+                      # sha256 is kept with it and checked on download, and SigV4 signs the
+                      # payload over http (TLS guards it over https). Skipping it: +10-25%
+                      # small objects per second on 2 cores.
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"),
     )
 
 
