@@ -70,7 +70,7 @@ def groups_of(records: Sequence[RunRecord]) -> dict[str, Group]:
 
 def resolve_group(store: RunStore, ref: str) -> Group:
     """The group named by its id or a unique prefix of it."""
-    groups = groups_of(store.records())
+    groups = groups_of(store.summaries())
     if ref in groups:
         return groups[ref]
     matches = sorted(gid for gid in groups if gid.startswith(ref))

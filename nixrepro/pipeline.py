@@ -382,7 +382,7 @@ def plan(runner: PipelineRunner, targets: Sequence[str] = ()) -> list[StageOutco
 
 def _previous_stage_runs(store: RunStore) -> dict[str, StageInfo]:
     latest: dict[str, StageInfo] = {}
-    for record in reversed(store.records()):  # oldest first, so the newest wins
+    for record in reversed(store.summaries()):  # oldest first, so the newest wins
         if record.stage is not None:
             latest[record.stage.name] = record.stage
     return latest

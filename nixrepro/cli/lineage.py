@@ -36,7 +36,7 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
     )
 
     runs = store()
-    index = Lineage(runs.records())
+    index = Lineage(runs.summaries())
     if "://" not in ref:  # a run, not a data URI
         if as_dot:
             raise UsageError("--dot draws the lineage of a data version; give URI[@VERSION].")

@@ -126,7 +126,7 @@ def runs(status: str | None, limit: int | None, as_json: bool) -> None:
     """
     from ..groups import runs_listing
 
-    records = [r for r in store().records() if status is None or r.status == status][:limit]
+    records = [r for r in store().summaries() if status is None or r.status == status][:limit]
     if as_json:
         echo_json([_summary_dict(r) for r in records])
     else:
