@@ -49,6 +49,9 @@ class ArchiveConfig:
     endpoint_url: str | None = None  # S3-compatible service (SeaweedFS, MinIO); None: AWS
 
 
+TRACKER_MODES = ("online", "offline", "disabled")
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     """``[tracker]``: a dashboard each run also goes to (docs/wandb.md). Only ``kind = "wandb"`` so far."""
@@ -133,7 +136,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def parse(table: dict[str, Any], source: str = CONFIG_FILE) -> Config:
     sections = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
     config = _section(Config, {k: v for k, v in table.items()}, source, "", sections)
+    _check_tracker(config.tracker, source)
     return dataclasses.replace(config, source=source)
+
+
+def _check_tracker(tracker: TrackerConfig, source: str) -> None:
+    if tracker.kind not in (None, "wandb"):
+        raise ConfigError(f"{source}: 'tracker.kind' must be \"wandb\" (or left out), not {tracker.kind!r}.")
+    if tracker.mode not in TRACKER_MODES:
+        raise ConfigError(f"{source}: 'tracker.mode' must be one of {', '.join(TRACKER_MODES)}, "
+                          f"not {tracker.mode!r}.")
 
 
 def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str]) -> T:

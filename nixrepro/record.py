@@ -214,19 +214,25 @@ def record_sha256(doc: dict[str, Any]) -> str:
 
 
 T = TypeVar("T")
+_SCALARS = frozenset((str, int, float, bool))
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def to_plain(value: Any) -> Any:
     """Dataclasses to dicts, recursively; like dataclasses.asdict without its deep copies."""
     cls = type(value)
-    if cls in (str, int, float, bool) or value is None:
+    if cls in _SCALARS or value is None:
         return value
     names = _FIELD_NAMES.get(cls)
     if names is None and dataclasses.is_dataclass(value):
         names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(value)))
     if names is not None:
-        return {name: to_plain(getattr(value, name)) for name in names}
+        plain = {}
+        for name in names:
+            item = getattr(value, name)
+            # scalars inline: a 2,000-path closure is 8,000 of them, each a call otherwise
+            plain[name] = item if item is None or type(item) in _SCALARS else to_plain(item)
+        return plain
     if isinstance(value, (list, tuple)):
         return [to_plain(item) for item in value]
     if isinstance(value, dict):

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import TrackerConfig
-from .errors import ConfigError, NixreproError
+from .config import TRACKER_MODES, TrackerConfig
+from .errors import NixreproError
 from .metrics import MetricPoint
 from .parallel import Background
 from .record import DataVersion, RunRecord
 
-MODES = ("online", "offline", "disabled")
+MODES = TRACKER_MODES
 WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
 ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.jsonl", "code.patch")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -47,14 +47,6 @@ class TrackerError(NixreproError):
 
 class WandbSyncError(NixreproError):
     """`wandb sync` failed."""
-
-
-def check_config(config: TrackerConfig, source: str | None) -> None:
-    where = source or "nixrepro.toml"
-    if config.kind not in (None, "wandb"):
-        raise ConfigError(f"{where}: 'tracker.kind' must be \"wandb\" (or left out), not {config.kind!r}.")
-    if config.mode not in MODES:
-        raise ConfigError(f"{where}: 'tracker.mode' must be one of {', '.join(MODES)}, not {config.mode!r}.")
 
 
 def resolve_mode(config: TrackerConfig, environ: Mapping[str, str]) -> str:

@@ -163,3 +163,17 @@ def test_config_errors_are_usage_errors_with_exit_code_2(tmp_path: Path) -> None
 def test_config_is_frozen(obj: object, attribute: str, value: object) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(obj, attribute, value)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[tracker]\nkind = "mlflow"\n', "'tracker.kind' must be \"wandb\" (or left out), not 'mlflow'."),
+    ('[tracker]\nkind = "wandb"\nmode = "sometimes"\n',
+     "'tracker.mode' must be one of online, offline, disabled, not 'sometimes'."),
+])
+def test_a_tracker_nixrepro_does_not_know_is_an_error_when_the_config_is_read(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    path = write(tmp_path / "nixrepro.toml", toml)
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path)
+    assert str(caught.value) == f"{path}: {message}"

@@ -59,7 +59,6 @@ def run(
     """
     from .. import config as config_module
     from ..git import GitRepo
-    from ..repeats import run_repeated
     from ..runner import RunRequest, parse_param
     from ..runner import run as run_request
 
@@ -75,6 +74,8 @@ def run(
         record = run_request(request, config, observers=_trackers(config, root))
         _report(record)
     else:
+        from ..repeats import run_repeated  # with the statistics: not on the single run's path
+
         records = run_repeated(request, repeat, config, observers=lambda: _trackers(config, root),
                                on_run=_report)
         record = records[-1]
@@ -96,12 +97,11 @@ def _report(record: Any) -> None:
 
 def _trackers(config: Any, repo_root: Path) -> list[Any]:
     """The dashboards this run also goes to ([tracker] in nixrepro.toml)."""
-    from ..runstore import RunStore
-    from ..wandb_sink import WandbSink, check_config
-
-    check_config(config.tracker, config.source)
-    if config.tracker.kind != "wandb":
+    if config.tracker.kind != "wandb":  # (the config is validated when it is read)
         return []
+    from ..runstore import RunStore
+    from ..wandb_sink import WandbSink
+
     sink = WandbSink(config.tracker, RunStore.for_repo(repo_root).root, default_project=repo_root.name)
     return [] if sink.mode == "disabled" else [sink]
 
