@@ -48,11 +48,22 @@ def find_libcuda(environ: Mapping[str, str], driver_dir: Path = NIXOS_DRIVER_DIR
     for entry in filter(None, environ.get("LD_LIBRARY_PATH", "").split(":")):
         candidate = Path(entry) / "libcuda.so.1"
         if candidate.exists():
-            return candidate, "LD_LIBRARY_PATH"
+            return candidate, injection_through_library_path(Path(os.path.realpath(candidate)))
     candidate = driver_dir / "libcuda.so.1"
     if candidate.exists():
         return candidate, "nixos-opengl-driver"
     return None
+
+
+def injection_through_library_path(libcuda: Path) -> str:
+    """Who put the driver on LD_LIBRARY_PATH: nixGL (a driver Nix built to match the host's
+    kernel module, in the store), nix-gl-host (the host's own libraries copied to its cache), or
+    someone else (the host's directory itself, e.g. the pytorch-cuda template's wrapper)."""
+    if libcuda.parts[:3] == ("/", "nix", "store"):
+        return "nixGL"
+    if "nix-gl-host" in libcuda.parts:
+        return "nix-gl-host"
+    return "LD_LIBRARY_PATH"
 
 
 def collect(closure: Sequence[StorePathInfo], host: HostInfo, environ: Mapping[str, str],

@@ -109,7 +109,9 @@ class CudaInfo:
     compute_capabilities: list[str] = field(default_factory=list)  # of the host's GPUs
     libcuda: str | None = None  # the libcuda.so.1 that will load (resolved path)
     libcuda_sha256: str | None = None
-    injection: str | None = None  # "nixos-opengl-driver" | "LD_LIBRARY_PATH" | None (not found)
+    # how the driver reaches the process: "nixos-opengl-driver", "nixGL", "nix-gl-host",
+    # "LD_LIBRARY_PATH" (set by hand or a wrapper), or None (no libcuda found)
+    injection: str | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,16 @@ def test_libcuda_from_ld_library_path_first_then_the_nixos_driver_dir(tmp_path: 
     assert cuda.find_libcuda({}, tmp_path / "none") is None
 
 
+@pytest.mark.parametrize(("libcuda", "injection"), [
+    ("/nix/store/4c3fvq3x5gzsqx4q1jcywq6c4s9w2l0a-nvidia-x11-550.54.15-6.6.30/lib/libcuda.so.550.54.15",
+     "nixGL"),
+    ("/root/.cache/nix-gl-host/5fa2c91e/cuda/libcuda.so.1", "nix-gl-host"),
+    ("/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", "LD_LIBRARY_PATH"),
+])
+def test_how_the_driver_came_on_ld_library_path_is_named(libcuda: str, injection: str) -> None:
+    assert cuda.injection_through_library_path(Path(libcuda)) == injection
+
+
 def sample_host(monkeypatch: pytest.MonkeyPatch, sample: str = "") -> host.HostInfo:
     monkeypatch.setenv("PATH", f"{FAKE_NVIDIA}:/usr/bin:/bin")
     monkeypatch.setenv("FAKE_NVIDIA_SAMPLE", sample)
