@@ -36,7 +36,7 @@ from typing import Any
 from .errors import RunNotFoundError
 from .fsutil import atomic_write
 from .metrics import METRICS_FILE, last_values
-from .record import RecordError, RunRecord
+from .record import RecordError, RunRecord, document_json
 
 STORE_DIR = ".nixrepro"
 RECORD_FILE = "record.json"
@@ -99,7 +99,7 @@ class RunStore:
         """Write the record, then its summary (both atomically)."""
         doc = record.to_dict()
         path = self.run_dir(record.id) / RECORD_FILE
-        atomic_write(path, json.dumps(doc, sort_keys=True, ensure_ascii=False) + "\n")
+        atomic_write(path, document_json(doc))
         self._write_summary(path, doc, path.stat())
 
     def _write_summary(self, record_path: Path, doc: dict[str, Any], st: os.stat_result) -> None:
@@ -107,8 +107,7 @@ class RunStore:
         so that a record rewritten meanwhile leaves this summary stale, never wrongly fresh."""
         summary = {"record": [st.st_size, st.st_mtime_ns],
                    "summary": {**doc, "environment": {**doc["environment"], "closure": []}}}
-        atomic_write(record_path.with_name(SUMMARY_FILE),
-                     json.dumps(summary, sort_keys=True, ensure_ascii=False) + "\n")
+        atomic_write(record_path.with_name(SUMMARY_FILE), document_json(summary))
 
     def load(self, run_id: str) -> RunRecord:
         """The run's record; a dead ``running`` run is marked ``crashed`` (and saved so)."""
