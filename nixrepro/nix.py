@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from . import proc
 from .closure import Closure, StorePathInfo, parse_path_info
@@ -26,13 +27,18 @@ class Nix:
 
     executable: str = "nix"
     env: Mapping[str, str] | None = None
+    progress: TextIO | None = None  # where builds report as they go (the CLI: stderr); None: quiet
 
-    def run(self, args: Sequence[str], *, cwd: Path | None = None, input: str | None = None) -> str:
-        """Run ``nix <args>`` with flakes enabled; return stdout or raise NixCommandError."""
+    def run(self, args: Sequence[str], *, cwd: Path | None = None, input: str | None = None,
+            builds: bool = False) -> str:
+        """Run ``nix <args>`` with flakes enabled; return stdout or raise NixCommandError.
+
+        ``builds``: this call may build, so nix's messages also go to ``progress``.
+        """
         argv = [self.executable, *NIX_FEATURES, *args]
         result = proc.run(
             argv, error=NixCommandError, cwd=cwd, env=self.env, input=input,
-            missing_hint=_INSTALL_HINT,
+            missing_hint=_INSTALL_HINT, stream_stderr=self.progress if builds else None,
         )
         return result.stdout
 
@@ -70,7 +76,7 @@ class Nix:
 
     def build(self, installable: str, *, cwd: Path | None = None) -> str:
         """Build a flake output without a ``result`` link; return its (first) output path."""
-        out = self.run(["build", "--no-link", "--json", installable], cwd=cwd)
+        out = self.run(["build", "--no-link", "--json", installable], cwd=cwd, builds=True)
         built = json.loads(out)
         outputs = built[0]["outputs"] if built else {}
         if not outputs:
@@ -145,7 +151,7 @@ class Nix:
         args = ["build", "--no-link", "--json", "--no-update-lock-file"]
         for name, value in options.items():
             args += ["--option", name, value]
-        built = json.loads(self.run([*args, installable], cwd=cwd))
+        built = json.loads(self.run([*args, installable], cwd=cwd, builds=True))
         # a store path as installable prints {"path": ...}; a derivation {"outputs": {...}}
         outputs = (built[0].get("outputs") or {"out": built[0].get("path")}) if built else {}
         if not outputs:

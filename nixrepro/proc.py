@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from .errors import CommandError, ToolMissingError
 
@@ -31,22 +32,28 @@ def run(
     check: bool = True,
     missing_hint: str = "",
     timeout: float | None = None,
+    stream_stderr: TextIO | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``, capture its output as text, raise ``error`` on a non-zero exit.
 
+    ``stream_stderr``: also copy the program's stderr there line by line as it comes (a long
+    ``nix build`` shows its progress instead of a silent wait); it is captured all the same.
     A program that is not installed raises :class:`ToolMissingError` with ``missing_hint``.
     """
     try:
-        proc = subprocess.run(
-            list(argv),
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            input=input,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        if stream_stderr is None:
+            proc = subprocess.run(
+                list(argv),
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                input=input,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        else:
+            proc = _run_streaming(argv, cwd, env, input, stream_stderr)
     except FileNotFoundError as exc:
         if cwd is not None and not Path(cwd).is_dir():
             raise
@@ -56,3 +63,40 @@ def run(
     if check and proc.returncode != 0:
         raise error(argv, proc.returncode, proc.stderr)
     return proc
+
+
+def _run_streaming(argv: Sequence[str], cwd: Path | str | None, env: Mapping[str, str] | None,
+                   input: str | None, stream: TextIO) -> subprocess.CompletedProcess[str]:
+    import threading
+
+    child = subprocess.Popen(
+        list(argv), cwd=cwd, env=dict(env) if env is not None else None, text=True,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    errors: list[str] = []
+
+    def copy_stderr() -> None:
+        assert child.stderr is not None
+        for line in child.stderr:
+            errors.append(line)
+            stream.write(line)
+            stream.flush()
+
+    reader = threading.Thread(target=copy_stderr, daemon=True)
+    reader.start()
+    try:
+        if input is not None:
+            assert child.stdin is not None
+            child.stdin.write(input)
+            child.stdin.close()
+        out = child.stdout.read()
+        child.wait()
+    except BaseException:  # Ctrl-C: the build stops with us
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        reader.join()
+    return subprocess.CompletedProcess(list(argv), child.returncode, out, "".join(errors))

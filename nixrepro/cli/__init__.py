@@ -30,6 +30,13 @@ def store(cwd: Path | None = None) -> Any:
     return RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root)
 
 
+def nix_cli() -> Any:
+    """The nix CLI as commands use it: a build shows nix's progress when stderr is a terminal."""
+    from ..nix import Nix
+
+    return Nix(progress=sys.stderr if sys.stderr.isatty() else None)
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

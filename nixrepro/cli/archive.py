@@ -7,17 +7,16 @@ from typing import Any
 
 import click
 
-from . import CONTEXT, cli, echo_json, store
+from . import CONTEXT, cli, echo_json, nix_cli, store
 
 
 def _context() -> tuple[Any, Any, Any, Any]:
     from .. import config as config_module
     from ..git import GitRepo
-    from ..nix import Nix
 
     runs = store()
     repo = GitRepo(runs.root.parent)
-    return runs, repo, Nix(), config_module.load(repo.root)
+    return runs, repo, nix_cli(), config_module.load(repo.root)
 
 
 @cli.command(context_settings=CONTEXT)

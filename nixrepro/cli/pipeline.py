@@ -8,20 +8,19 @@ from typing import Any
 
 import click
 
-from . import CONTEXT, cli, echo_json
+from . import CONTEXT, cli, echo_json, nix_cli
 
 
 def _runner(dev: bool = False, force: bool = False) -> Any:
     from .. import config as config_module
     from ..git import GitRepo
-    from ..nix import Nix
     from ..pipeline import Pipeline, PipelineRunner
     from ..runner import RunRequest
     from ..runner import run as run_request
 
     repo = GitRepo.discover(Path.cwd())
     config = config_module.load(repo.root)
-    nix = Nix()
+    nix = nix_cli()
 
     def execute(stage: Any, env_path: str, info: Any, inputs: dict[str, str]) -> Any:
         # Inputs at exactly the versions in the cache key, outputs stored when the stage ends:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import CONTEXT, cli, echo_json, store
+from . import CONTEXT, cli, echo_json, nix_cli, store
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -71,12 +71,13 @@ def run(
     root = GitRepo.discover(request.cwd).root
     config = config_module.load(root)
     if repeat is None:
-        record = run_request(request, config, observers=_trackers(config, root))
+        record = run_request(request, config, nix=nix_cli(), observers=_trackers(config, root))
         _report(record)
     else:
         from ..repeats import run_repeated  # with the statistics: not on the single run's path
 
-        records = run_repeated(request, repeat, config, observers=lambda: _trackers(config, root),
+        records = run_repeated(request, repeat, config, nix=nix_cli(),
+                               observers=lambda: _trackers(config, root),
                                on_run=_report)
         record = records[-1]
         click.echo(f"nixrepro: group {record.group}: {len(records)} of {repeat} runs; "
