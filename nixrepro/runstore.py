@@ -105,8 +105,7 @@ class RunStore:
     def _write_summary(self, record_path: Path, doc: dict[str, Any], st: os.stat_result) -> None:
         """``st``: the record.json ``doc`` was read from (or written to), statted before reading,
         so that a record rewritten meanwhile leaves this summary stale, never wrongly fresh."""
-        summary = {"record": [st.st_size, st.st_mtime_ns],
-                   "summary": {**doc, "environment": {**doc["environment"], "closure": []}}}
+        summary = {"record": [st.st_size, st.st_mtime_ns], "summary": _without_closure(doc)}
         atomic_write(record_path.with_name(SUMMARY_FILE), document_json(summary))
 
     def load(self, run_id: str) -> RunRecord:
@@ -117,14 +116,17 @@ class RunStore:
         return record
 
     def _read(self, run_id: str) -> RunRecord:
+        return RunRecord.from_dict(self._read_doc(run_id))
+
+    def _read_doc(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id) / RECORD_FILE
         try:
-            doc = json.loads(path.read_bytes())
+            doc: dict[str, Any] = json.loads(path.read_bytes())
         except FileNotFoundError as exc:
             raise RunNotFoundError(f"run {run_id} has no record at {path}.") from exc
         except ValueError as exc:
             raise RecordError(f"{path} is not valid JSON ({exc}).") from exc
-        return RunRecord.from_dict(doc)
+        return doc
 
     def _detect_crash(self, record: RunRecord) -> RunRecord:
         if record.recorder.hostname != os.uname().nodename:
@@ -186,11 +188,15 @@ class RunStore:
                     return record
         except (OSError, ValueError, KeyError, TypeError, RecordError):
             pass  # missing, stale or unreadable: rebuilt from the record below
-        record = self.load(run_id)  # also turns a dead running run into a crashed one
-        if st is not None and record.status != "running":
+        doc = self._read_doc(run_id)
+        record = RunRecord.from_dict(_without_closure(doc))  # not 1000s of closure paths built
+        if record.status == "running":  # a dead recorder's run becomes crashed (and is saved so)
+            full = self._detect_crash(RunRecord.from_dict(doc))
+            return full.replace(environment=dataclasses.replace(full.environment, closure=[]))
+        if st is not None:
             with contextlib.suppress(OSError):  # a read-only store still lists, only slower
-                self._write_summary(record_path, record.to_dict(), st)
-        return record.replace(environment=dataclasses.replace(record.environment, closure=[]))
+                self._write_summary(record_path, doc, st)
+        return record
 
     def latest(self, back: int = 0) -> RunRecord:
         """The newest run (``back`` = 1: the one before it...), complete."""
@@ -233,3 +239,11 @@ class RunStore:
 
 def _newest_first(records: list[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.started_at, r.id), reverse=True)
+
+
+def _without_closure(doc: dict[str, Any]) -> dict[str, Any]:
+    """The record document with an empty closure (a malformed one as it is, for from_dict to refuse)."""
+    environment = doc.get("environment") if isinstance(doc, dict) else None
+    if not isinstance(environment, dict):
+        return doc
+    return {**doc, "environment": {**environment, "closure": []}}

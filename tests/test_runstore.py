@@ -76,3 +76,12 @@ def test_an_unreadable_summary_is_rebuilt_from_the_record(tmp_path: Path, garbag
     (store.run_dir(saved[0].id) / SUMMARY_FILE).write_text(garbage)
     (summary,) = store.summaries()
     assert summary.id == saved[0].id and summary.metrics == {"loss": 0}
+
+
+def test_a_malformed_record_is_left_out_of_the_listing(tmp_path: Path) -> None:
+    store, saved = make_store(tmp_path, count=2)
+    path = store.run_dir(saved[0].id) / "record.json"
+    doc = json.loads(path.read_text())
+    del doc["environment"]
+    path.write_text(json.dumps(doc))
+    assert [s.id for s in store.summaries()] == [saved[1].id]
