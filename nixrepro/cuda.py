@@ -39,7 +39,7 @@ def runtime_version(closure: Sequence[StorePathInfo]) -> str | None:
 
 
 def find_libcuda(environ: Mapping[str, str], driver_dir: Path = NIXOS_DRIVER_DIR) -> tuple[Path, str] | None:
-    """The libcuda.so.1 a Nix-built program will load, and how it gets there.
+    """The libcuda.so.1 a Nix-built program will load (links resolved), and how it gets there.
 
     Nix's glibc does not read the host's ld.so.cache: the driver comes from the runpath NixOS
     sets up (/run/opengl-driver/lib, what autoAddDriverRunpath points to) or from LD_LIBRARY_PATH,
@@ -48,10 +48,11 @@ def find_libcuda(environ: Mapping[str, str], driver_dir: Path = NIXOS_DRIVER_DIR
     for entry in filter(None, environ.get("LD_LIBRARY_PATH", "").split(":")):
         candidate = Path(entry) / "libcuda.so.1"
         if candidate.exists():
-            return candidate, injection_through_library_path(Path(os.path.realpath(candidate)))
+            resolved = Path(os.path.realpath(candidate))
+            return resolved, injection_through_library_path(resolved)
     candidate = driver_dir / "libcuda.so.1"
     if candidate.exists():
-        return candidate, "nixos-opengl-driver"
+        return Path(os.path.realpath(candidate)), "nixos-opengl-driver"
     return None
 
 
@@ -75,9 +76,8 @@ def collect(closure: Sequence[StorePathInfo], host: HostInfo, environ: Mapping[s
     found = find_libcuda(environ, driver_dir)
     path, sha, how = None, None, None
     if found is not None:
-        resolved = Path(os.path.realpath(found[0]))
-        path, how = str(resolved), found[1]
-        sha = hashlib.sha256(resolved.read_bytes()).hexdigest()
+        path, how = str(found[0]), found[1]
+        sha = hashlib.sha256(found[0].read_bytes()).hexdigest()
     return CudaInfo(
         runtime=runtime,
         driver_supports=host.cuda_driver,

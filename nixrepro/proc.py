@@ -38,6 +38,7 @@ def run(
 
     ``stream_stderr``: also copy the program's stderr there line by line as it comes (a long
     ``nix build`` shows its progress instead of a silent wait); it is captured all the same.
+    ``timeout`` applies to captured runs only: a streamed build runs as long as it takes.
     A program that is not installed raises :class:`ToolMissingError` with ``missing_hint``.
     """
     try:

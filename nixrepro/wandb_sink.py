@@ -33,7 +33,6 @@ from .metrics import MetricPoint
 from .parallel import Background
 from .record import DataVersion, RunRecord
 
-MODES = TRACKER_MODES
 WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
 ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.jsonl", "code.patch")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -52,7 +51,7 @@ class WandbSyncError(NixreproError):
 def resolve_mode(config: TrackerConfig, environ: Mapping[str, str]) -> str:
     """WANDB_MODE wins over ``[tracker] mode`` (W&B's own aliases: dryrun = offline, run = online)."""
     raw = (environ.get("WANDB_MODE") or config.mode).strip().lower()
-    return {"dryrun": "offline", "run": "online"}.get(raw, raw if raw in MODES else config.mode)
+    return {"dryrun": "offline", "run": "online"}.get(raw, raw if raw in TRACKER_MODES else config.mode)
 
 
 def nixpkgs_rev(record: RunRecord) -> str | None:
