@@ -21,11 +21,14 @@ from tests.helpers import NIX_CONFIG  # noqa: E402
 
 def offline_nix() -> None:
     """Flakes on, no substituters: the settings the tests use (unless the caller set its own).
-
-    Also compiles nixrepro's bytecode, as installing a package does: a checkout used with
-    PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module in every timed process.
-    """
+    Every benchmark that starts nix or nixrepro calls it, so it also compiles the bytecode."""
     os.environ.setdefault("NIX_CONFIG", NIX_CONFIG)
+    compile_bytecode()
+
+
+def compile_bytecode() -> None:
+    """nixrepro's bytecode, as installing a package compiles it: a checkout used with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module in every timed process."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "nixrepro")], env=env,
                    check=True, stdout=subprocess.DEVNULL)
