@@ -234,7 +234,10 @@ def diff_code(a: RunRecord, b: RunRecord, repo: GitRepo | None) -> CodeDiff:
     return CodeDiff(old.commit, new.commit, changes, between, stat)
 
 
-_INPUT_FIELDS = ("url", "rev", "narHash", "lastModified", "ref", "type")
+# every field that says what was fetched or how far it is pinned (a flake = false input is another
+# thing than the same source as a flake)
+_INPUT_FIELDS = ("url", "rev", "narHash", "lastModified", "ref", "type", "flake", "locked", "local",
+                 "follows", "overridden")
 
 
 def diff_inputs(old: Mapping[str, LockedInput], new: Mapping[str, LockedInput]) -> list[InputChange]:
@@ -250,6 +253,8 @@ def diff_inputs(old: Mapping[str, LockedInput], new: Mapping[str, LockedInput]) 
         else:
             changes = fields_changed(
                 (f, getattr(before, f), getattr(after, f)) for f in _INPUT_FIELDS
+                # a record older than the locked check says None: not a change of the input
+                if not (f == "locked" and None in (before.locked, after.locked))
             )
             if changes:
                 result.append(InputChange(name, "changed", after.url, changes))

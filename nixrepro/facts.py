@@ -1,25 +1,48 @@
 """The facts of a build, written by the flake's ``lib.mkExperiment`` at evaluation time.
 
 ``nix run .#experiment`` runs ``nixrepro run --facts <file> --env <env> -- <command>``; the facts
-file says which commit, flake.lock and nixpkgs the environment was built from. Before the command
-starts they are checked against the work tree, so a stale build (made from another commit, a
-dirty tree or another flake.lock) is refused instead of recorded under the wrong identity.
+file says which source, flake.lock, inputs and nixpkgs the environment was built from. Before the
+command starts they are checked against the work tree and flake.lock, so a stale build (made from
+another commit, a dirty tree or another flake.lock) or an input that is not the locked one
+(``--override-input``) is refused instead of recorded under the wrong identity.
+
+Where the build came from decides what it is compared with (:func:`origin`):
+
+* a git flake with a rev that is HEAD, or a path: flake (which has no rev, dirty or not): the
+  checkout, whose state the record describes;
+* a git flake without a rev: a dirty tree (refused unless --dev);
+* a rev the checkout's repository does not have: a flake run by reference
+  (``nix run github:org/repo#experiment``); its code is that rev, never the cwd's HEAD, and its
+  inputs come from the flake.lock it was built with (carried in the facts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import RefusedError, UsageError
-from .record import BuildFacts
+from .lock import FlakeLock, LockedInput
+from .record import BuildFacts, EvaluatedInput
 
 SCHEMA = "nixrepro.facts/1"
+Origin = Literal["checkout", "flake"]
 
 
-def read(path: Path) -> BuildFacts:
+@dataclass(frozen=True)
+class FactsFile:
+    """The facts, and the flake.lock the build was evaluated with (None: the flake has none)."""
+
+    facts: BuildFacts
+    lock: FlakeLock | None
+
+
+def read(path: Path) -> FactsFile:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -29,7 +52,11 @@ def read(path: Path) -> BuildFacts:
         raise UsageError(f"{path} is not a nixrepro facts file (schema {SCHEMA}); it is written by "
                          "lib.mkExperiment.")
     config: dict[str, Any] = doc.get("nixpkgsConfig") or {}
-    return BuildFacts(
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, dict):
+        inputs = {}
+    lock_text = doc.get("flakeLock")
+    facts = BuildFacts(
         rev=doc.get("rev"),
         nar_hash=doc.get("narHash"),
         flake_lock_sha256=doc.get("flakeLockSha256"),
@@ -39,12 +66,44 @@ def read(path: Path) -> BuildFacts:
         cuda_support=bool(config.get("cudaSupport", False)),
         cuda_capabilities=[str(c) for c in config.get("cudaCapabilities") or []],
         allow_unfree=bool(config.get("allowUnfree", False)),
+        git=doc.get("git") if isinstance(doc.get("git"), bool) else None,
+        dirty_rev=doc.get("dirtyRev"),
+        last_modified=doc.get("lastModified"),
+        nixpkgs_nar_hash=doc.get("nixpkgsNarHash"),
+        inputs={name: EvaluatedInput(rev=value.get("rev"), narHash=value.get("narHash"))
+                for name, value in sorted(inputs.items()) if isinstance(value, dict)},
+    )
+    lock = None
+    if isinstance(lock_text, str):
+        lock = FlakeLock.parse(lock_text.encode(), source=f"the flake.lock recorded in {path}")
+    return FactsFile(facts, lock)
+
+
+def origin(facts: BuildFacts, *, head: str, has_commit: bool) -> Origin:
+    """Whether the build is of this checkout, or of a flake run by reference from elsewhere.
+
+    ``has_commit``: the checkout's repository has the commit ``facts.rev`` (only asked when the
+    rev is not HEAD).
+    """
+    if facts.rev is None or facts.rev == head or has_commit:
+        return "checkout"
+    return "flake"
+
+
+def lock_written_by_nix() -> RefusedError:
+    """The refusal for a flake that had no flake.lock: `nix run` wrote one and `git add -N`-ed it,
+    so the tree is dirty and the build has no rev."""
+    return RefusedError(
+        "nix wrote flake.lock during this run (the flake had no lock file yet), so the build is "
+        "not of a commit; commit it: `git add flake.lock && git commit -m 'lock inputs'`, then "
+        "`nix run .#experiment` again."
     )
 
 
 def check(facts: BuildFacts, *, head: str, flake_lock: Path | None, env_path: str, dev: bool) -> None:
     """Refuse a build that does not describe this checkout (one sentence, with the remedy)."""
-    if facts.rev is None and not dev:
+    if facts.rev is None and facts.git is not False and not dev:
+        # a path: flake has no rev however clean it is; only a git source without one is dirty
         raise RefusedError(
             "this environment was built from a dirty tree (the flake has no rev); commit your "
             "changes and run `nix run .#experiment` again, or pass --dev (NIXREPRO_DEV=1)."
@@ -59,10 +118,62 @@ def check(facts: BuildFacts, *, head: str, flake_lock: Path | None, env_path: st
     if facts.rev is not None and facts.rev != head:
         raise RefusedError(
             f"this environment was built from commit {facts.rev[:12]} but the checkout is at "
-            f"{head[:12]}; run `nix run .#experiment` again."
+            f"{head[:12]}; run `nix run .#experiment` again (or check out {facts.rev[:12]} to "
+            "record a run of that commit)."
         )
+    check_env(facts, env_path)
+
+
+def check_env(facts: BuildFacts, env_path: str) -> None:
     if facts.env and env_path and facts.env != env_path:
         raise RefusedError(
             f"the facts describe the environment {facts.env}, not {env_path}; run "
             "`nix run .#experiment` again."
         )
+
+
+def evaluated_inputs(facts: BuildFacts, locked: Mapping[str, LockedInput], *,
+                     dev: bool) -> dict[str, LockedInput]:
+    """The inputs as they were evaluated: flake.lock's, refused (or, with --dev, marked
+    ``overridden``) where an input the build used is not the one flake.lock pins."""
+    result = dict(locked)
+    for name, seen in facts.inputs.items():
+        pinned = locked.get(name)
+        if pinned is None or seen.narHash is None or _same(pinned, seen):
+            continue
+        if not dev:
+            raise RefusedError(
+                f"the flake input {name!r} that was evaluated ({_identity(seen.rev, seen.narHash)}) "
+                f"is not the one flake.lock pins ({_identity(pinned.rev, pinned.narHash)}), as with "
+                f"--override-input; lock it instead (`nix flake lock --override-input {name} REF`) "
+                "and commit flake.lock, or pass --dev to record it as a development run."
+            )
+        result[name] = dataclasses.replace(pinned, rev=seen.rev, narHash=seen.narHash,
+                                           lastModified=None, overridden=True)
+    _check_nixpkgs(facts, result, dev)
+    return result
+
+
+def _same(pinned: LockedInput, seen: EvaluatedInput) -> bool:
+    return pinned.narHash == seen.narHash and (seen.rev is None or pinned.rev in (None, seen.rev))
+
+
+def _check_nixpkgs(facts: BuildFacts, inputs: Mapping[str, LockedInput], dev: bool) -> None:
+    """The nixpkgs the env was built with must be one of the flake's inputs (by rev or narHash)."""
+    if facts.nixpkgs_rev is None and facts.nixpkgs_nar_hash is None:
+        return
+    for inp in inputs.values():
+        if (facts.nixpkgs_rev is not None and inp.rev == facts.nixpkgs_rev) or (
+                facts.nixpkgs_nar_hash is not None and inp.narHash == facts.nixpkgs_nar_hash):
+            return
+    if not dev:
+        raise RefusedError(
+            f"the nixpkgs this environment was built with "
+            f"({_identity(facts.nixpkgs_rev, facts.nixpkgs_nar_hash)}) is none of the inputs "
+            "flake.lock pins; pass mkExperiment the nixpkgs input of the flake "
+            "(`inherit nixpkgs;`), or pass --dev to record it as a development run."
+        )
+
+
+def _identity(rev: str | None, nar_hash: str | None) -> str:
+    return f"rev {rev[:12]}" if rev else f"narHash {nar_hash}"

@@ -1,10 +1,20 @@
-"""flake.lock, read from the file itself: recording a run never needs the network or a fetch.
+"""flake.lock, read from the file itself as Nix reads it: recording a run never needs the network.
 
-Lock version 7: ``nodes`` keyed by node name, ``root`` names the root node, a node's ``inputs``
-map an input name to a node name or to a *follows* path (a list of input names from the root;
-an empty list follows nothing). Inputs are keyed in the record by their shortest input path from
-the root (``nixpkgs``, ``devenv/git-hooks``), which stays stable when nix renumbers node names
-(``nixpkgs_2``) between lock revisions.
+The rules are Nix's own (src/libflake/lockfile.cc, call-flake.nix, src/libfetchers/*.cc):
+
+* versions 5 to 7 are read; a missing version counts as 0 and, like anything below 5 or above 7,
+  is refused. Version 5 keeps ``narHash``/``lastModified`` in a node's ``info``, which Nix merges
+  into ``locked``.
+* ``nodes`` keyed by node name, ``root`` names the root node; a node's ``inputs`` map an input name
+  to a node name or to a *follows* path (input names walked from the root, recursively, a cycle
+  refused). An empty path is the root flake itself, not an input of its own.
+* a node is locked when its fetcher says so: git and mercurial need a ``rev``; github, gitlab and
+  sourcehut a ``rev`` and a ``narHash``; path, tarball and file a ``narHash``; indirect never.
+
+Inputs are keyed in the record by input path. Every root input is recorded under its own name,
+also when it follows another root input (``nixpkgs`` following ``nixpkgs-unstable``); a deeper node
+under its shortest input path from the root (``devenv/git-hooks``), which stays stable when nix
+renumbers node names (``nixpkgs_2``) between lock revisions.
 """
 
 from __future__ import annotations
@@ -15,10 +25,16 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import NixreproError
 
 SUPPORTED_VERSIONS = (5, 6, 7)
+# Attributes of ``locked`` that say *which* tree it is (checked apart) or are metadata about it;
+# every other attribute changes what is fetched and so belongs in the input's url.
+_IDENTITY_ATTRS = frozenset({"type", "narHash", "lastModified", "lastModifiedDate", "revCount",
+                             "owner", "repo", "rev", "url", "path", "id", "__final"})
+_FORGES = ("github", "gitlab", "sourcehut")
 
 
 class LockError(NixreproError):
@@ -39,6 +55,19 @@ class LockedInput:
     ref: str | None = None
     flake: bool = True
     node: str = ""
+    # Nix's own rule (see the module docstring); None in records made before nixrepro checked it
+    locked: bool | None = None
+    # fetched from this machine's file system (path:, git+file:): another machine cannot fetch it
+    local: bool = False
+    follows: str | None = None  # for a root input that follows another: the input path it follows
+    # set when the evaluated input was not the locked one (`--override-input`, recorded with --dev):
+    # rev/narHash/lastModified are then those that were evaluated
+    overridden: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        """Locked by Nix's rules and fetchable from elsewhere: the record pins it for anyone."""
+        return self.locked is not False and not self.local
 
 
 @dataclass(frozen=True)
@@ -49,88 +78,194 @@ class FlakeLock:
 
     @classmethod
     def read(cls, path: Path) -> FlakeLock:
-        return cls.parse(path.read_bytes(), source=str(path))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LockError(f"cannot read {path} ({exc.strerror}); run `nix flake lock`.") from None
+        return cls.parse(data, source=str(path))
 
     @classmethod
     def parse(cls, data: bytes, source: str = "flake.lock") -> FlakeLock:
         try:
             doc = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LockError(f"{source} is not valid JSON ({exc}); run `nix flake lock`.") from exc
-        version = doc.get("version") if isinstance(doc, dict) else None
-        if version in SUPPORTED_VERSIONS and not isinstance(doc.get("nodes"), dict):
-            raise LockError(f"{source} has no \"nodes\" object; regenerate it with `nix flake lock`.")
-        if version not in SUPPORTED_VERSIONS:
+            raise LockError(f"{source} is not valid JSON ({exc}); run `nix flake lock`.") from None
+        if not isinstance(doc, dict):
+            raise LockError(f"{source} is not a JSON object; regenerate it with `nix flake lock`.")
+        version = doc.get("version", 0)  # as Nix: json.value("version", 0)
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise LockError(
-                f"{source} has lock version {version!r}, which nixrepro cannot read "
-                f"(known: {', '.join(map(str, SUPPORTED_VERSIONS))}); relock with a current nix."
+                f"{source} has lock version {version!r}, which Nix and nixrepro do not read "
+                f"(known: {', '.join(map(str, SUPPORTED_VERSIONS))}); relock it with "
+                "`nix flake lock` under a current nix."
             )
-        return cls(
-            sha256=hashlib.sha256(data).hexdigest(),
-            version=int(version),
-            inputs=_locked_inputs(doc),
-        )
+        return cls(sha256=hashlib.sha256(data).hexdigest(), version=version,
+                   inputs=_Graph(doc, source).inputs())
 
 
-def _resolve(doc: dict[str, Any], target: str | list[str]) -> str | None:
-    """Node name an input points to; follows paths are walked from the root."""
-    if isinstance(target, str):
-        return target
-    node = doc.get("root", "root")
-    for name in target:
-        edge = doc["nodes"].get(node, {}).get("inputs", {}).get(name)
-        if edge is None:
-            return None
-        resolved = _resolve(doc, edge)
-        if resolved is None:
-            return None
-        node = resolved
-    return node if target else None  # an empty follows list means "follows nothing"
+class _Graph:
+    """The lock's nodes and edges, checked the way Nix checks them when it loads the file."""
 
+    def __init__(self, doc: dict[str, Any], source: str) -> None:
+        self.source = source
+        nodes = doc.get("nodes")
+        root = doc.get("root", "root")
+        if not isinstance(nodes, dict) or not all(isinstance(n, dict) for n in nodes.values()):
+            raise LockError(f"{source} has no \"nodes\" object of objects; regenerate it with "
+                            "`nix flake lock`.")
+        if not isinstance(root, str) or root not in nodes:
+            raise LockError(f"{source} names the root node {root!r}, which is not in its nodes; "
+                            "regenerate it with `nix flake lock`.")
+        self.nodes: dict[str, dict[str, Any]] = nodes
+        self.root = root
 
-def _locked_inputs(doc: dict[str, Any]) -> dict[str, LockedInput]:
-    nodes: dict[str, Any] = doc["nodes"]
-    root = doc.get("root", "root")
-    seen: dict[str, str] = {}  # node name -> shortest input path
-    queue: deque[tuple[str, str]] = deque([(root, "")])
-    while queue:  # breadth first, so the first path found is the shortest
-        node, prefix = queue.popleft()
-        for name, target in sorted(nodes.get(node, {}).get("inputs", {}).items()):
-            child = _resolve(doc, target)
-            if child is None or child in seen or child == root:
+    def edges(self, node: str) -> dict[str, Any]:
+        edges = self.nodes[node].get("inputs") or {}
+        if not isinstance(edges, dict):
+            raise self._bad(f"node {node!r} has inputs that are not an object")
+        return edges
+
+    def _bad(self, problem: str) -> LockError:
+        return LockError(f"{self.source} is malformed: {problem}; regenerate it with "
+                         "`nix flake lock`.")
+
+    def target(self, edge: Any, trail: tuple[tuple[str, ...], ...] = ()) -> str:
+        """The node an edge leads to: a node name, or a follows path walked from the root."""
+        if isinstance(edge, str):
+            if edge not in self.nodes:
+                raise self._bad(f"it references the missing node {edge!r}")
+            if edge == self.root:
+                raise self._bad("an input leads back to the root node (a cycle)")
+            return edge
+        if not isinstance(edge, list) or not all(isinstance(name, str) for name in edge):
+            raise self._bad(f"the input edge {edge!r} is neither a node name nor a follows path")
+        path = tuple(edge)
+        if path in trail:
+            cycle = " -> ".join("/".join(p) for p in (*trail[trail.index(path):], path))
+            raise self._bad(f"its follows form a cycle ({cycle})")
+        node = self.root
+        for depth, name in enumerate(path):
+            edges = self.edges(node)
+            if name not in edges:
+                where = "/".join(path[:depth]) or "the root"
+                raise self._bad(f"the follows path {'/'.join(path)!r} leads nowhere ({where} has "
+                                f"no input {name!r})")
+            node = self.target(edges[name], (*trail, path))
+        return node
+
+    def inputs(self) -> dict[str, LockedInput]:
+        recorded: dict[str, LockedInput] = {}
+        seen: set[str] = set()
+        # Root inputs first, each under its own name, whatever it follows.
+        for name, edge in sorted(self.edges(self.root).items()):
+            if edge == []:
+                continue  # follows "": the root flake itself, nothing to fetch
+            node = self.target(edge)
+            follows = "/".join(edge) if isinstance(edge, list) else None
+            recorded[name] = _locked(node, self.nodes[node], self.source, follows)
+            seen.add(node)
+        # Then every other node reachable from them, under its shortest input path.
+        queue: deque[tuple[str, str]] = deque(
+            (self.target(edge), name) for name, edge in sorted(self.edges(self.root).items())
+            if edge != [] and not isinstance(edge, list))
+        expanded: set[str] = set()
+        while queue:  # breadth first, so the first path found is the shortest
+            node, prefix = queue.popleft()
+            if node in expanded:
                 continue
-            path = f"{prefix}/{name}" if prefix else name
-            seen[child] = path
-            queue.append((child, path))
-    return {path: _locked(node, nodes[node]) for node, path in seen.items() if node in nodes}
+            expanded.add(node)
+            for name, edge in sorted(self.edges(node).items()):
+                if edge == []:
+                    continue
+                child = self.target(edge)
+                if child not in seen:
+                    seen.add(child)
+                    recorded[f"{prefix}/{name}"] = _locked(child, self.nodes[child], self.source)
+                if not isinstance(edge, list):
+                    queue.append((child, f"{prefix}/{name}"))
+        return recorded
 
 
-def _locked(node_name: str, node: dict[str, Any]) -> LockedInput:
-    locked: dict[str, Any] = node.get("locked") or {}
-    original: dict[str, Any] = node.get("original") or {}
-    kind = str(locked.get("type", "unknown"))
+def _locked(name: str, node: dict[str, Any], source: str, follows: str | None = None) -> LockedInput:
+    locked = node.get("locked")
+    if not isinstance(locked, dict) or not isinstance(locked.get("type"), str):
+        raise LockError(f"{source} is malformed: node {name!r} has no \"locked\" attribute with a "
+                        "type; regenerate it with `nix flake lock`.")
+    info = node.get("info")
+    if isinstance(info, dict):  # lock version 5: Nix merges "info" into "locked"
+        locked = {**locked, **info}
+    original = node.get("original")
+    if not isinstance(original, dict):
+        original = {}
+    kind = str(locked["type"])
+    rev = locked.get("rev")
+    nar_hash = locked.get("narHash")
     return LockedInput(
         type=kind,
-        url=_url(kind, locked),
-        rev=locked.get("rev"),
-        narHash=locked.get("narHash"),
+        url=flake_url(locked),
+        rev=rev,
+        narHash=nar_hash,
         lastModified=locked.get("lastModified"),
         owner=locked.get("owner"),
         repo=locked.get("repo"),
         ref=original.get("ref") or locked.get("ref"),
         flake=bool(node.get("flake", True)),
-        node=node_name,
+        node=name,
+        locked=_is_locked(kind, rev, nar_hash),
+        local=_is_local(kind, locked, node),
+        follows=follows,
     )
 
 
-def _url(kind: str, locked: dict[str, Any]) -> str:
-    """A readable flake reference for the locked input (what nix would print)."""
-    if kind in ("github", "gitlab", "sourcehut"):
-        url = f"{kind}:{locked.get('owner')}/{locked.get('repo')}"
-        return url + (f"/{locked['rev']}" if locked.get("rev") else "")
-    if kind in ("path", "indirect"):
-        return f"{kind}:{locked.get('path') or locked.get('id', '')}"
+def _is_locked(kind: str, rev: Any, nar_hash: Any) -> bool:
+    """Input::isLocked of each fetcher (libfetchers: git.cc, github.cc, path.cc, tarball.cc...)."""
+    if kind in ("git", "hg", "mercurial"):
+        return bool(rev)
+    if kind in _FORGES:
+        return bool(rev) and bool(nar_hash)
+    if kind in ("path", "tarball", "file"):
+        return bool(nar_hash)
+    return False  # indirect (a registry name) and unknown kinds are never locked
+
+
+def _is_local(kind: str, locked: dict[str, Any], node: dict[str, Any]) -> bool:
+    """Fetched from this machine: a path input (relative ones live in their parent flake) or a
+    git/tarball url on the local file system."""
+    if kind == "path" or "parent" in node:
+        return True
     url = str(locked.get("url", ""))
-    if kind == "git" and not url.startswith("git+"):
-        url = f"git+{url}"
-    return url
+    return url.startswith(("file:", "/"))
+
+
+def flake_url(locked: dict[str, Any]) -> str:
+    """The locked input as a flake reference, the way Nix writes one (``github:o/r/<rev>``,
+    ``git+https://host/x?ref=main&rev=...``), keeping every attribute that changes what is fetched
+    (``host``, ``dir``, ``submodules``, ``lfs``, ``exportIgnore``, ``allRefs``, ``ref``, ...)."""
+    kind = str(locked.get("type", "unknown"))
+    extra = {k: v for k, v in locked.items() if k not in _IDENTITY_ATTRS}
+    if kind in _FORGES:
+        base = f"{kind}:{locked.get('owner')}/{locked.get('repo')}"
+        if locked.get("rev"):
+            base += f"/{locked['rev']}"
+        elif extra.get("ref"):
+            base += f"/{extra.pop('ref')}"
+    elif kind == "path":
+        base = f"path:{locked.get('path', '')}"
+    elif kind == "indirect":
+        base = f"flake:{locked.get('id', '')}"
+    else:
+        url = str(locked.get("url", ""))
+        prefix = {"git": "git+", "hg": "hg+", "mercurial": "hg+", "file": "file+"}.get(kind, "")
+        base = url if not prefix or url.startswith(prefix) else prefix + url
+        if kind in ("git", "hg", "mercurial") and locked.get("rev"):
+            extra["rev"] = locked["rev"]
+    if not extra:
+        return base
+    query = "&".join(f"{k}={quote(_attr(v), safe='/:@')}" for k, v in sorted(extra.items()))
+    return base + ("&" if "?" in base else "?") + query
+
+
+def _attr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)

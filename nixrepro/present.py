@@ -104,7 +104,10 @@ def run_summary(record: RunRecord) -> str:
     ]
     for name, inp in sorted(env.inputs.items()):
         rev = f" {inp.rev[:12]}" if inp.rev and inp.rev not in inp.url else ""
-        lines.append(f"    {name:<20} {inp.url}{rev}")
+        marks = [m for m, on in (("follows " + (inp.follows or ""), inp.follows),
+                                 ("not a flake", not inp.flake), ("UNLOCKED", inp.locked is False),
+                                 ("local", inp.local), ("OVERRIDDEN", inp.overridden)) if on]
+        lines.append(f"    {name:<20} {inp.url}{rev}" + (f"  ({', '.join(marks)})" if marks else ""))
     gpus = ", ".join(g.name for g in host.gpus) or "none"
     lines += [
         f"  host       {host.os}, kernel {host.kernel}, {host.arch}, {host.cpu_count} cpus, "

@@ -44,6 +44,9 @@ class CodeState:
     dirty: bool
     diff_sha256: str | None = None
     dirty_files: list[str] = field(default_factory=list)
+    # "checkout": the work tree the run started in; "flake": a flake run by reference
+    # (`nix run github:org/repo#experiment`), whose code is ``commit`` and not the cwd's checkout
+    origin: str = "checkout"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ class StageInfo:
 
 
 @dataclass(frozen=True)
+class EvaluatedInput:
+    """A flake input as lib.mkExperiment saw it at evaluation time."""
+
+    rev: str | None
+    narHash: str | None
+
+
+@dataclass(frozen=True)
 class BuildFacts:
     """What lib.mkExperiment wrote at evaluation time about the build (``nix run .#experiment``)."""
 
@@ -98,6 +109,11 @@ class BuildFacts:
     cuda_support: bool = False  # the evaluated nixpkgs config that matters for reproduction
     cuda_capabilities: list[str] = field(default_factory=list)
     allow_unfree: bool = False
+    git: bool | None = None  # the flake's source is a git tree (None: facts older than this field)
+    dirty_rev: str | None = None  # newer nix: the dirty tree's HEAD, "<rev>-dirty"
+    last_modified: int | None = None
+    nixpkgs_nar_hash: str | None = None
+    inputs: dict[str, EvaluatedInput] = field(default_factory=dict)  # root inputs, as evaluated
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +26,7 @@ from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
-from .lock import FlakeLock
+from .lock import FlakeLock, LockedInput
 from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
@@ -96,6 +96,7 @@ class Prepared:
     data: DataConfig = field(default_factory=DataConfig)
     facts: BuildFacts | None = None
     cuda: CudaInfo | None = None
+    warnings: list[str] = field(default_factory=list)  # printed when the run starts
 
 
 def parse_param(text: str) -> tuple[str, Scalar]:
@@ -139,21 +140,37 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
     closure = Background(nix.closure, env_path) if env_path else None
 
+    head = snapshot.result().commit
     dirty = snapshot.result().changes
-    if dirty and not request.dev:
-        raise RefusedError(
-            f"the work tree has uncommitted changes ({format_dirty(dirty)}); commit them, or pass "
-            "--dev to record a development run with the diff."
+    facts_file = facts.read(request.facts) if request.facts is not None else None
+    build_facts = facts_file.facts if facts_file else None
+    origin: facts.Origin = "checkout"
+    if build_facts is not None and build_facts.rev not in (None, head):
+        origin = facts.origin(build_facts, head=head, has_commit=repo.has_commits(build_facts.rev))
+    lock: FlakeLock | None
+    if facts_file is not None and origin == "flake":
+        # a flake run by reference: its code and lock are the build's, the cwd's checkout is not
+        facts.check_env(facts_file.facts, env_path)
+        lock, lock_rel, dirty = facts_file.lock, None, []
+    else:
+        if build_facts is not None and any(e.path == lock_rel and e.code == " A" for e in dirty):
+            raise facts.lock_written_by_nix()  # `nix run` locked a flake that had no flake.lock
+        if dirty and not request.dev:
+            raise RefusedError(
+                f"the work tree has uncommitted changes ({format_dirty(dirty)}); commit them, or "
+                "pass --dev to record a development run with the diff."
+            )
+        lock = _checked_lock(
+            flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
+            {e.path for e in dirty},
         )
-    lock = _checked_lock(
-        flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
-        {e.path for e in dirty},
-    )
-    build_facts = None
-    if request.facts is not None:
-        build_facts = facts.read(request.facts)
-        facts.check(build_facts, head=snapshot.result().commit, env_path=env_path, dev=request.dev,
-                    flake_lock=flake_dir / "flake.lock" if flake_dir and lock else None)
+        if build_facts is not None:
+            facts.check(build_facts, head=head, env_path=env_path, dev=request.dev,
+                        flake_lock=flake_dir / "flake.lock" if flake_dir and lock else None)
+    inputs = lock.inputs if lock else {}
+    if build_facts is not None:
+        inputs = facts.evaluated_inputs(build_facts, inputs, dev=request.dev)
+    warnings = unpinned_input_warnings(inputs)
     parent = store.resolve(request.parent).id if request.parent else None
     if closure is None:  # build the flake output, then ask for its closure
         env_path = _build_env(request, config, nix)
@@ -170,7 +187,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
             )
     environment = Environment(
         flake_lock_sha256=lock.sha256 if lock else None,
-        inputs=lock.inputs if lock else {},
+        inputs=inputs,
         env_path=env_path,
         system=nix_system(),
         nix_version=version.result(),
@@ -180,14 +197,18 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         flake_lock_path=lock_rel if lock else None,
         contents_verified=request.verify_contents or config.run.verify_contents,
     )
-    code = CodeState(
-        commit=snapshot.result().commit,
-        branch=snapshot.result().branch,
-        remote=remote.result(),
-        dirty=bool(dirty),
-        diff_sha256=hashlib.sha256(patch).hexdigest() if patch is not None else None,
-        dirty_files=[str(entry) for entry in dirty],
-    )
+    if origin == "flake" and build_facts is not None and build_facts.rev is not None:
+        code = CodeState(commit=build_facts.rev, branch=None, remote=None, dirty=False,
+                         origin="flake")
+    else:
+        code = CodeState(
+            commit=head,
+            branch=snapshot.result().branch,
+            remote=remote.result(),
+            dirty=bool(dirty),
+            diff_sha256=hashlib.sha256(patch).hexdigest() if patch is not None else None,
+            dirty_files=[str(entry) for entry in dirty],
+        )
     return Prepared(
         request=request,
         repo=repo,
@@ -202,7 +223,22 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         data=config.data,
         facts=build_facts,
         cuda=cuda_info,
+        warnings=warnings,
     )
+
+
+def unpinned_input_warnings(inputs: Mapping[str, LockedInput]) -> list[str]:
+    """One sentence per input the record cannot pin for someone else: it must never look more
+    pinned than it is."""
+    warnings = []
+    for name, inp in sorted(inputs.items()):
+        if inp.locked is False:
+            warnings.append(f"the flake input {name!r} ({inp.url}) is not locked (no rev or narHash "
+                            "that Nix accepts as a pin); the record names it but cannot pin it.")
+        elif inp.local:
+            warnings.append(f"the flake input {name!r} ({inp.url}) is fetched from this machine's "
+                            "file system; the record pins it, but another machine cannot fetch it.")
+    return warnings
 
 
 def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | None:
@@ -316,6 +352,8 @@ def execute(
     sinks = Observers(observers, lambda message: _warn(stderr, message))
     # Inputs come first: one that cannot be fetched refuses the run before anything is recorded.
     inputs = rundata.fetch_inputs(request.inputs, prepared.data, request.data_pins)
+    for warning in prepared.warnings:
+        _warn(stderr, warning)
     run_id, run_dir = store.new_run_dir()
     with store.hold(run_id):
         env = child_environment(prepared, run_id, run_dir)
