@@ -45,6 +45,7 @@
             # A nixrepro experiment
 
             ```sh
+            nix flake lock                                  # pin nixpkgs and nixrepro: writes flake.lock
             git init && git add -A && git commit -m init   # nixrepro records commits, not dirty trees
             nix run .#experiment -- --lr 0.1                # build the env, run train.py, record the run
             nix develop -c nixrepro runs                    # what was recorded
@@ -61,6 +62,7 @@
             (`nvidia-smi --query-gpu=compute_cap --format=csv`), then:
 
             ```sh
+            nix flake lock                                  # pin nixpkgs and nixrepro: writes flake.lock
             git init && git add -A && git commit -m init
             nix run .#experiment -- --lr 0.01
             ```

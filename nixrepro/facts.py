@@ -103,10 +103,15 @@ def lock_written_by_nix() -> RefusedError:
 def check(facts: BuildFacts, *, head: str, flake_lock: Path | None, env_path: str, dev: bool) -> None:
     """Refuse a build that does not describe this checkout (one sentence, with the remedy)."""
     if facts.rev is None and facts.git is not False and not dev:
-        # a path: flake has no rev however clean it is; only a git source without one is dirty
+        # A path: flake has no rev however clean it is; a git one has none when it was dirty (the
+        # runner has refused a dirty tree already, so it was committed since) or when the lock nix
+        # used is not flake.lock's bytes (Nix then evaluates the flake as dirty).
         raise RefusedError(
-            "this environment was built from a dirty tree (the flake has no rev); commit your "
-            "changes and run `nix run .#experiment` again, or pass --dev (NIXREPRO_DEV=1)."
+            "this environment was built without a rev although the work tree is clean: either "
+            "from a dirty tree since committed, or with a lock that is not the committed "
+            "flake.lock (--override-input, --update-input, --no-write-lock-file); run "
+            "`nix run .#experiment` again without those flags (if nix says it did not write a "
+            "modified lock file, run `nix flake lock` and commit flake.lock first)."
         )
     if facts.flake_lock_sha256 is not None and flake_lock is not None:
         on_disk = hashlib.sha256(flake_lock.read_bytes()).hexdigest()

@@ -164,12 +164,12 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
             flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
             {e.path for e in dirty},
         )
-        if build_facts is not None:
+    inputs = lock.inputs if lock else {}
+    if build_facts is not None:  # an overridden input first: it is also why nix drops the rev
+        inputs = facts.evaluated_inputs(build_facts, inputs, dev=request.dev)
+        if origin == "checkout":
             facts.check(build_facts, head=head, env_path=env_path, dev=request.dev,
                         flake_lock=flake_dir / "flake.lock" if flake_dir and lock else None)
-    inputs = lock.inputs if lock else {}
-    if build_facts is not None:
-        inputs = facts.evaluated_inputs(build_facts, inputs, dev=request.dev)
     warnings = unpinned_input_warnings(inputs)
     parent = store.resolve(request.parent).id if request.parent else None
     if closure is None:  # build the flake output, then ask for its closure

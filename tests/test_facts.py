@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Project, sh
+from tests.helpers import TRAIN_PY, Project, sh
 
 pytestmark = pytest.mark.nix
 
@@ -57,9 +57,16 @@ def refused(project: Project, facts: Path, env: str, *extra: str) -> str:
 def test_a_build_from_a_dirty_tree_is_refused_unless_dev(project: Project, tmp_path: Path) -> None:
     env = project.build_env()
     facts = write_facts(project, tmp_path / "facts.json", env, rev=None)
-    assert refused(project, facts, env) == (
-        "Error: this environment was built from a dirty tree (the flake has no rev); commit your "
-        "changes and run `nix run .#experiment` again, or pass --dev (NIXREPRO_DEV=1).\n")
+    assert refused(project, facts, env) == (  # the tree is clean now: built dirty, then committed
+        "Error: this environment was built without a rev although the work tree is clean: either "
+        "from a dirty tree since committed, or with a lock that is not the committed flake.lock "
+        "(--override-input, --update-input, --no-write-lock-file); run `nix run .#experiment` "
+        "again without those flags (if nix says it did not write a modified lock file, run "
+        "`nix flake lock` and commit flake.lock first).\n")
+    (project.root / "train.py").write_text("# an uncommitted edit\n")
+    dirty = project.nixrepro("run", "--facts", str(facts), "--env", env, "--", "true")
+    assert dirty.stderr.startswith("Error: the work tree has uncommitted changes (M train.py)")
+    (project.root / "train.py").write_text(TRAIN_PY)
     dev = project.nixrepro("run", "--facts", str(facts), "--env", env, "--", "true",
                            env={**os.environ, "NIXREPRO_DEV": "1"})
     assert dev.returncode == 0, dev.stderr

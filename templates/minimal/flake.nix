@@ -17,10 +17,11 @@
       packages.${system}.env = env;
 
       # `nix run .#experiment -- --lr 0.1`: build the env, check the build against the checkout,
-      # run train.py in it and record the run.
+      # run train.py in it and record the run. train.py is the flake's own copy (${self}), so the
+      # code that runs is the recorded commit, also for `nix run github:you/repo#experiment`.
       apps.${system}.experiment = nixrepro.lib.mkExperiment {
         inherit pkgs self env nixpkgs;
-        command = "${env}/bin/python train.py";
+        command = "${env}/bin/python ${self}/train.py";
       };
 
       devShells.${system}.default = pkgs.mkShell {
