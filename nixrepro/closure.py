@@ -1,14 +1,13 @@
 """A Nix closure: the store paths an environment needs, each with its NAR hash, and one hash of all.
 
 The closure hash (DESIGN.md) is the sha256, in hex, of the lines ``"<store path> <narHash>\\n"``
-for every path of the closure, sorted by path, narHash in SRI form. Anyone can recompute it:
+for every path of the closure, sorted by path (C locale), narHash in SRI form. Anyone can
+recompute it with ``nix path-info`` and ``jq``: README.md, "The closure hash: check it without
+nixrepro", gives the line for each Nix version, and tests/test_closure.py runs those lines.
 
-    nix path-info -r --json ENV | jq -r '.[] | "\\(.path) \\(.narHash)"' | LC_ALL=C sort | sha256sum
-
-(nix >= 2.19 prints an object keyed by path: use ``to_entries[] | "\\(.key) \\(.value.narHash)"``.)
-
-``nix path-info --json`` changed shape between Nix versions; :func:`parse_path_info` reads all of
-them (see tests/fixtures/nix-json).
+``nix path-info --json`` changed shape between Nix versions; :func:`parse_path_info` reads every
+shape Nix has printed (see tests/fixtures/nix-json) and refuses any other, so that a new Nix can
+never yield an empty closure and the hash of nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,50 +120,174 @@ def _decode(digest: str, encoding: str) -> bytes:
     return base64.b64decode(digest, validate=True)
 
 
-def parse_path_info(text: str) -> tuple[list[StorePathInfo], list[str]]:
-    """Parse ``nix path-info --json`` output of any Nix version.
+# --- which JSON nixrepro asks for, and reading what nix printed -------------------------------------
 
-    Returns ``(valid paths, invalid paths)``. Shapes handled:
+# `--json-format` arrived in Nix 2.33 (2.33.0 accepts 1 or 2, 2.35 adds 3); without it 2.33+ warn
+# that it will become an error. Format 2 is the oldest structured one and has everything the
+# closure needs (format 3 changes only the signatures).
+JSON_FORMAT = 2
+_JSON_FORMAT_SINCE = (2, 33)
+# Lix numbers its releases from 2.90 on; it forked before `--json-format` and rejects the flag.
+_LIX_VERSIONS = ((2, 90), (3, 0))
+_ENVELOPE_VERSIONS = (2, 3)
+# A store path's base name: 32 nix32 digits, a dash, a name of the characters Nix allows.
+_BASE_NAME = re.compile(r"[0123456789abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-._?=]+")
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(.*)")
 
-    * nix < 2.19: a list of objects with a ``path`` key; invalid ones have ``"valid": false``;
-    * nix 2.19 - 2.32 (and ``--json-format 1``): an object keyed by full store path, ``null`` for
-      an invalid path;
-    * ``--json-format 2|3``: ``{"version": N, "storeDir": ..., "info": {<base name>: {...}}}``.
+
+def json_format_args(nix_version: str | None) -> list[str]:
+    """The ``--json-format`` arguments for ``nix path-info --json`` of this Nix (as :meth:`Nix.version`
+    says it); none when the version is unknown or predates the flag, which every Nix then reads.
     """
+    match = _VERSION.fullmatch(nix_version or "")
+    if match is None:
+        return []
+    release = (int(match[1]), int(match[2]))
+    # 2.33.0's own pre-releases may predate the flag; 2.34.0pre and later all have it.
+    prerelease = "pre" in match[4] and release == _JSON_FORMAT_SINCE and int(match[3] or 0) == 0
+    if release < _JSON_FORMAT_SINCE or prerelease or _LIX_VERSIONS[0] <= release < _LIX_VERSIONS[1]:
+        return []
+    return ["--json-format", str(JSON_FORMAT)]
+
+
+def parse_path_info(text: str, nix_version: str | None = None) -> tuple[list[StorePathInfo], list[str]]:
+    """Parse ``nix path-info --json`` output of any Nix version; refuse any shape Nix never printed.
+
+    Returns ``(valid paths, invalid paths)``; ``nix_version`` only names the Nix in errors. Shapes:
+
+    * nix 2.4 - 2.18 (and Lix): a list of objects with a ``path`` key; an invalid one has
+      ``"valid": false``;
+    * nix 2.19 - 2.32, and 2.33+ without ``--json-format`` or with ``--json-format 1``: an object
+      keyed by full store path, ``null`` for an invalid path (2.33+ add ``"version": 1`` and
+      ``"storeDir"`` inside each entry);
+    * ``--json-format 2|3``: ``{"version": N, "storeDir": ..., "info": {<base name>: {...}}}``.
+
+    Every entry must have a store path and a narHash, and there must be at least one entry: an
+    unknown shape raises :class:`PathInfoParseError`, never yields an empty closure.
+    """
+    refuse = _Refusal(nix_version)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PathInfoParseError(f"`nix path-info --json` printed invalid JSON: {exc}.") from exc
+        raise PathInfoParseError(
+            f"`nix path-info --json` of {refuse.nix} printed invalid JSON ({exc}); check that nothing "
+            "else writes to its stdout, or report it."
+        ) from exc
 
-    entries: list[tuple[str, Any]]
-    store_dir = DEFAULT_STORE_DIR
-    if isinstance(doc, list):
-        if not all(isinstance(item, dict) for item in doc):
-            raise PathInfoParseError("`nix path-info --json` printed a list with non-objects in it.")
-        entries = [(item.get("path", ""), item) for item in doc]
-    elif isinstance(doc, dict) and isinstance(doc.get("info"), dict):
-        store_dir = doc.get("storeDir") or store_dir
-        entries = list(doc["info"].items())
-    elif isinstance(doc, dict):
-        entries = [(key, value) for key, value in doc.items() if key.startswith("/")]
-    else:
-        raise PathInfoParseError("`nix path-info --json` printed neither a list nor an object.")
-
+    entries = _entries(doc, refuse)
+    if not entries:
+        raise refuse("no store paths at all")
     valid: list[StorePathInfo] = []
     invalid: list[str] = []
-    for key, item in entries:
-        path = key if key.startswith("/") else f"{store_dir}/{key}"
-        if item is None or not isinstance(item, Mapping) or item.get("valid") is False:
+    seen: set[str] = set()
+    for path, item, version in entries:
+        if path in seen:
+            raise refuse(f"{path} twice")
+        seen.add(path)
+        info = _entry(path, item, version, refuse)
+        if info is None:
             invalid.append(path)
-            continue
-        try:
-            valid.append(
-                StorePathInfo(
-                    path=path,
-                    narHash=normalize_nar_hash(str(item["narHash"])),
-                    narSize=int(item.get("narSize") or 0),
-                )
-            )
-        except KeyError as exc:
-            raise PathInfoParseError(f"path-info entry for {path} has no {exc}.") from exc
+        else:
+            valid.append(info)
     return valid, invalid
+
+
+class _Refusal:
+    """Builds the one-sentence error for a shape nixrepro does not know, naming the Nix version."""
+
+    def __init__(self, nix_version: str | None) -> None:
+        self.nix = f"nix {nix_version}" if nix_version else "the installed nix"
+
+    def __call__(self, what: str) -> PathInfoParseError:
+        return PathInfoParseError(
+            f"`nix path-info --json` of {self.nix} printed a shape nixrepro does not know ({what}); "
+            "upgrade nixrepro or report it."
+        )
+
+
+# (full store path, its entry, the per-entry "version" this shape allows: None for none)
+_Entry = tuple[str, Any, int | None]
+
+
+def _entries(doc: Any, refuse: _Refusal) -> list[_Entry]:
+    """The entries of whichever shape ``doc`` is, with full store paths."""
+    if isinstance(doc, list):
+        return [(_list_path(item, refuse), item, None) for item in doc]
+    if not isinstance(doc, dict):
+        raise refuse(f"{_json_type(doc)}, neither a list nor an object")
+    if "version" in doc:
+        return _envelope_entries(doc, refuse)
+    for key in doc:
+        # an envelope without its version, or a new one: never read as a closure of no paths
+        if not _is_store_path(key):
+            raise refuse(f"an object with the key {key!r}, neither a store path nor a known envelope")
+    return [(key, value, 1) for key, value in doc.items()]
+
+
+def _list_path(item: Any, refuse: _Refusal) -> str:
+    if not isinstance(item, dict):
+        raise refuse(f"a list holding {_json_type(item)}, not an object")
+    path = item.get("path")
+    if path is None:
+        raise refuse("an entry without a store path")
+    if not isinstance(path, str) or not _is_store_path(path):
+        raise refuse(f"an entry whose path {path!r} is not a store path")
+    return path
+
+
+def _envelope_entries(doc: dict[str, Any], refuse: _Refusal) -> list[_Entry]:
+    version = doc["version"]
+    if type(version) is not int or version not in _ENVELOPE_VERSIONS:  # not True, not 2.0
+        raise refuse(f"an envelope of version {version!r}, where nixrepro knows 2 and 3")
+    store_dir, info = doc.get("storeDir"), doc.get("info")
+    if not isinstance(store_dir, str) or not store_dir.startswith("/"):
+        raise refuse(f"an envelope of version {version} whose storeDir is {store_dir!r}")
+    if not isinstance(info, dict):
+        raise refuse(f"an envelope of version {version} without an info object")
+    entries: list[_Entry] = []
+    for key, value in info.items():
+        if not _BASE_NAME.fullmatch(key):
+            raise refuse(f"an info key {key!r} that is not a store path base name")
+        entries.append((f"{store_dir.rstrip('/')}/{key}", value, version))
+    return entries
+
+
+def _entry(path: str, item: Any, version: int | None, refuse: _Refusal) -> StorePathInfo | None:
+    """The entry's StorePathInfo, or None for a path nix reports invalid."""
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise refuse(f"an entry for {path} that is {_json_type(item)}, not an object")
+    if "version" in item and (type(item["version"]) is not int or item["version"] != version):
+        raise refuse(f"an entry for {path} of version {item['version']!r}")
+    valid = item.get("valid", True)
+    if valid is False:
+        return None
+    if valid is not True:
+        raise refuse(f"an entry for {path} whose valid is {valid!r}")
+    nar_hash = item.get("narHash")
+    if nar_hash is None:
+        raise refuse(f"an entry for {path} without a narHash")
+    if not isinstance(nar_hash, str):
+        raise refuse(f"an entry for {path} whose narHash is {_json_type(nar_hash)}, not a string")
+    nar_size = item.get("narSize")  # absent, or null from nix 2.23 on: unknown, counted as 0
+    if nar_size is not None and (type(nar_size) is not int or nar_size < 0):  # not True, not 1.5
+        raise refuse(f"an entry for {path} whose narSize is {nar_size!r}")
+    try:
+        sri = normalize_nar_hash(nar_hash)
+    except PathInfoParseError as exc:
+        raise refuse(f"an entry for {path} whose narHash {nar_hash!r} is not a sha256 NAR hash") from exc
+    return StorePathInfo(path=path, narHash=sri, narSize=nar_size or 0)
+
+
+def _is_store_path(text: str) -> bool:
+    directory, _, base = text.rpartition("/")
+    return directory.startswith("/") and bool(_BASE_NAME.fullmatch(base))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", int: "a number", float: "a number", list: "a list",
+             dict: "an object"}
+    return names.get(type(value), type(value).__name__)

@@ -1,7 +1,9 @@
 """nixrepro.closure: reading `nix path-info --json` of any Nix version, and the closure hash.
 
 The closure hash is a contract with users (DESIGN.md): anyone must be able to recompute it from
-`nix path-info` with standard tools, so the tests recompute it independently with hashlib.
+`nix path-info` with standard tools, so the tests recompute it independently with hashlib and run
+the README's own recomputation lines. A shape Nix never printed is refused, never read as an empty
+closure (whose hash would be the sha256 of nothing).
 """
 
 from __future__ import annotations
@@ -22,12 +24,18 @@ from nixrepro.closure import (
     normalize_nar_hash,
     parse_path_info,
 )
+from nixrepro.errors import NixreproError
 
+ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "nix-json"
 MISSING_BASE = "00000000000000000000000000000000-missing"
 MISSING = f"/nix/store/{MISSING_BASE}"
 FOO_BASE = "n5wkd9frr45pa74if5gpz9j7mifg27fh-foo"
 FOO = f"/nix/store/{FOO_BASE}"
+BAR_BASE = "g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-bar"
+BAR = f"/nix/store/{BAR_BASE}"
+SRI = "sha256-FePFYIlMuycIXPZbWi7LGEiMmZSX9FMbaQenWBzm1Sc="
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def fixture_text(name: str) -> str:
@@ -55,6 +63,24 @@ def per_path_sample(version: int, kind: str) -> dict[str, Any]:
     return obj
 
 
+def envelope(version: int, info: dict[str, Any], store_dir: str = "/nix/store") -> str:
+    """`nix path-info --json --json-format 2|3` as src/nix/path-info.cc prints it."""
+    return json.dumps({"version": version, "storeDir": store_dir, "info": info})
+
+
+def refused(text: str, match: str, nix_version: str | None = "2.40.0") -> PathInfoParseError:
+    """parse_path_info refuses ``text`` with one sentence: the Nix, the problem, the remedy."""
+    with pytest.raises(PathInfoParseError, match=match) as caught:
+        parse_path_info(text, nix_version)
+    message = str(caught.value)
+    assert isinstance(caught.value, NixreproError)
+    who = f"nix {nix_version}" if nix_version else "the installed nix"
+    assert message.startswith(f"`nix path-info --json` of {who} printed ")
+    assert message.endswith("; upgrade nixrepro or report it.")
+    assert message.count(". ") == 0 and "\n" not in message  # one sentence
+    return caught.value
+
+
 # --- every shape Nix has printed ---------------------------------------------------------------
 
 
@@ -71,9 +97,39 @@ def test_nix_2_8_invalid_path_is_reported_as_invalid_not_as_a_closure_member() -
     assert invalid == [MISSING]
 
 
+def test_list_entries_marked_valid_true_are_read_and_nix32_hashes_become_sri() -> None:
+    # nix 2.14 - 2.18 write "valid": true on every entry; this list (snix) has nix32 hashes too.
+    doc = fixture_json("snix-export-reference-graph-closure-hello.json")
+    assert all(entry["valid"] is True for entry in doc)
+    valid, invalid = parse_path_info(json.dumps(doc))
+    assert invalid == []
+    assert triples(valid) == sorted(
+        (e["path"], normalize_nar_hash(e["narHash"]), e["narSize"]) for e in doc
+    )
+    assert all(info.narHash.startswith("sha256-") for info in valid)
+
+
+def test_nix_2_3_list_with_nix32_hashes_is_read_in_sri_form() -> None:
+    (entry,) = fixture_json("fzakaria-blog-2021-ruby-cache.nixos.org.json")
+    (info,), _ = parse_path_info(fixture_text("fzakaria-blog-2021-ruby-cache.nixos.org.json"))
+    assert entry["narHash"].startswith("sha256:")
+    assert info == StorePathInfo(entry["path"], normalize_nar_hash(entry["narHash"]), entry["narSize"])
+
+
 def test_nix_2_19_object_keyed_by_path_with_null_for_a_missing_path() -> None:
     valid, invalid = parse_path_info(fixture_text("nix-2.19-object.json"))
     assert triples(valid) == nix28_expected()
+    assert invalid == [MISSING]
+
+
+REAL_2_19_ENTRIES = ["nix-2.19.0-path-info-impure.json", "nix-2.24.0-path-info-empty_impure.json"]
+
+
+@pytest.mark.parametrize("name", REAL_2_19_ENTRIES)
+def test_real_2_19_and_2_24_entries_in_the_object_keyed_by_path(name: str) -> None:
+    obj = fixture_json(name)  # 2.24's writes its absent fields as null
+    valid, invalid = parse_path_info(json.dumps({FOO: obj, MISSING: None}))
+    assert triples(valid) == [(FOO, obj["narHash"], obj["narSize"])]
     assert invalid == [MISSING]
 
 
@@ -84,12 +140,11 @@ def test_nix_2_8_and_2_19_shapes_of_the_same_closure_give_the_same_closure_hash(
 
 
 @pytest.mark.parametrize("kind", ["pure", "impure", "empty_pure"])
-def test_json_format_1_envelope_ignores_its_version_and_store_dir_keys(kind: str) -> None:
+def test_json_format_1_is_the_object_keyed_by_path_with_version_1_entries(kind: str) -> None:
+    # 2.33+ without --json-format, or with 1: no envelope (src/nix/path-info.cc returns the bare
+    # object for V1); "version": 1 and "storeDir" sit in each entry.
     obj = per_path_sample(1, kind)
-    envelope = {"version": 1, "storeDir": "/nix/store", FOO: obj, MISSING: None}
-
-    valid, invalid = parse_path_info(json.dumps(envelope))
-
+    valid, invalid = parse_path_info(json.dumps({FOO: obj, MISSING: None}))
     assert triples(valid) == [(FOO, obj["narHash"], obj["narSize"])]
     assert invalid == [MISSING]
 
@@ -98,56 +153,185 @@ def test_json_format_1_envelope_ignores_its_version_and_store_dir_keys(kind: str
 @pytest.mark.parametrize("kind", ["pure", "impure", "empty_pure"])
 def test_json_format_2_and_3_envelopes_turn_base_names_into_full_paths(version: int, kind: str) -> None:
     obj = per_path_sample(version, kind)
-    envelope = {
-        "version": version,
-        "storeDir": "/nix/store",
-        "info": {FOO_BASE: obj, MISSING_BASE: None},
-    }
-
-    valid, invalid = parse_path_info(json.dumps(envelope))
-
+    valid, invalid = parse_path_info(envelope(version, {FOO_BASE: obj, MISSING_BASE: None}))
     assert triples(valid) == [(FOO, obj["narHash"], obj["narSize"])]
     assert invalid == [MISSING]
 
 
 def test_json_format_2_uses_the_store_dir_it_names() -> None:
-    obj = per_path_sample(2, "pure")
-    envelope = {"version": 2, "storeDir": "/opt/nix/store", "info": {FOO_BASE: obj}}
-
-    valid, _ = parse_path_info(json.dumps(envelope))
-
+    valid, _ = parse_path_info(envelope(2, {FOO_BASE: per_path_sample(2, "pure")}, "/opt/nix/store"))
     assert [info.path for info in valid] == [f"/opt/nix/store/{FOO_BASE}"]
 
 
 def test_absent_nar_size_written_as_null_reads_as_zero() -> None:
     # nix >= 2.23 writes absent fields as null.
-    doc = {FOO: {"narHash": per_path_sample(1, "pure")["narHash"], "narSize": None}}
-    valid, _ = parse_path_info(json.dumps(doc))
+    valid, _ = parse_path_info(json.dumps({FOO: {"narHash": SRI, "narSize": None}}))
     assert valid[0].narSize == 0
+
+
+# --- refusals: a shape nixrepro does not know is an error, never an empty closure ---------------
+
+
+def test_today_an_unknown_envelope_would_have_been_the_hash_of_nothing() -> None:
+    # Why the refusals exist: an empty closure hashes to the sha256 of the empty string.
+    assert Closure.of([]).hash == EMPTY_SHA256
+
+
+@pytest.mark.parametrize("version", [4, 0, 1, -2, "2", True, None, 2.0001])
+def test_an_envelope_of_an_unknown_version_is_refused_naming_the_nix_version(version: Any) -> None:
+    # version 1 never has an envelope: --json-format 1 prints the bare object keyed by path.
+    text = json.dumps({"version": version, "storeDir": "/nix/store", "info": {FOO_BASE: {"narHash": SRI}}})
+    error = refused(text, r"an envelope of version .*, where nixrepro knows 2 and 3")
+    assert "nix 2.40.0" in str(error)
+
+
+def test_the_refusal_names_the_installed_nix_when_its_version_is_unknown() -> None:
+    refused(envelope(4, {FOO_BASE: {"narHash": SRI}}), "version 4", nix_version=None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"info": {FOO_BASE: {"narHash": SRI}}, "storeDir": "/nix/store"},  # an envelope without version
+        {"storeDir": "/nix/store", FOO: {"narHash": SRI}},
+        {"paths": [FOO]},
+        {FOO_BASE: {"narHash": SRI}},  # base names without an envelope
+        {"nix/store/" + FOO_BASE: {"narHash": SRI}},
+    ],
+)
+def test_an_object_without_store_path_keys_is_refused(doc: dict[str, Any]) -> None:
+    refused(json.dumps(doc), "neither a store path nor a known envelope")
+
+
+@pytest.mark.parametrize("name", REAL_2_19_ENTRIES)
+def test_a_bare_per_path_object_is_not_a_closure(name: str) -> None:
+    refused(fixture_text(name), "the key 'ca'")
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_per_path_object_of_format_2_or_3_is_not_an_envelope(version: int) -> None:
+    # it carries "version" and "storeDir" but no "info"
+    refused(json.dumps(per_path_sample(version, "pure")), f"an envelope of version {version} without an info")
+
+
+@pytest.mark.parametrize("store_dir", [None, "", "nix/store", 7])
+def test_an_envelope_without_an_absolute_store_dir_is_refused(store_dir: Any) -> None:
+    text = json.dumps({"version": 2, "storeDir": store_dir, "info": {FOO_BASE: {"narHash": SRI}}})
+    refused(text, "whose storeDir is")
+
+
+@pytest.mark.parametrize("key", [FOO, "foo", "n5wkd9frr45pa74if5gpz9j7mifg27fh", "e" * 32 + "-foo"])
+def test_an_envelope_key_that_is_not_a_base_name_is_refused(key: str) -> None:
+    refused(envelope(2, {key: {"narHash": SRI}}), "not a store path base name")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "{}",
+        envelope(2, {}),
+        envelope(3, {}),
+    ],
+)
+def test_an_empty_result_is_refused(text: str) -> None:
+    refused(text, "no store paths at all")
+
+
+def test_entries_without_a_store_path_are_refused() -> None:
+    # real protocol JSON of the Nix project: per-path objects without a path
+    serve = fixture_text("nix-HEAD-serve-protocol-unkeyed-valid-path-info-2.4.json")
+    refused(serve, "an entry without a store path")
+    refused(json.dumps([{"narHash": SRI, "narSize": 1}]), "an entry without a store path")
+
+
+@pytest.mark.parametrize("path", ["x", "/nix/store/x", "/nix/store/aaaa-x", FOO_BASE, f"{FOO}/bin", 17])
+def test_a_list_entry_whose_path_is_not_a_store_path_is_refused(path: Any) -> None:
+    refused(json.dumps([{"path": path, "narHash": SRI}]), "is not a store path")
+
+
+def test_protocol_json_with_base_name_paths_is_refused() -> None:
+    # worker-protocol test data: a list whose "path"s are base names, each entry "version": 3
+    worker = fixture_text("nix-HEAD-worker-protocol-valid-path-info-1.16.json")
+    refused(worker, f"path '{BAR_BASE}' is not a store path")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps([{"path": FOO, "narSize": 1}]),
+        json.dumps([{"path": FOO, "narHash": None}]),
+        json.dumps({FOO: {"narSize": 1}}),
+        json.dumps({FOO: {"narHash": None, "narSize": 1}}),
+        envelope(2, {FOO_BASE: {"narSize": 1}}),
+        envelope(3, {FOO_BASE: {"narHash": None}}),
+    ],
+)
+def test_an_entry_without_a_nar_hash_is_refused_naming_the_path(text: str) -> None:
+    refused(text, f"an entry for {FOO} without a narHash")
+
+
+def test_the_unreleased_structured_nar_hash_is_refused() -> None:
+    # commit bec3c5cf wrote {"algorithm", "format", "hash"}; 2.33.0 went back to SRI strings
+    obj = fixture_json("nix-bec3c5cf-unreleased-base16-path-info-pure.json")
+    assert isinstance(obj["narHash"], dict)
+    refused(envelope(2, {FOO_BASE: obj}), f"entry for {FOO} whose narHash is an object, not a string")
+
+
+@pytest.mark.parametrize("nar_hash", ["md5:0123456789abcdef0123456789abcdef", "sha256:abcd", "sha256-!", ""])
+def test_an_entry_with_a_malformed_nar_hash_is_refused_naming_the_path(nar_hash: str) -> None:
+    text = json.dumps([{"path": FOO, "narHash": nar_hash}])
+    refused(text, f"an entry for {FOO} whose narHash .* is not a sha256 NAR hash")
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (json.dumps({FOO: per_path_sample(2, "pure")}), "2"),  # format 2's entry in format 1's shape
+        (json.dumps({FOO: {**per_path_sample(1, "pure"), "version": 4}}), "4"),
+        (envelope(2, {FOO_BASE: per_path_sample(3, "pure")}), "3"),
+        (envelope(3, {FOO_BASE: {**per_path_sample(3, "pure"), "version": True}}), "True"),
+        (json.dumps([{"path": FOO, "narHash": SRI, "version": 1}]), "1"),  # lists never had versions
+    ],
+)
+def test_an_entry_of_another_version_than_its_shape_is_refused(text: str, version: str) -> None:
+    refused(text, f"an entry for {FOO} of version {version}")
+
+
+@pytest.mark.parametrize("valid", ["false", 0, None, "yes"])
+def test_an_entry_whose_valid_is_not_a_boolean_is_refused(valid: Any) -> None:
+    refused(json.dumps([{"path": FOO, "narHash": SRI, "valid": valid}]), "whose valid is")
+
+
+@pytest.mark.parametrize("size", [-1, "760", 1.5, True])
+def test_an_entry_whose_nar_size_is_not_a_count_is_refused(size: Any) -> None:
+    refused(json.dumps({FOO: {"narHash": SRI, "narSize": size}}), "whose narSize is")
+
+
+@pytest.mark.parametrize("item", [1, "x", [SRI], True])
+def test_an_entry_that_is_not_an_object_is_refused(item: Any) -> None:
+    refused(json.dumps({FOO: item}), f"an entry for {FOO} that is .*, not an object")
+    refused(envelope(2, {FOO_BASE: item}), f"an entry for {FOO} that is .*, not an object")
+
+
+def test_a_path_twice_is_refused() -> None:
+    refused(json.dumps([{"path": FOO, "narHash": SRI}, {"path": FOO, "valid": False}]), f"{FOO} twice")
 
 
 @pytest.mark.parametrize("text", ["", "not json", "[{", '{"/nix/store/a-b": '])
 def test_invalid_json_is_a_path_info_parse_error(text: str) -> None:
-    with pytest.raises(PathInfoParseError, match="invalid JSON"):
-        parse_path_info(text)
+    with pytest.raises(PathInfoParseError, match=r"of nix 2\.8\.0 printed invalid JSON .*; check that"):
+        parse_path_info(text, "2.8.0")
 
 
-@pytest.mark.parametrize("text", ['"a string"', "42", "null"])
-def test_json_that_is_neither_list_nor_object_is_a_path_info_parse_error(text: str) -> None:
-    with pytest.raises(PathInfoParseError):
-        parse_path_info(text)
+@pytest.mark.parametrize("text", ['"a string"', "42", "null", "true"])
+def test_json_that_is_neither_list_nor_object_is_refused(text: str) -> None:
+    refused(text, "neither a list nor an object")
 
 
-def test_an_entry_without_nar_hash_is_a_path_info_parse_error_naming_the_path() -> None:
-    with pytest.raises(PathInfoParseError, match="/nix/store/aaaa-x"):
-        parse_path_info(json.dumps([{"path": "/nix/store/aaaa-x", "narSize": 1}]))
-
-
-# Never a traceback (AttributeError): a clear PathInfoParseError the CLI can print.
-@pytest.mark.parametrize("text", ["[1]", "[null]"])
-def test_a_list_of_non_objects_is_a_path_info_parse_error(text: str) -> None:
-    with pytest.raises(PathInfoParseError):
-        parse_path_info(text)
+@pytest.mark.parametrize("text", ["[1]", "[null]", '["/nix/store/x"]'])
+def test_a_list_of_non_objects_is_refused(text: str) -> None:
+    refused(text, "a list holding .*, not an object")
 
 
 # --- the closure hash --------------------------------------------------------------------------
