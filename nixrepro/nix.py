@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import proc
-from .closure import Closure, StorePathInfo, parse_path_info
+from .closure import Closure, PathInfoParseError, StorePathInfo, json_format_args, parse_path_info
 from .errors import NixCommandError, RefusedError
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
@@ -50,15 +50,26 @@ class Nix:
         ).stdout
 
     def version(self) -> str:
-        """``2.8.0`` for ``nix (Nix) 2.8.0``."""
-        out = self.run(["--version"]).strip()
-        match = re.search(r"(\d+\.\d+[\w.+-]*)", out)
-        return match.group(1) if match else out
+        """The Nix version: ``2.8.0`` for ``nix (Nix) 2.8.0``.
 
-    def closure(self, store_path: str) -> Closure:
-        """The runtime closure of ``store_path`` with NAR hashes; refuses a path not in the store."""
+        The last version in the line, because a distribution names its own first:
+        ``nix (Determinate Nix 3.4.1) 2.28.2`` is Nix 2.28.2.
+        """
+        out = self.run(["--version"]).strip()
+        found = re.findall(r"\d+\.\d+[\w.+-]*", out)
+        return found[-1] if found else out
+
+    def closure(self, store_path: str, nix_version: str | None = None) -> Closure:
+        """The runtime closure of ``store_path`` with NAR hashes; refuses a path not in the store.
+
+        ``nix_version`` (what :meth:`version` returned) picks ``--json-format`` where that Nix has
+        it; it is a parameter, not a ``nix --version`` of its own, so callers that already ask for
+        the version in parallel add no subprocess. Without it the call has no ``--json-format``,
+        which every Nix so far still answers (2.33+ with a warning, captured).
+        """
+        args = ["path-info", "--recursive", "--json", *json_format_args(nix_version), store_path]
         try:
-            out = self.run(["path-info", "--recursive", "--json", store_path])
+            out = self.run(args)
         except NixCommandError as exc:
             if "is not valid" in exc.stderr or "does not exist" in exc.stderr:
                 raise RefusedError(
@@ -66,11 +77,18 @@ class Nix:
                     "(`nix build`) or pass the output of a build with --env."
                 ) from exc
             raise
-        valid, invalid = parse_path_info(out)
+        valid, invalid = parse_path_info(out, nix_version)
         if invalid:
             raise RefusedError(
                 f"{invalid[0]} is not a valid path in the Nix store; build it first "
                 "(`nix build`) or pass the output of a build with --env."
+            )
+        # nix resolves a path inside a store path (or a link to one) to that store path: the
+        # closure would then not be the closure of the path recorded as the environment.
+        if not any(info.path == store_path for info in valid):
+            raise RefusedError(
+                f"{store_path} is not in its own closure (`nix path-info` answered for "
+                f"{valid[0].path}); pass the store path itself (/nix/store/<hash>-<name>), not a path in it."
             )
         return Closure.of(valid)
 
@@ -83,11 +101,27 @@ class Nix:
             raise RefusedError(f"`nix build {installable}` produced no output path.")
         return str(outputs.get("out") or next(iter(outputs.values())))
 
-    def path_infos(self, paths: Sequence[str]) -> tuple[list[StorePathInfo], list[str]]:
-        """``(valid, invalid)`` for exactly ``paths`` (not their closure); missing paths are invalid."""
+    def path_infos(
+        self, paths: Sequence[str], nix_version: str | None = None
+    ) -> tuple[list[StorePathInfo], list[str]]:
+        """``(valid, invalid)`` for exactly ``paths`` (not their closure); missing paths are invalid.
+
+        ``nix_version`` as for :meth:`closure`. Every path asked about must be answered for: a
+        path left out would otherwise be neither missing nor present, and pass a check unseen.
+        """
         if not paths:
             return [], []
-        return parse_path_info(self.run(["path-info", "--json", *paths]))
+        out = self.run(["path-info", "--json", *json_format_args(nix_version), *paths])
+        valid, invalid = parse_path_info(out, nix_version)
+        answered = {info.path for info in valid} | set(invalid)
+        unanswered = [path for path in paths if path not in answered]
+        if unanswered:
+            who = f"nix {nix_version}" if nix_version else "the installed nix"
+            raise PathInfoParseError(
+                f"`nix path-info --json` of {who} did not answer for {unanswered[0]} "
+                f"({len(unanswered)} of {len(paths)} paths left out); upgrade nixrepro or report it."
+            )
+        return valid, invalid
 
     def verify_contents(self, paths: Sequence[str]) -> list[str]:
         """Re-hash the contents of ``paths``; return the corrupted ones (empty when all match)."""

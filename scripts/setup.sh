@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what nixrepro needs on a fresh Debian 12 machine (as root): Nix, git, a venv with nixrepro.
 #   bash scripts/setup.sh          # for the demo
-#   bash scripts/setup.sh --test   # plus the test tools (pytest, ruff, mypy, SeaweedFS)
+#   bash scripts/setup.sh --test   # plus the test tools (pytest, ruff, mypy, SeaweedFS, jq)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v nix >/dev/null || need+=(nix-bin)
 command -v git >/dev/null || need+=(git)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# the tests run the README's closure-hash recomputation, a jq program
+if [ "${1:-}" = "--test" ] && ! command -v jq >/dev/null; then need+=(jq); fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
