@@ -21,7 +21,7 @@ rec {
   # --override-input shows here, not in flake.lock), the env, the system, the nixpkgs rev and the
   # evaluated nixpkgs config that matters for reproduction. `nixrepro run` refuses a build whose
   # facts do not match the checkout or its flake.lock.
-  mkExperiment = { pkgs, self, env, command, nixpkgs ? null, nixrepro ? null }:
+  mkExperiment = { pkgs, self, env, command, nixpkgs ? null, nixrepro ? null, hostDriver ? false }:
     let
       lockFile = self + "/flake.lock";
       hasLock = builtins.pathExists lockFile;
@@ -51,8 +51,58 @@ rec {
           allowUnfree = pkgs.config.allowUnfree or false;
         };
       });
-      script = pkgs.writeShellScript "nixrepro-experiment" ''
-        exec ${tool}/bin/nixrepro run --facts ${facts} --env ${env} -- ${command} "$@"
-      '';
+      # hostDriver = true: on a host that is not NixOS (Debian, Ubuntu, a cluster, WSL) the app
+      # puts the host's NVIDIA driver on LD_LIBRARY_PATH *before* `nixrepro run` starts. nixrepro
+      # collects the CUDA facts (which libcuda, its sha256, how it got there) from its own
+      # environment, which the command inherits, so they describe the process that runs. Only the
+      # driver's libraries are linked, into a private directory: the host's library directory
+      # itself also holds its libc and every other library, which would shadow the pinned ones and
+      # break Nix-built programs. NIXREPRO_DRIVER_SEARCH_PATH replaces the directories searched.
+      script =
+        let
+          bin = "${pkgs.coreutils}/bin"; # not the host's PATH: the script runs before anything else
+          hostDriverSetup = ''
+            nixrepro_host_driver() {
+              # NixOS: nixpkgs' CUDA libraries find the driver through their runpath
+              [ -e /run/opengl-driver/lib/libcuda.so.1 ] && return 0
+              set -f; IFS=:
+              # a driver already on LD_LIBRARY_PATH (nixGL, nix-gl-host, by hand) is the user's choice
+              for dir in ''${LD_LIBRARY_PATH:-}; do
+                if [ -n "$dir" ] && [ -e "$dir/libcuda.so.1" ]; then set +f; unset IFS; return 0; fi
+              done
+              from=""
+              for dir in ''${NIXREPRO_DRIVER_SEARCH_PATH:-/usr/lib/wsl/lib:/usr/lib/x86_64-linux-gnu:/usr/lib/aarch64-linux-gnu:/usr/lib64:/usr/lib:/usr/local/nvidia/lib64}; do
+                if [ -n "$dir" ] && [ -e "$dir/libcuda.so.1" ]; then from=$dir; break; fi
+              done
+              set +f; unset IFS
+              [ -n "$from" ] || return 0 # no driver: the experiment runs on the CPU and says so
+              cache=''${XDG_CACHE_HOME:-''${HOME:+$HOME/.cache}}
+              if [ -z "$cache" ]; then
+                echo "nixrepro: warning: neither XDG_CACHE_HOME nor HOME is set, so the NVIDIA driver in $from is not put on LD_LIBRARY_PATH; set HOME and run again." >&2
+                return 0
+              fi
+              # One directory per source directory, so a link's target never changes: links are
+              # only added, never replaced under a run that is starting at the same time, and
+              # the ones a driver upgrade left dangling are removed.
+              private="$cache/nixrepro/host-driver$from"
+              ${bin}/mkdir -p "$private" || return 0
+              for lib in "$private"/*; do
+                if [ -L "$lib" ] && [ ! -e "$lib" ]; then ${bin}/rm -f "$lib"; fi
+              done
+              # the driver's own libraries; libdxcore and libnvdxgdmal are what WSL's libcuda loads
+              for lib in "$from"/libcuda.so* "$from"/libnvidia-*.so* "$from"/libdxcore.so* "$from"/libnvdxgdmal.so*; do
+                if [ -e "$lib" ] && [ ! -L "$private/''${lib##*/}" ]; then
+                  ${bin}/ln -s "$lib" "$private/''${lib##*/}" 2>/dev/null || :
+                fi
+              done
+              export LD_LIBRARY_PATH="$private''${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+              export NIXREPRO_DRIVER_DIR="$private" # nixrepro names this injection "host-driver"
+            }
+            nixrepro_host_driver
+          '';
+        in
+        pkgs.writeShellScript "nixrepro-experiment" ((if hostDriver then hostDriverSetup else "") + ''
+          exec ${tool}/bin/nixrepro run --facts ${facts} --env ${env} -- ${command} "$@"
+        '');
     in { type = "app"; program = "${script}"; };
 }

@@ -20,30 +20,31 @@
           cudaCapabilities = [ "8.0" "8.6" "8.9" "9.0" ];
           cudaForwardCompat = false;
         };
+        overlays = [
+          (final: prev: {
+            # The CUDA release torch and every CUDA library are built against: nixpkgs' default.
+            # A driver whose `nvidia-smi` shows an older "CUDA Version" of the same major runs it
+            # under NVIDIA's minor version compatibility (nixrepro records it and warns). To build
+            # for that driver instead, name its release here, e.g. for "CUDA Version: 12.2":
+            #   cudaPackages = prev.cudaPackages_12_2;
+            cudaPackages = prev.cudaPackages;
+          })
+        ];
       };
       env = pkgs.python3.withPackages (ps: [ ps.torch ps.numpy (nixrepro.lib.pythonPackage ps) ]);
-      # The NVIDIA driver (libcuda.so) cannot be pinned: it must match the host's kernel module.
-      # On NixOS it is in /run/opengl-driver/lib, which nixpkgs' CUDA packages find through the
-      # runpath autoAddDriverRunpath adds. Elsewhere, point LD_LIBRARY_PATH at the host's driver
-      # (e.g. /usr/lib/x86_64-linux-gnu); nixrepro records the libcuda that will load and its sha256.
-      command = pkgs.writeShellScript "train" ''
-        if [ ! -e /run/opengl-driver/lib/libcuda.so.1 ] && [ -z "''${LD_LIBRARY_PATH:-}" ]; then
-          for dir in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib; do
-            if [ -e "$dir/libcuda.so.1" ]; then
-              mkdir -p "''${XDG_RUNTIME_DIR:-/tmp}/nixrepro-driver"
-              ln -sf "$dir"/libcuda.so* "$dir"/libnvidia-*.so* "''${XDG_RUNTIME_DIR:-/tmp}/nixrepro-driver/" 2>/dev/null
-              export LD_LIBRARY_PATH="''${XDG_RUNTIME_DIR:-/tmp}/nixrepro-driver"
-              break
-            fi
-          done
-        fi
-        exec ${env}/bin/python train.py "$@"
-      '';
     in {
       packages.${system}.env = env;
       apps.${system}.experiment = nixrepro.lib.mkExperiment {
         inherit pkgs self env nixpkgs;
-        command = "${command}";
+        command = "${env}/bin/python ${self}/train.py"; # the flake's copy: the recorded commit runs
+        # The NVIDIA driver (libcuda.so) cannot be pinned: it must match the host's kernel module.
+        # On NixOS it is in /run/opengl-driver/lib, which nixpkgs' CUDA packages find through
+        # their runpath. Elsewhere, hostDriver links only the host's driver libraries (libcuda,
+        # libnvidia-*) into a private directory and puts that on LD_LIBRARY_PATH before nixrepro
+        # starts, so the record names the libcuda the run loads and its sha256. Never put the
+        # host's library directory itself (e.g. /usr/lib/x86_64-linux-gnu) on LD_LIBRARY_PATH: it
+        # holds the host's libc, and Nix-built programs break on it.
+        hostDriver = true;
       };
       devShells.${system}.default = pkgs.mkShell { packages = [ env nixrepro.packages.${system}.default ]; };
     };
