@@ -117,6 +117,16 @@ class BuildFacts:
 
 
 @dataclass(frozen=True)
+class Shadowing:
+    """A library that an LD_LIBRARY_PATH directory provides under the name of one in the closure:
+    the loader searches LD_LIBRARY_PATH first, so the run loads it instead of the pinned one."""
+
+    library: str  # the file name, "libcudart.so.12"
+    directory: str  # the LD_LIBRARY_PATH entry that holds it, "/usr/local/cuda/lib64"
+    shadows: str  # the closure's file of that name, "/nix/store/...-cuda_cudart-12.4.127-lib/lib/..."
+
+
+@dataclass(frozen=True)
 class CudaInfo:
     """CUDA facts: the runtime the env pins, the driver the host brings (nixrepro.cuda)."""
 
@@ -125,9 +135,15 @@ class CudaInfo:
     compute_capabilities: list[str] = field(default_factory=list)  # of the host's GPUs
     libcuda: str | None = None  # the libcuda.so.1 that will load (resolved path)
     libcuda_sha256: str | None = None
-    # how the driver reaches the process: "nixos-opengl-driver", "nixGL", "nix-gl-host",
-    # "LD_LIBRARY_PATH" (set by hand or a wrapper), or None (no libcuda found)
+    # how the driver reaches the process: "nixos-opengl-driver", "host-driver" (mkExperiment's
+    # hostDriver), "nixGL", "nix-gl-host", "LD_LIBRARY_PATH" (any other entry), or None (none found)
     injection: str | None = None
+    # runtime against driver, by NVIDIA's rules: "native" (the driver supports the runtime's
+    # version), "minor-version" (an older driver of the same major: minor version compatibility),
+    # "unsupported", or None (no runtime or no driver to compare)
+    compatibility: str | None = None
+    shadowing: list[Shadowing] = field(default_factory=list)  # closure libraries LD_LIBRARY_PATH hides
+    libc_dirs: list[str] = field(default_factory=list)  # LD_LIBRARY_PATH entries holding a libc.so.6
 
 
 @dataclass(frozen=True)
