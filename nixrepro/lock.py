@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from .errors import NixreproError
 
@@ -103,6 +103,16 @@ class FlakeLock:
                    inputs=_Graph(doc, source).inputs())
 
 
+class _Unresolvable(Exception):
+    """A follows path that cannot be walked (a cycle, or a name that is not there). Nix loads such
+    a lock and fails only when that input is evaluated, so it is marked, not refused."""
+
+
+def _unresolvable(follows: str, problem: str) -> LockedInput:
+    return LockedInput(type="follows", url=f"follows:{follows}", rev=None, narHash=None,
+                       lastModified=None, locked=False, follows=follows, node=f"({problem})")
+
+
 class _Graph:
     """The lock's nodes and edges, checked the way Nix checks them when it loads the file."""
 
@@ -120,7 +130,7 @@ class _Graph:
         self.root = root
 
     def edges(self, node: str) -> dict[str, Any]:
-        edges = self.nodes[node].get("inputs") or {}
+        edges = self.nodes[node].get("inputs", {})
         if not isinstance(edges, dict):
             raise self._bad(f"node {node!r} has inputs that are not an object")
         return edges
@@ -142,14 +152,14 @@ class _Graph:
         path = tuple(edge)
         if path in trail:
             cycle = " -> ".join("/".join(p) for p in (*trail[trail.index(path):], path))
-            raise self._bad(f"its follows form a cycle ({cycle})")
+            raise _Unresolvable(f"its follows form a cycle ({cycle})")
         node = self.root
         for depth, name in enumerate(path):
             edges = self.edges(node)
             if name not in edges:
                 where = "/".join(path[:depth]) or "the root"
-                raise self._bad(f"the follows path {'/'.join(path)!r} leads nowhere ({where} has "
-                                f"no input {name!r})")
+                raise _Unresolvable(f"the follows path {'/'.join(path)!r} leads nowhere ({where} "
+                                    f"has no input {name!r})")
             node = self.target(edges[name], (*trail, path))
         return node
 
@@ -160,8 +170,12 @@ class _Graph:
         for name, edge in sorted(self.edges(self.root).items()):
             if edge == []:
                 continue  # follows "": the root flake itself, nothing to fetch
-            node = self.target(edge)
             follows = "/".join(edge) if isinstance(edge, list) else None
+            try:
+                node = self.target(edge)
+            except _Unresolvable as exc:
+                recorded[name] = _unresolvable(follows or "", str(exc))
+                continue
             recorded[name] = _locked(node, self.nodes[node], self.source, follows)
             seen.add(node)
         # Then every other node reachable from them, under its shortest input path.
@@ -177,7 +191,10 @@ class _Graph:
             for name, edge in sorted(self.edges(node).items()):
                 if edge == []:
                     continue
-                child = self.target(edge)
+                try:
+                    child = self.target(edge)
+                except _Unresolvable:
+                    continue  # as in Nix: an error only if that input is ever evaluated
                 if child not in seen:
                     seen.add(child)
                     recorded[f"{prefix}/{name}"] = _locked(child, self.nodes[child], self.source)
@@ -253,16 +270,16 @@ def flake_url(locked: dict[str, Any]) -> str:
         base = f"path:{locked.get('path', '')}"
     elif kind == "indirect":
         base = f"flake:{locked.get('id', '')}"
-    else:
-        url = str(locked.get("url", ""))
-        prefix = {"git": "git+", "hg": "hg+", "mercurial": "hg+", "file": "file+"}.get(kind, "")
+    else:  # a url: its own query and the attributes merge, sorted, as Nix's ParsedURL does
+        url, _, query = str(locked.get("url", "")).partition("?")
+        prefix = {"git": "git+", "hg": "hg+", "mercurial": "hg+"}.get(kind, "")
         base = url if not prefix or url.startswith(prefix) else prefix + url
+        extra = {**dict(parse_qsl(query, keep_blank_values=True)), **extra}
         if kind in ("git", "hg", "mercurial") and locked.get("rev"):
             extra["rev"] = locked["rev"]
     if not extra:
         return base
-    query = "&".join(f"{k}={quote(_attr(v), safe='/:@')}" for k, v in sorted(extra.items()))
-    return base + ("&" if "?" in base else "?") + query
+    return base + "?" + "&".join(f"{k}={quote(_attr(v), safe='/:@')}" for k, v in sorted(extra.items()))
 
 
 def _attr(value: Any) -> str:

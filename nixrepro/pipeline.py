@@ -202,6 +202,7 @@ class PipelineRunner:
         self.store = RunStore.for_repo(repo.root)
         self._envs: dict[str, str] = {}
         self._closures: dict[str, str] = {}
+        self._nix_version: str | None = None
         self._memo = threading.Lock()
         snapshot = repo.snapshot()
         if snapshot.changes and not dev:
@@ -231,7 +232,9 @@ class PipelineRunner:
     def closure_hash(self, env_path: str) -> str:
         with self._memo:
             if env_path not in self._closures:
-                self._closures[env_path] = self.nix.closure(env_path).hash
+                if self._nix_version is None:  # once: it chooses path-info's --json-format
+                    self._nix_version = self.nix.version()
+                self._closures[env_path] = self.nix.closure(env_path, self._nix_version).hash
             return self._closures[env_path]
 
     def key_parts(

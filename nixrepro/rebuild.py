@@ -104,7 +104,7 @@ def rebuild(
                     repo.remove_worktree(checkout)
     except NixCommandError as exc:
         raise _explain(exc, record, nix, substituter[0] if substituter else None) from exc
-    closure = nix.closure(out)
+    closure = nix.closure(out, nix.version())
     rebuilt_env = dataclasses.replace(env, env_path=out, closure_hash=closure.hash,
                                       closure=list(closure.paths))
     again = record.replace(environment=rebuilt_env)

@@ -138,7 +138,8 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
     tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
-    closure = Background(nix.closure, env_path) if env_path else None
+    # nix 2.33+ wants --json-format, chosen from the version (a ~20 ms wait, no extra process)
+    closure = Background(lambda: nix.closure(env_path, version.result())) if env_path else None
 
     head = snapshot.result().commit
     dirty = snapshot.result().changes
@@ -174,7 +175,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     parent = store.resolve(request.parent).id if request.parent else None
     if closure is None:  # build the flake output, then ask for its closure
         env_path = _build_env(request, config, nix)
-        closure = Background(nix.closure, env_path)
+        closure = Background(nix.closure, env_path, version.result())
     cuda_info = cuda.collect(closure.result().paths, host_info.result(), os.environ)
     cuda.check(cuda_info, host_info.result(), build_facts)
     patch = repo.diff_with_untracked() if request.dev and dirty else None

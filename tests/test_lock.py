@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nixrepro.lock import FlakeLock, LockError
+from nixrepro.lock import FlakeLock, LockedInput, LockError
 
 LOCKS = Path(__file__).parent / "fixtures" / "flake-locks"
 ALL_LOCKS = sorted(LOCKS.glob("*.lock"))
@@ -27,28 +27,62 @@ def lock_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def walk(doc: dict[str, Any], input_path: str) -> str:
-    """The node an input path leads to, following Nix's rules (follows lists start at the root)."""
+def walk(doc: dict[str, Any], input_path: str, seen: tuple[str, ...] = ()) -> str:
+    """The node an input path leads to, following Nix's rules (follows lists start at the root;
+    a follows path met twice is a cycle, which Nix reports when the input is evaluated)."""
+    if input_path in seen:
+        raise RecursionError(input_path)
     node: str = doc["root"]
     for name in input_path.split("/"):
         edge = doc["nodes"][node]["inputs"][name]
-        node = edge if isinstance(edge, str) else walk(doc, "/".join(edge))
+        node = edge if isinstance(edge, str) else walk(doc, "/".join(edge), (*seen, input_path))
     return node
 
 
+def locked_attrs(doc: dict[str, Any], node: str) -> dict[str, Any]:
+    """A node's locked attributes as Nix reads them: version 5's "info" merged in."""
+    return {**doc["nodes"][node]["locked"], **doc["nodes"][node].get("info", {})}
+
+
 def test_there_are_real_locks_to_test() -> None:
-    assert len(ALL_LOCKS) == 13
+    assert len(ALL_LOCKS) >= 34  # 13 from the first table of the README, 21 from the second
+    assert {lock_json(p)["version"] for p in ALL_LOCKS} == {5, 6, 7}
 
 
 @pytest.mark.parametrize("path", ALL_LOCKS, ids=lambda p: p.name)
-def test_every_real_lock_parses_with_one_input_per_locked_node(path: Path) -> None:
+def test_every_root_input_of_a_real_lock_is_recorded_under_its_own_name(path: Path) -> None:
     doc = lock_json(path)
     lock = FlakeLock.read(path)
+    assert lock.version == doc["version"]
+    for name, edge in doc["nodes"][doc["root"]]["inputs"].items():
+        if edge == []:  # follows "": the root flake itself
+            assert name not in lock.inputs
+            continue
+        recorded = lock.inputs[name]
+        try:
+            node = walk(doc, name)
+        except RecursionError:  # a follows cycle: named, marked unlocked, nothing pinned
+            assert (recorded.type, recorded.locked, recorded.rev) == ("follows", False, None), name
+            continue
+        locked = locked_attrs(doc, node)
+        assert recorded.node == node, name
+        assert (recorded.type, recorded.rev, recorded.narHash) == (
+            locked["type"], locked.get("rev"), locked.get("narHash")), name
+        assert recorded.follows == ("/".join(edge) if isinstance(edge, list) else None), name
+        assert recorded.flake == doc["nodes"][node].get("flake", True), name
 
-    assert lock.version == doc["version"] == 7
-    nodes = [inp.node for inp in lock.inputs.values()]
-    assert len(nodes) == len(set(nodes)), "a node is recorded under two input paths"
-    assert set(nodes) == set(doc["nodes"]) - {doc["root"]}
+
+@pytest.mark.parametrize("path", ALL_LOCKS, ids=lambda p: p.name)
+def test_every_real_lock_records_each_other_node_once(path: Path) -> None:
+    doc = lock_json(path)
+    lock = FlakeLock.read(path)
+    roots = set(doc["nodes"][doc["root"]]["inputs"])
+    nested = [inp.node for key, inp in lock.inputs.items() if key not in roots]
+    assert len(nested) == len(set(nested)), "a node is recorded under two input paths"
+    root_nodes = {inp.node for key, inp in lock.inputs.items() if key in roots}
+    assert not set(nested) & root_nodes
+    reachable = set(nested) | {n for n in root_nodes if n in doc["nodes"]}
+    assert reachable <= set(doc["nodes"]) - {doc["root"]}
 
 
 @pytest.mark.parametrize("path", ALL_LOCKS, ids=lambda p: p.name)
@@ -60,19 +94,22 @@ def test_lock_sha256_is_the_sha256_of_the_file_bytes(path: Path) -> None:
 def test_each_input_key_is_an_input_path_leading_to_its_node(path: Path) -> None:
     doc = lock_json(path)
     for key, locked in FlakeLock.read(path).inputs.items():
-        assert walk(doc, key) == locked.node, key
+        if locked.type != "follows":
+            assert walk(doc, key) == locked.node, key
 
 
 @pytest.mark.parametrize("path", ALL_LOCKS, ids=lambda p: p.name)
 def test_locked_values_are_those_of_the_lock(path: Path) -> None:
-    nodes = lock_json(path)["nodes"]
+    doc = lock_json(path)
     for key, inp in FlakeLock.read(path).inputs.items():
-        locked = nodes[inp.node]["locked"]
+        if inp.type == "follows":
+            continue
+        locked = locked_attrs(doc, inp.node)
         assert inp.type == locked["type"], key
         assert inp.rev == locked.get("rev"), key
-        assert inp.narHash == locked["narHash"], key
-        assert inp.lastModified == locked["lastModified"], key
-        assert inp.flake == nodes[inp.node].get("flake", True), key
+        assert inp.narHash == locked.get("narHash"), key
+        assert inp.lastModified == locked.get("lastModified"), key
+        assert inp.flake == doc["nodes"][inp.node].get("flake", True), key
 
 
 def test_github_inputs_record_owner_repo_rev_and_a_github_url() -> None:
@@ -93,6 +130,7 @@ def test_one_github_input_written_out() -> None:
     assert treefmt.narHash == "sha256-eynAfOmbmxJnkp7YewvCEbShNnnYJ9gLLqkzsYtBPeM="
     assert treefmt.lastModified == 1780220602
     assert treefmt.flake is True
+    assert (treefmt.locked, treefmt.local, treefmt.pinned) == (True, False, True)
 
 
 def test_original_ref_is_kept() -> None:
@@ -126,7 +164,8 @@ def test_an_input_reached_via_follows_is_not_duplicated() -> None:
     assert inputs["nixpkgs"].node == "nixpkgs"
 
 
-def test_an_empty_follows_list_follows_nothing() -> None:
+def test_an_empty_follows_list_is_the_root_flake_not_an_input() -> None:
+    # Nix resolves [] to the root node (call-flake.nix, getInputByPath root []).
     # cachix: "devenv": [];  nix: "nixpkgs-23-11": [], "nixpkgs-regression": []
     inputs = FlakeLock.read(DEVENV_NEW).inputs
     assert "cachix/devenv" not in inputs
@@ -239,3 +278,137 @@ def test_a_lock_without_nodes_says_nodes_are_missing(tmp_path: Path) -> None:
     with pytest.raises(LockError) as caught:
         FlakeLock.read(path)
     assert "nodes" in str(caught.value).replace(str(path), "FILE")
+
+
+# --- what real locks hold that naive parsers lose (tests/fixtures/flake-locks/FEATURES.md) ------
+
+
+def real(name: str) -> dict[str, LockedInput]:
+    return FlakeLock.read(LOCKS / name).inputs
+
+
+def test_a_root_input_following_another_root_input_keeps_its_name_and_nixpkgs_rev() -> None:
+    doc = lock_json(LOCKS / "divnix-digga-fe73d2a0.lock")  # root: "nixpkgs": ["nixos"]
+    inputs = real("divnix-digga-fe73d2a0.lock")
+    nixos = doc["nodes"][doc["nodes"]["root"]["inputs"]["nixos"]]["locked"]
+    assert inputs["nixpkgs"].follows == "nixos"
+    assert inputs["nixpkgs"].node == inputs["nixos"].node
+    assert inputs["nixpkgs"].rev == nixos["rev"] == inputs["nixos"].rev
+    # deeper: hydra's root nixpkgs follows ["nix", "nixpkgs"]; hasktorch's a path through haskell-nix
+    assert real("nixos-hydra-5c01800f.lock")["nixpkgs"].follows == "nix/nixpkgs"
+    hasktorch = real("hasktorch-hasktorch-fa348266.lock")["nixpkgs"]
+    assert (hasktorch.follows, hasktorch.rev) == ("haskell-nix/nixpkgs-2305",
+                                                  "d2332963662edffacfddfad59ff4f709dde80ffe")
+
+
+def test_the_nixpkgs_rev_that_wandb_and_diff_read_survives_a_root_follows() -> None:
+    import dataclasses
+
+    from nixrepro.record import RunRecord
+    from nixrepro.wandb_sink import nixpkgs_rev
+
+    record = json.loads((Path(__file__).parent / "fixtures" / "record-minimal.json").read_text())
+    base = RunRecord.from_dict(record)
+    inputs = real("mordragt-nixos-f5c17f94.lock")  # "nixpkgs": ["cosmic", "nixpkgs"]
+    run = base.replace(environment=dataclasses.replace(base.environment, inputs=inputs))
+    assert nixpkgs_rev(run) == "2c8d3f48d33929642c1c12cd243df4cc7d2ce434"
+
+
+def test_a_follows_cycle_is_named_and_marked_unlocked_not_dropped() -> None:
+    # digga at 6151d02b: root "nixos" follows ["digga", "nixpkgs"], digga's nixpkgs follows
+    # ["nixos"]. Nix loads the lock and fails only if such an input is evaluated.
+    inputs = real("divnix-digga-6151d02b.lock")
+    for name in ("nixos", "nixpkgs"):
+        assert (inputs[name].type, inputs[name].locked, inputs[name].pinned) == ("follows", False, False)
+        assert "cycle" in inputs[name].node
+    assert inputs["nixpkgs"].url == "follows:nixos"
+    assert inputs["agenix"].locked is True  # the rest is read as usual
+
+
+def test_gitlab_on_another_host_keeps_the_host() -> None:
+    wlroots = real("hyprwm-hyprland-3d64b0e9.lock")["wlroots"]
+    assert wlroots.url == ("gitlab:wlroots/wlroots/50eae512d9cecbf0b3b1898bb1f0b40fa05fe19b"
+                           "?host=gitlab.freedesktop.org")
+
+
+def test_the_url_keeps_every_attribute_that_changes_what_is_fetched() -> None:
+    umu = real("misterio77-nix-config-7e93f8e3.lock")["nix-gaming/umu"]  # dir twice: url and attr
+    assert umu.url == ("git+https://github.com/Open-Wine-Components/umu-launcher/?dir=packaging/nix"
+                       "&ref=refs/heads/main&rev=e9cb4d764013d4c8c3d1166f59581da8f56a3d83&submodules=1")
+    assert "?lfs=1&ref=main&rev=" in real("canozokur-nixos-config-bb9c3633.lock")["nix-secrets"].url
+    assert "?allRefs=1&ref=main&rev=" in real("xhos-nix-5d46f997.lock")["nix-secrets"].url
+    assert real("fufexan-dotfiles-09a53755.lock")["kmonad"].url.endswith("?dir=nix")
+    hg = real("dermetfan-garnix-05050ab8.lock")["dermetfan-blog"]
+    assert hg.url.startswith("hg+https://hg@hg.sr.ht/~dermetfan/dermetfan-blog?ref=default&rev=")
+    sourcehut = [i for i in real("dermetfan-garnix-05050ab8.lock").values() if i.type == "sourcehut"]
+    assert sourcehut and all(i.url.startswith("sourcehut:~") for i in sourcehut)
+
+
+def test_version_5_info_is_merged_into_locked() -> None:
+    doc = lock_json(LOCKS / "nixos-nix-4ba4c7ff.lock")
+    node = doc["nodes"]["nixpkgs"]
+    assert "narHash" not in node["locked"] and "narHash" in node["info"]
+    nixpkgs = real("nixos-nix-4ba4c7ff.lock")["nixpkgs"]
+    assert nixpkgs.narHash == node["info"]["narHash"]
+    assert nixpkgs.locked is True  # a github rev *and* the narHash from info
+
+
+def test_unlocked_and_local_inputs_are_marked_as_such() -> None:
+    nixvim = real("simon-wg-nixos-b71b9d63.lock")["nixvim"]  # path:./nixvim with a parent
+    assert (nixvim.url, nixvim.locked, nixvim.local, nixvim.pinned) == ("path:./nixvim", False, True, False)
+    matugen = real("fufexan-dotfiles-09a53755.lock")["matugen"]  # a dirty git+file: dirtyRev, no rev
+    assert (matugen.locked, matugen.local) == (False, True)
+    store = real("tweag-jupyenv-b6e691fc.lock")["jupyenv"]  # an absolute path with a narHash
+    assert (store.locked, store.local, store.pinned) == (True, True, False)
+
+
+def test_flake_false_is_part_of_an_input_s_identity_in_diff() -> None:
+    import dataclasses
+
+    from nixrepro.diff import diff_inputs
+
+    old = real("devenv-2026-08-14-44614f75.lock")
+    new = {**old, "ghostty": dataclasses.replace(old["ghostty"], flake=True)}
+    [change] = diff_inputs(old, new)
+    assert change.name == "ghostty" and [(c.field, c.old, c.new) for c in change.changes] == [
+        ("flake", False, True)]
+
+
+# --- bad locks: one sentence naming the file and the problem --------------------------------------
+
+
+def bad_lock(tmp_path: Path, doc: object) -> str:
+    path = tmp_path / "flake.lock"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LockError) as caught:
+        FlakeLock.read(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} ") and message.count(". ") == 0 and message.endswith(".")
+    return message.replace(str(path), "FILE")
+
+
+def test_a_dangling_node_is_refused(tmp_path: Path) -> None:
+    doc = {"version": 7, "root": "root", "nodes": {"root": {"inputs": {"nixpkgs": "nixpkgs_9"}}}}
+    assert bad_lock(tmp_path, doc) == (
+        "FILE is malformed: it references the missing node 'nixpkgs_9'; regenerate it with "
+        "`nix flake lock`.")
+
+
+def test_an_edge_back_to_the_root_is_refused(tmp_path: Path) -> None:
+    doc = lock_json(LOCKS / "mlprojects-2026-04-15-bfbced8.lock")
+    first = next(iter(doc["nodes"]["root"]["inputs"].values()))
+    doc["nodes"][first]["inputs"] = {"self": "root"}
+    assert "leads back to the root node" in bad_lock(tmp_path, doc)
+
+
+def test_a_missing_version_is_version_0_as_for_nix(tmp_path: Path) -> None:
+    doc = lock_json(LOCKS / "mlprojects-2026-04-15-bfbced8.lock")
+    del doc["version"]
+    assert "has lock version 0, which Nix and nixrepro do not read" in bad_lock(tmp_path, doc)
+
+
+@pytest.mark.parametrize("doc", [[1, 2], {"version": 7, "root": "r", "nodes": {}},
+                                 {"version": 7, "root": "root", "nodes": {"root": {"inputs": []}}}],
+                         ids=["a list", "no root node", "inputs not an object"])
+def test_a_malformed_lock_is_one_sentence(tmp_path: Path, doc: object) -> None:
+    assert "nix flake lock" in bad_lock(tmp_path, doc)
