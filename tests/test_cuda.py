@@ -83,6 +83,7 @@ def facts(capabilities: list[str]) -> BuildFacts:
     ("12.4", "12.0", None, "minor-version"),  # driver version unknown: the minimum cannot be checked
     ("12.4", "11.4", "470.256.02", "unsupported"),  # across majors
     ("13.0", "12.8", "570.86.10", "unsupported"),
+    ("13.1", "13.0", "580.65.06", "minor-version"),
     ("10.2", "10.1", "418.87.00", "unsupported"),  # before CUDA 11: no minor version compatibility
     ("12.4", None, None, None),
     (None, "12.4", "550.54.15", None),
@@ -145,6 +146,16 @@ def test_a_driver_below_the_minimum_of_the_major_is_refused(tmp_path: Path) -> N
         "compatibility); upgrade the driver to 450.80.02 or newer, or set "
         "`cudaPackages = prev.cudaPackages_11_0;` in the nixpkgs overlay of flake.nix (the pytorch-cuda "
         "template's `overlays`), and run `nix run .#experiment` again.")
+
+
+def test_a_cuda_12_driver_below_525_60_13_is_refused(tmp_path: Path) -> None:
+    early = gpu_host("525.53", "12.0")
+    with pytest.raises(RefusedError) as caught:
+        cuda.check(cuda.collect([info("cuda_cudart-12.4.127")], early, {}, tmp_path), early, None)
+    assert str(caught.value).startswith(
+        "the NVIDIA driver 525.53 supports CUDA up to 12.0, and the environment's CUDA runtime 12.4 runs "
+        "on an older CUDA 12 driver only from driver 525.60.13 on (NVIDIA's minor version compatibility); "
+        "upgrade the driver to 525.60.13 or newer, or set `cudaPackages = prev.cudaPackages_12_0;` ")
 
 
 def test_there_is_no_cuda_12_7_to_pin(tmp_path: Path) -> None:
