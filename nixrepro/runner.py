@@ -177,7 +177,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         env_path = _build_env(request, config, nix)
         closure = Background(nix.closure, env_path, version.result())
     cuda_info = cuda.collect(closure.result().paths, host_info.result(), os.environ)
-    cuda.check(cuda_info, host_info.result(), build_facts)
+    warnings += cuda.check(cuda_info, host_info.result(), build_facts)
     patch = repo.diff_with_untracked() if request.dev and dirty else None
     if request.verify_contents or config.run.verify_contents:
         corrupted = nix.verify_contents([info.path for info in closure.result().paths])

@@ -181,3 +181,21 @@ def test_a_local_input_is_named_in_a_warning_and_marked_in_the_record(project: P
     assert "is fetched from this machine's file system" in result.stderr
     dep = record_of(project)["environment"]["inputs"]["dep"]
     assert (dep["locked"], dep["local"]) == (True, True)
+
+
+@pytest.mark.parametrize("lock_text, problem", [
+    ('{"version": 7, "root": "root", "nodes": {"root": {"inputs": {"dep": "dep_9"}}}}',
+     "is malformed: it references the missing node 'dep_9'"),
+    ('{"version": 4, "root": "root", "nodes": {}}', "has lock version 4, which Nix and nixrepro"),
+    ('{"nodes": ', "is not valid JSON"),
+], ids=["dangling node", "old version", "not JSON"])
+def test_a_bad_committed_lock_is_one_sentence_exit_1_and_nothing_recorded(
+        project: Project, lock_text: str, problem: str) -> None:
+    env = project.build_env()
+    (project.root / "flake.lock").write_text(lock_text)
+    project.commit("a broken lock")
+    result = project.nixrepro("run", "--env", env, "--", "true")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {project.root / 'flake.lock'} {problem}") and "Traceback" not in line
+    assert not project.runs_dir.exists() or not list(project.runs_dir.iterdir())
