@@ -333,6 +333,8 @@ def test_a_run_records_cuda_facts_and_refuses_a_driver_of_an_older_major(tmp_pat
     assert ran.returncode == 0, ran.stderr
     assert json.loads(run_cli(["show", "@latest", "--json"], cwd=project).stdout)["cuda"]["compatibility"] \
         == "minor-version"
+    [warning] = [w for w in ran.stderr.splitlines() if "minor version compatibility" in w]
+    assert warning.startswith("nixrepro: warning: ") and "PTX" in warning  # said when the run starts
 
     ok = run_cli(["run", "--flake", ".#env", "--", sys.executable, "-c", "1"], cwd=project, env=env)
     assert ok.returncode == 0, ok.stderr
