@@ -15,6 +15,7 @@ that, paths whose version did not change but whose store path or NAR hash did ar
 from __future__ import annotations
 
 import re
+import shlex
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,9 @@ def diff_code(a: RunRecord, b: RunRecord, repo: GitRepo | None) -> CodeDiff:
         ("branch", old.branch, new.branch),
         ("dirty", old.dirty, new.dirty),
         ("diff_sha256", old.diff_sha256, new.diff_sha256),
+        ("origin", old.origin, new.origin),
+        # what was run: `nix run .#experiment -- --lr 0.1` and `-- --lr 0.5` differ only here
+        ("command", shlex.join(a.command.argv), shlex.join(b.command.argv)),
     ])
     between: list[str] | None = None
     stat: str | None = None

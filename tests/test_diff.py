@@ -280,3 +280,15 @@ def test_host_section_shows_another_libcuda_at_the_same_driver_version() -> None
     changes = to_json(diff_runs(a, b))["sections"]["host"]["changes"]
     assert changes == [{"field": "libcuda_sha256", "old": "a" * 64, "new": "b" * 64}]
     assert "libcuda_sha256" in render_text(diff_runs(a, b))
+
+
+def test_runs_that_differ_only_in_their_command_line_say_so() -> None:
+    """`nix run .#experiment -- --lr 0.1` then `-- --lr 0.5`: params are empty, the argv differs."""
+    doc = json.loads((Path(__file__).parent / "fixtures" / "record-minimal.json").read_text())
+    a = RunRecord.from_dict(doc)
+    b = a.replace(command=dataclasses.replace(a.command, argv=[*a.command.argv, "--lr", "0.5"]))
+    diff = diff_runs(a, b)
+    [change] = diff.code.changes
+    assert change.field == "command" and change.new.endswith(" --lr 0.5")
+    assert diff.differs("code") and "--lr 0.5" in render_text(diff, color=False)
+    assert not diff_runs(a, a).differs("code")
