@@ -64,23 +64,28 @@ rec {
           hostDriverSetup = ''
             nixrepro_host_driver() {
               # NixOS: nixpkgs' CUDA libraries find the driver through their runpath
-              [ -e /run/opengl-driver/lib/libcuda.so.1 ] && return 0
+              [ -f /run/opengl-driver/lib/libcuda.so.1 ] && return 0
               set -f; IFS=:
               # a driver already on LD_LIBRARY_PATH (nixGL, nix-gl-host, by hand) is the user's choice
               for dir in ''${LD_LIBRARY_PATH:-}; do
-                if [ -n "$dir" ] && [ -e "$dir/libcuda.so.1" ]; then set +f; unset IFS; return 0; fi
+                if [ -n "$dir" ] && [ -f "$dir/libcuda.so.1" ]; then set +f; unset IFS; return 0; fi
               done
               from=""
               for dir in ''${NIXREPRO_DRIVER_SEARCH_PATH:-/usr/lib/wsl/lib:/usr/lib/x86_64-linux-gnu:/usr/lib/aarch64-linux-gnu:/usr/lib64:/usr/lib:/usr/local/nvidia/lib64}; do
-                if [ -n "$dir" ] && [ -e "$dir/libcuda.so.1" ]; then from=$dir; break; fi
+                if [ -n "$dir" ] && [ -f "$dir/libcuda.so.1" ]; then from=$dir; break; fi
               done
               set +f; unset IFS
               [ -n "$from" ] || return 0 # no driver: the experiment runs on the CPU and says so
-              cache=''${XDG_CACHE_HOME:-''${HOME:+$HOME/.cache}}
-              if [ -z "$cache" ]; then
-                echo "nixrepro: warning: neither XDG_CACHE_HOME nor HOME is set, so the NVIDIA driver in $from is not put on LD_LIBRARY_PATH; set HOME and run again." >&2
-                return 0
-              fi
+              # The XDG spec ignores a relative XDG_CACHE_HOME; a ':' would split the directory
+              # into two LD_LIBRARY_PATH entries, and the loader would never find the driver.
+              cache=''${XDG_CACHE_HOME:-}
+              case $cache in /*:*|[!/]*) cache="" ;; esac
+              if [ -z "$cache" ] && [ -n "''${HOME:-}" ]; then cache=$HOME/.cache; fi
+              case $cache in
+                /*:*|""|[!/]*)
+                  echo "nixrepro: warning: no cache directory usable on LD_LIBRARY_PATH (XDG_CACHE_HOME and HOME unset, relative or holding a ':'), so the NVIDIA driver in $from is not put on LD_LIBRARY_PATH; set HOME to an absolute path without ':' and run again." >&2
+                  return 0 ;;
+              esac
               # One directory per source directory, so a link's target never changes: links are
               # only added, never replaced under a run that is starting at the same time, and
               # the ones a driver upgrade left dangling are removed.

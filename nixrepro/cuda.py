@@ -78,13 +78,13 @@ def find_libcuda(environ: Mapping[str, str], driver_dir: Path = NIXOS_DRIVER_DIR
     private = _private_driver_dir(environ)
     for entry in _library_path(environ):
         candidate = Path(entry) / "libcuda.so.1"
-        if candidate.exists():
+        if candidate.is_file():  # as the loader: a FIFO or a directory of that name is no library
             resolved = Path(os.path.realpath(candidate))
             if private is not None and os.path.realpath(entry) == private:
                 return resolved, "host-driver"
             return resolved, injection_through_library_path(resolved)
     candidate = driver_dir / "libcuda.so.1"
-    if candidate.exists():
+    if candidate.is_file():
         return Path(os.path.realpath(candidate)), "nixos-opengl-driver"
     return None
 
@@ -104,12 +104,13 @@ def foreign_library_dirs(environ: Mapping[str, str]) -> list[str]:
     """The LD_LIBRARY_PATH entries that are not Nix's: outside the store and not the private
     directory of driver links that hostDriver made (those hold only what the closure lacks)."""
     private = _private_driver_dir(environ)
-    dirs: list[str] = []
+    dirs: dict[str, None] = {}  # ordered, and a set: LD_LIBRARY_PATH can have 10,000s of entries
     for entry in _library_path(environ):
-        real = os.path.realpath(entry)
-        if entry not in dirs and not real.startswith(STORE) and real != private:
-            dirs.append(entry)
-    return dirs
+        if entry not in dirs:
+            real = os.path.realpath(entry)
+            if not real.startswith(STORE) and real != private:
+                dirs[entry] = None
+    return list(dirs)
 
 
 def _shared_libraries(directory: str) -> list[str]:
@@ -150,6 +151,18 @@ def find_shadowing(closure: Sequence[StorePathInfo], dirs: Sequence[str]) -> lis
     return shadowing
 
 
+def _sha256(path: Path) -> str | None:
+    """In chunks (a driver library is tens of MB); None when it cannot be read after all."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def collect(closure: Sequence[StorePathInfo], host: HostInfo, environ: Mapping[str, str],
             driver_dir: Path = NIXOS_DRIVER_DIR) -> CudaInfo | None:
     """CUDA facts when the env has a CUDA runtime or the host has a GPU; None otherwise."""
@@ -160,7 +173,7 @@ def collect(closure: Sequence[StorePathInfo], host: HostInfo, environ: Mapping[s
     path, sha, how = None, None, None
     if found is not None:
         path, how = str(found[0]), found[1]
-        sha = hashlib.sha256(found[0].read_bytes()).hexdigest()
+        sha = _sha256(found[0])
     foreign = foreign_library_dirs(environ)
     return CudaInfo(
         runtime=runtime,

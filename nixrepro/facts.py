@@ -45,38 +45,86 @@ class FactsFile:
 def read(path: Path) -> FactsFile:
     try:
         doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the build facts {path} ({exc}); run `nix run .#experiment` "
-                         "again to rebuild them.") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"cannot read the build facts {path} ({type(exc).__name__}: {exc}); run "
+                         "`nix run .#experiment` again to rebuild them.") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a nixrepro facts file (schema {SCHEMA}); it is written by "
                          "lib.mkExperiment.")
-    config: dict[str, Any] = doc.get("nixpkgsConfig") or {}
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, dict):
-        inputs = {}
-    lock_text = doc.get("flakeLock")
+    field = _Fields(doc, path)
+    config = _Fields(field.object("nixpkgsConfig"), path, "nixpkgsConfig.")
+    inputs = {name: _Fields(value, path, f"inputs.{name}.") if isinstance(value, dict)
+              else field.wrong(f"inputs.{name}", "an object")
+              for name, value in sorted(field.object("inputs").items())}
     facts = BuildFacts(
-        rev=doc.get("rev"),
-        nar_hash=doc.get("narHash"),
-        flake_lock_sha256=doc.get("flakeLockSha256"),
-        env=str(doc.get("env", "")),
-        system=str(doc.get("system", "")),
-        nixpkgs_rev=doc.get("nixpkgsRev"),
-        cuda_support=bool(config.get("cudaSupport", False)),
-        cuda_capabilities=[str(c) for c in config.get("cudaCapabilities") or []],
-        allow_unfree=bool(config.get("allowUnfree", False)),
-        git=doc.get("git") if isinstance(doc.get("git"), bool) else None,
-        dirty_rev=doc.get("dirtyRev"),
-        last_modified=doc.get("lastModified"),
-        nixpkgs_nar_hash=doc.get("nixpkgsNarHash"),
-        inputs={name: EvaluatedInput(rev=value.get("rev"), narHash=value.get("narHash"))
-                for name, value in sorted(inputs.items()) if isinstance(value, dict)},
+        rev=field.text("rev"),
+        nar_hash=field.text("narHash"),
+        flake_lock_sha256=field.text("flakeLockSha256"),
+        env=field.text("env") or "",
+        system=field.text("system") or "",
+        nixpkgs_rev=field.text("nixpkgsRev"),
+        cuda_support=config.flag("cudaSupport"),
+        cuda_capabilities=config.texts("cudaCapabilities"),
+        allow_unfree=config.flag("allowUnfree"),
+        git=field.flag("git") if "git" in doc else None,
+        dirty_rev=field.text("dirtyRev"),
+        last_modified=field.integer("lastModified"),
+        nixpkgs_nar_hash=field.text("nixpkgsNarHash"),
+        inputs={name: EvaluatedInput(rev=value.text("rev"), narHash=value.text("narHash"))
+                for name, value in inputs.items()},
     )
+    lock_text = field.text("flakeLock")
     lock = None
-    if isinstance(lock_text, str):
-        lock = FlakeLock.parse(lock_text.encode(), source=f"the flake.lock recorded in {path}")
+    if lock_text is not None:
+        try:
+            data = lock_text.encode()
+        except UnicodeError:
+            raise UsageError(f"{path} carries a flake.lock that is not text; run "
+                             "`nix run .#experiment` again.") from None
+        lock = FlakeLock.parse(data, source=f"the flake.lock recorded in {path}")
+        if facts.flake_lock_sha256 not in (None, lock.sha256):
+            raise UsageError(f"{path} carries a flake.lock whose sha256 is not its "
+                             "flakeLockSha256; run `nix run .#experiment` again.")
     return FactsFile(facts, lock)
+
+
+class _Fields:
+    """Typed reads of one JSON object of the facts: a wrong type is one sentence naming it."""
+
+    def __init__(self, doc: dict[str, Any], path: Path, prefix: str = "") -> None:
+        self.doc, self.path, self.prefix = doc, path, prefix
+
+    def wrong(self, name: str, wanted: str) -> Any:
+        raise UsageError(f"{self.path} is not a valid facts file: {self.prefix}{name} is not "
+                         f"{wanted}; run `nix run .#experiment` again to rebuild it.")
+
+    def _get(self, name: str, types: tuple[type, ...], wanted: str) -> Any:
+        value = self.doc.get(name)
+        if value is not None and (not isinstance(value, types) or
+                                  (isinstance(value, bool) and bool not in types)):
+            self.wrong(name, wanted)
+        return value
+
+    def text(self, name: str) -> str | None:
+        value: str | None = self._get(name, (str,), "a string or null")
+        return value
+
+    def integer(self, name: str) -> int | None:
+        value: int | None = self._get(name, (int,), "an integer or null")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return bool(self._get(name, (bool,), "true or false"))
+
+    def object(self, name: str) -> dict[str, Any]:
+        value: dict[str, Any] | None = self._get(name, (dict,), "an object")
+        return value or {}
+
+    def texts(self, name: str) -> list[str]:
+        value = self._get(name, (list,), "a list of strings") or []
+        if not all(isinstance(item, str) for item in value):
+            self.wrong(name, "a list of strings")
+        return list(value)
 
 
 def origin(facts: BuildFacts, *, head: str, has_commit: bool) -> Origin:

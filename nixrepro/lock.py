@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from .errors import NixreproError
+from .redact import scrub_url
 
 SUPPORTED_VERSIONS = (5, 6, 7)
 # Attributes of ``locked`` that say *which* tree it is (checked apart) or are metadata about it;
@@ -35,6 +36,10 @@ SUPPORTED_VERSIONS = (5, 6, 7)
 _IDENTITY_ATTRS = frozenset({"type", "narHash", "lastModified", "lastModifiedDate", "revCount",
                              "owner", "repo", "rev", "url", "path", "id", "__final"})
 _FORGES = ("github", "gitlab", "sourcehut")
+_STRING_ATTRS = frozenset({"type", "rev", "narHash", "url", "owner", "repo", "ref", "path", "host",
+                           "dir", "id", "dirtyRev", "dirtyShortRev"})
+# Far beyond any real lock (the deepest of 34 public ones: 11), well within Python's stack.
+_MAX_FOLLOWS = 200
 
 
 class LockError(NixreproError):
@@ -87,9 +92,14 @@ class FlakeLock:
     @classmethod
     def parse(cls, data: bytes, source: str = "flake.lock") -> FlakeLock:
         try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            doc = json.loads(data, parse_constant=_no_constant)
+            # a lone surrogate (\ud800) is JSON that Nix's parser refuses: not text
+            json.dumps(doc, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError) as exc:  # JSONDecodeError and NaN are ValueErrors
             raise LockError(f"{source} is not valid JSON ({exc}); run `nix flake lock`.") from None
+        except RecursionError:
+            raise LockError(f"{source} is nested too deeply to be a flake.lock; run "
+                            "`nix flake lock`.") from None
         if not isinstance(doc, dict):
             raise LockError(f"{source} is not a JSON object; regenerate it with `nix flake lock`.")
         version = doc.get("version", 0)  # as Nix: json.value("version", 0)
@@ -101,6 +111,10 @@ class FlakeLock:
             )
         return cls(sha256=hashlib.sha256(data).hexdigest(), version=version,
                    inputs=_Graph(doc, source).inputs())
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 class _Unresolvable(Exception):
@@ -128,6 +142,8 @@ class _Graph:
                             "regenerate it with `nix flake lock`.")
         self.nodes: dict[str, dict[str, Any]] = nodes
         self.root = root
+        # follows path -> node, or the problem; a path being resolved maps to None (a cycle)
+        self._follows: dict[tuple[str, ...], str | _Unresolvable | None] = {}
 
     def edges(self, node: str) -> dict[str, Any]:
         edges = self.nodes[node].get("inputs", {})
@@ -139,29 +155,74 @@ class _Graph:
         return LockError(f"{self.source} is malformed: {problem}; regenerate it with "
                          "`nix flake lock`.")
 
-    def target(self, edge: Any, trail: tuple[tuple[str, ...], ...] = ()) -> str:
+    def target(self, edge: Any) -> str:
         """The node an edge leads to: a node name, or a follows path walked from the root."""
         if isinstance(edge, str):
-            if edge not in self.nodes:
-                raise self._bad(f"it references the missing node {edge!r}")
-            if edge == self.root:
-                raise self._bad("an input leads back to the root node (a cycle)")
-            return edge
+            return self._node(edge)
         if not isinstance(edge, list) or not all(isinstance(name, str) for name in edge):
             raise self._bad(f"the input edge {edge!r} is neither a node name nor a follows path")
-        path = tuple(edge)
-        if path in trail:
-            cycle = " -> ".join("/".join(p) for p in (*trail[trail.index(path):], path))
-            raise _Unresolvable(f"its follows form a cycle ({cycle})")
-        node = self.root
-        for depth, name in enumerate(path):
-            edges = self.edges(node)
-            if name not in edges:
-                where = "/".join(path[:depth]) or "the root"
-                raise _Unresolvable(f"the follows path {'/'.join(path)!r} leads nowhere ({where} "
-                                    f"has no input {name!r})")
-            node = self.target(edges[name], (*trail, path))
-        return node
+        return self._follow(tuple(edge))
+
+    def _node(self, name: str) -> str:
+        if name not in self.nodes:
+            raise self._bad(f"it references the missing node {name!r}")
+        if name == self.root:
+            raise self._bad("an input leads back to the root node (a cycle)")
+        return name
+
+    def _follow(self, path: tuple[str, ...]) -> str:
+        """Resolve a follows path, and every follows path met on the way, each once.
+
+        Iterative, with an explicit stack: a chain of follows can be thousands of steps long, and
+        follows that share sub-paths must not be walked afresh (that doubles the work per level).
+        A path met again while it is being resolved is a cycle.
+        """
+        stack: list[list[Any]] = []  # [path, node reached, position in path]
+
+        def push(sub: tuple[str, ...]) -> str | None:
+            if sub not in self._follows:
+                self._follows[sub] = None
+                stack.append([sub, self.root, 0])
+                return None
+            known = self._follows[sub]
+            if known is None:
+                raise _Unresolvable(f"its follows form a cycle through {'/'.join(sub)!r}")
+            if isinstance(known, _Unresolvable):
+                raise known
+            return known
+
+        try:
+            found = push(path)
+            while stack:
+                frame = stack[-1]
+                sub, node, position = frame
+                if position == len(sub):
+                    stack.pop()
+                    self._follows[sub] = found = node
+                    if stack:
+                        stack[-1][1], stack[-1][2] = node, stack[-1][2] + 1
+                    continue
+                edges = self.edges(node)
+                if sub[position] not in edges:
+                    where = "/".join(sub[:position]) or "the root"
+                    raise _Unresolvable(f"the follows path {'/'.join(sub)!r} leads nowhere ({where} "
+                                        f"has no input {sub[position]!r})")
+                edge = edges[sub[position]]
+                if isinstance(edge, str):
+                    frame[1], frame[2] = self._node(edge), position + 1
+                elif isinstance(edge, list) and all(isinstance(name, str) for name in edge):
+                    reached = push(tuple(edge))
+                    if reached is not None:
+                        frame[1], frame[2] = reached, position + 1
+                else:
+                    raise self._bad(f"the input edge {edge!r} is neither a node name nor a "
+                                    "follows path")
+        except _Unresolvable as exc:
+            for frame in stack:
+                self._follows[frame[0]] = exc
+            raise
+        assert found is not None
+        return found
 
     def inputs(self) -> dict[str, LockedInput]:
         recorded: dict[str, LockedInput] = {}
@@ -214,24 +275,45 @@ def _locked(name: str, node: dict[str, Any], source: str, follows: str | None = 
     original = node.get("original")
     if not isinstance(original, dict):
         original = {}
+    for attr, value in locked.items():
+        if not _attr_type_ok(attr, value):
+            raise LockError(f"{source} is malformed: node {name!r} has a locked {attr} of type "
+                            f"{type(value).__name__}; regenerate it with `nix flake lock`.")
+    if not isinstance(node.get("flake", True), bool):
+        raise LockError(f"{source} is malformed: node {name!r} has a \"flake\" that is not true or "
+                        "false; regenerate it with `nix flake lock`.")
     kind = str(locked["type"])
     rev = locked.get("rev")
     nar_hash = locked.get("narHash")
     return LockedInput(
         type=kind,
-        url=flake_url(locked),
+        url=scrub_url(flake_url(locked)),  # a token in a locked url is no part of its identity
         rev=rev,
         narHash=nar_hash,
         lastModified=locked.get("lastModified"),
         owner=locked.get("owner"),
         repo=locked.get("repo"),
-        ref=original.get("ref") or locked.get("ref"),
+        ref=_text(original.get("ref")) or locked.get("ref"),
         flake=bool(node.get("flake", True)),
         node=name,
         locked=_is_locked(kind, rev, nar_hash),
         local=_is_local(kind, locked, node),
         follows=follows,
     )
+
+
+def _attr_type_ok(attr: str, value: Any) -> bool:
+    """Nix's fetcher attributes are strings, integers or booleans (libfetchers/attrs.cc), and the
+    fetchers insist on the type of the ones they read."""
+    if attr in ("lastModified", "revCount"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if attr in _STRING_ATTRS:
+        return isinstance(value, str)
+    return isinstance(value, (str, int, bool))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _is_locked(kind: str, rev: Any, nar_hash: Any) -> bool:

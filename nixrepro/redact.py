@@ -74,6 +74,20 @@ class Redactor:
 
 # user:password@ in URLs (https://user:tok@host), a common way to leak a token into argv
 _URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
+# ?access_token=... and the like: a query parameter whose name says it is a secret
+_QUERY_SECRET = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
+
+
+def scrub_url(url: str) -> str:
+    """A URL without its credentials: ``user:password@`` and secret-named query values go, the
+    rest (``git@`` of an ssh url, ``?ref=main``) stays, so the URL still says what it names."""
+    url = _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", url)
+
+    def query(match: re.Match[str]) -> str:
+        sep, name, value = match.groups()
+        return f"{sep}{name}={REDACTED if is_secret_name(name) and value else value}"
+
+    return _QUERY_SECRET.sub(query, url)
 
 
 class ScrubbingWriter:

@@ -152,6 +152,12 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     if facts_file is not None and origin == "flake":
         # a flake run by reference: its code and lock are the build's, the cwd's checkout is not
         facts.check_env(facts_file.facts, env_path)
+        if facts_file.lock is None and facts_file.facts.flake_lock_sha256 is not None:
+            raise RefusedError(  # a record with fewer inputs than the build had would lie
+                "the build facts name a flake.lock but do not carry it (an older lib.mkExperiment), "
+                "so the inputs of this flake run by reference cannot be recorded; update the "
+                "flake's nixrepro input (`nix flake lock --update-input nixrepro`) and run again."
+            )
         lock, lock_rel, dirty = facts_file.lock, None, []
     else:
         if build_facts is not None and any(e.path == lock_rel and e.code == " A" for e in dirty):

@@ -448,8 +448,9 @@ def test_host_driver_leaves_a_chosen_or_missing_driver_alone(apps: dict[str, str
                               "XDG_CACHE_HOME": ""}, capture_output=True, text=True, check=True)
     assert "LD_LIBRARY_PATH=\n" in homeless.stdout
     assert homeless.stderr == (
-        f"nixrepro: warning: neither XDG_CACHE_HOME nor HOME is set, so the NVIDIA driver in {host_lib} "
-        "is not put on LD_LIBRARY_PATH; set HOME and run again.\n")
+        "nixrepro: warning: no cache directory usable on LD_LIBRARY_PATH (XDG_CACHE_HOME and HOME "
+        f"unset, relative or holding a ':'), so the NVIDIA driver in {host_lib} is not put on "
+        "LD_LIBRARY_PATH; set HOME to an absolute path without ':' and run again.\n")
     off = run_app(apps["off"], search)
     assert (off["LD_LIBRARY_PATH"], off["NIXREPRO_DRIVER_DIR"]) == ("", "")
     assert not (tmp_path / "cache").exists()

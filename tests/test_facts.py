@@ -87,7 +87,7 @@ def test_a_build_from_another_commit_is_refused(project: Project, tmp_path: Path
 
 def test_a_build_with_another_flake_lock_is_refused(project: Project, tmp_path: Path) -> None:
     env = project.build_env()
-    facts = write_facts(project, tmp_path / "facts.json", env, flakeLockSha256="0" * 64)
+    facts = write_facts(project, tmp_path / "facts.json", env, flakeLockSha256="0" * 64, flakeLock=None)
     on_disk = hashlib.sha256((project.root / "flake.lock").read_bytes()).hexdigest()
     assert refused(project, facts, env) == (
         f"Error: flake.lock changed since this environment was built (sha256 {on_disk[:12]}, built with "
@@ -148,8 +148,9 @@ def test_a_flake_run_by_reference_is_not_compared_with_the_checkout(
         project: Project, tmp_path: Path) -> None:
     env = project.build_env()
     elsewhere = sh(["git", "rev-parse", "HEAD"], cwd=project.dep).strip()  # not in this repo
-    facts = write_facts(project, tmp_path / "facts.json", env, rev=elsewhere,
-                        flakeLockSha256="0" * 64)
+    its_lock = json.dumps(json.loads((project.root / "flake.lock").read_text()), indent=1)
+    facts = write_facts(project, tmp_path / "facts.json", env, rev=elsewhere, flakeLock=its_lock,
+                        flakeLockSha256=hashlib.sha256(its_lock.encode()).hexdigest())
     (project.root / "scratch.txt").write_text("the cwd's checkout is dirty, and not the code\n")
     result = project.nixrepro("run", "--facts", str(facts), "--env", env, "--", "true")
     assert result.returncode == 0, result.stderr
@@ -158,6 +159,7 @@ def test_a_flake_run_by_reference_is_not_compared_with_the_checkout(
                               "dirty": False, "branch": None}
     assert set(record["environment"]["inputs"]) == {"dep"}  # from the lock the build carried
     assert record["environment"]["flake_lock_path"] is None
+    assert record["environment"]["flake_lock_sha256"] == hashlib.sha256(its_lock.encode()).hexdigest()
 
 
 def test_a_lock_nix_wrote_during_the_run_is_named_as_such(project: Project, tmp_path: Path) -> None:
