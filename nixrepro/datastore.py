@@ -69,9 +69,21 @@ class DataURI:
             path = text[7:]
             if not path.startswith("/"):
                 raise UsageError(f"{text}: a file URI needs an absolute path, as in file:///data/train.csv.")
+            if not path.strip("/"):
+                # a store at / would keep its versions in /.nixrepro-versions and `ls` would walk
+                # the whole file system
+                raise UsageError(f"{text} is the file system root, not a store; name a directory, as "
+                                 "in file:///data/train.csv.")
             _check_segments(text, path.strip("/"))
             return cls("file", "", "/" + path.strip("/"))
         raise UsageError(f"{text!r} is not a data URI; use s3://bucket/key or file:///dir/name.")
+
+    def require_object(self) -> DataURI:
+        """This URI, if it names an object (a bucket alone is a prefix for `data ls` only)."""
+        if not self.key:
+            raise UsageError(f"{self} names a bucket, not an object; add the key, as in "
+                             f"s3://{self.bucket}/train.csv.")
+        return self
 
     @property
     def store(self) -> str:
@@ -97,10 +109,12 @@ class DataRef:
     @classmethod
     def parse(cls, text: str) -> DataRef:
         # A version id never contains "/", a key may contain "@": split only at a last "@"
-        # whose tail has no "/".
+        # whose tail has no "/". A trailing "@" means the latest version, so that a key holding
+        # "@" can be named exactly (s3://b/a@b@); Data.resolve_ref also tries the whole text
+        # as a key when its tail is no version.
         uri, sep, version = text.rpartition("@")
-        if sep and uri and version and "/" not in version and "://" in uri:
-            return cls(uri, version)
+        if sep and uri and "/" not in version and "://" in uri:
+            return cls(uri, version or None)
         if "://" not in text:
             raise UsageError(
                 f"{text!r} is not a data URI; give s3://bucket/key or file:///dir/key, "
@@ -109,7 +123,10 @@ class DataRef:
         return cls(text)
 
     def __str__(self) -> str:
-        return f"{self.uri}@{self.version_id}" if self.version_id else self.uri
+        if self.version_id:
+            return f"{self.uri}@{self.version_id}"
+        # a key holding "@" gets the trailing "@" (latest), so that it parses back to itself
+        return f"{self.uri}@" if "@" in self.uri.partition("://")[2] else self.uri
 
 
 
@@ -119,6 +136,9 @@ def _check_segments(text: str, key: str) -> None:
         raise UsageError(f"{text}: '..' and '.' are not allowed in a data key; name the object directly.")
     if any(part == "" for part in parts[:-1]):
         raise UsageError(f"{text}: the key has an empty path segment ('//'); remove it.")
+    if VERSIONS_DIR in parts:  # the file store's own version directories: never a key
+        raise UsageError(f"{text}: {VERSIONS_DIR} is where nixrepro keeps versions, not a key; "
+                         "name the object itself.")
 
 
 @dataclass(frozen=True)
@@ -192,6 +212,9 @@ class FileStore:
             raise DataStoreError(
                 f"{uri} has no version {version_id}; `nixrepro data versions {uri}` lists them."
             ) from exc
+        except OSError as exc:  # unreadable in the store, or no room in the cache
+            raise DataStoreError(f"cannot copy {uri}@{version_id} ({exc.strerror}); check the store's "
+                                 "permissions and the free space of the data cache.") from None
 
     def versions(self, uri: DataURI) -> list[ObjectVersion]:
         ids = self._ids(uri)
@@ -200,7 +223,12 @@ class FileStore:
     def listing(self, uri: DataURI) -> list[ObjectVersion]:
         found = []
         for base in _walk_stores(Path(uri.key)):
-            for entry in sorted((base / VERSIONS_DIR).iterdir()):
+            try:
+                entries = sorted((base / VERSIONS_DIR).iterdir())
+            except OSError as exc:
+                raise DataStoreError(f"cannot list {base / VERSIONS_DIR} ({exc.strerror}); check its "
+                                     "permissions.") from None
+            for entry in entries:
                 child = DataURI("file", "", str(base / entry.name))
                 ids = self._ids(child)
                 if ids:
@@ -211,13 +239,28 @@ class FileStore:
         directory = self._dir(uri)
         if not directory.is_dir():
             return []
-        return sorted(p.name[:-5] for p in directory.iterdir()
-                      if p.name.endswith(".json") and not p.name.startswith("."))
+        try:
+            return sorted(p.name[:-5] for p in directory.iterdir()
+                          if p.name.endswith(".json") and not p.name.startswith("."))
+        except OSError as exc:
+            raise DataStoreError(f"cannot list the versions of {uri} ({exc.strerror}); check the "
+                                 f"permissions of {directory}.") from None
 
     def _version(self, uri: DataURI, version_id: str, latest: bool) -> ObjectVersion:
-        meta = json.loads((self._dir(uri) / f"{version_id}.json").read_text())
-        return ObjectVersion(str(uri), version_id, meta.get("sha256"), int(meta["size"]),
-                             meta.get("kind", "file"), meta.get("modified"), latest)
+        path = self._dir(uri) / f"{version_id}.json"
+        try:
+            meta = json.loads(path.read_bytes())
+            sha, kind, modified = meta.get("sha256"), meta.get("kind", "file"), meta.get("modified")
+            if not (sha is None or isinstance(sha, str)) or kind not in ("file", "manifest"):
+                raise ValueError("wrong-typed fields")
+            return ObjectVersion(str(uri), version_id, sha, int(meta["size"]), kind,
+                                 modified if isinstance(modified, str) else None, latest)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            raise DataStoreError(
+                f"the metadata of {uri}@{version_id} ({path}) is damaged ({reason}); restore it from "
+                "a backup, or delete it and the version file next to it to drop that version."
+            ) from None
 
 
 def _walk_stores(root: Path) -> Iterator[Path]:
