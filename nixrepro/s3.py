@@ -109,12 +109,16 @@ class S3Store:
     def download(self, uri: DataURI, version_id: str, dest: Path, size: int | None = None) -> None:
         if size is None:
             size = self.head(uri, version_id).size
+        # The body is read inside _call: a server that dies mid-stream raises from the read, not
+        # from get_object, and must become the same one-sentence "unreachable" error.
         if size < MULTIPART_THRESHOLD:
-            reply = self._call(uri, lambda: self.client.get_object(
-                Bucket=uri.bucket, Key=uri.key, VersionId=version_id), version_id=version_id)
-            with open(dest, "wb") as out:
-                for chunk in reply["Body"].iter_chunks(1024 * 1024):
-                    out.write(chunk)
+            def whole() -> None:
+                reply = self.client.get_object(Bucket=uri.bucket, Key=uri.key, VersionId=version_id)
+                with open(dest, "wb") as out:
+                    for chunk in reply["Body"].iter_chunks(1024 * 1024):
+                        out.write(chunk)
+
+            self._call(uri, whole, version_id=version_id)
             return
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -123,13 +127,19 @@ class S3Store:
 
             def fetch(start: int) -> None:
                 end = min(start + step, size) - 1
-                reply = self._call(uri, lambda: self.client.get_object(
-                    Bucket=uri.bucket, Key=uri.key, VersionId=version_id, Range=f"bytes={start}-{end}"),
-                    version_id=version_id)
-                offset = start
-                for chunk in reply["Body"].iter_chunks(1024 * 1024):
-                    os.pwrite(fd, chunk, offset)
-                    offset += len(chunk)
+
+                def one_range() -> None:
+                    reply = self.client.get_object(Bucket=uri.bucket, Key=uri.key, VersionId=version_id,
+                                                   Range=f"bytes={start}-{end}")
+                    offset = start
+                    for chunk in reply["Body"].iter_chunks(1024 * 1024):
+                        os.pwrite(fd, chunk, offset)
+                        offset += len(chunk)
+                    if offset != end + 1:
+                        raise DataStoreUnreachable(f"S3 sent {offset - start} of {end + 1 - start} bytes "
+                                                   f"of a range of {uri}; retry.")
+
+                self._call(uri, one_range, version_id=version_id)
 
             with ThreadPoolExecutor(THREADS) as pool:
                 list(pool.map(fetch, range(0, size, step)))
@@ -214,7 +224,13 @@ class S3Store:
 
     def _call(self, uri: DataURI, call: Callable[[], T], version_id: str | None = None) -> T:
         """Run one boto3 call; its errors become one sentence naming the problem and the remedy."""
-        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            HTTPClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+        )
 
         try:
             return call()
@@ -225,7 +241,7 @@ class S3Store:
             missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
             error = NoSuchObject if missing else DataStoreError
             raise error(self._explain(uri, code, version_id)) from None
-        except HTTPClientError as exc:  # refused, reset, timed out: the server is away
+        except (HTTPClientError, IncompleteReadError) as exc:  # refused, reset, cut short: away
             raise DataStoreUnreachable(
                 f"cannot reach S3 at {self._endpoint()} for {uri} ({type(exc).__name__}); check the network "
                 "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."
