@@ -11,12 +11,23 @@
   ``manifests`` (store, key, version id) -> the digest of a directory manifest's (path, sha256)
   list, so an unchanged directory is recognised without downloading its manifest;
   ``pending``: outputs a run produced while the store was unreachable, kept here (their bytes in
-  ``objects/``) until ``nixrepro sync`` uploads them.
+  ``objects/``) until ``nixrepro sync`` uploads them; ``uploaded``: how far each one's upload got
+  (per file of a directory), so that a sync killed half-way makes no second version of anything.
+- ``locks/``: ``objects.lock`` (shared while a pending item is being kept, exclusive while
+  ``prune`` deletes) and one ``pending-<id>.lock`` per item being uploaded (concurrent syncs
+  upload it once). flock locks die with their process, so kill -9 never leaves one held.
+
+An object is checked against its name before it is served: the ``stat`` row of its path is the
+proof of an earlier check (same inode, size and mtime_ns: not re-read), anything else is re-hashed
+and a corrupt object is evicted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -26,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datastore import DataIntegrityError
+from .datastore import DataIntegrityError, DataStoreError
 
 HASH_THREADS = 4
 _SCHEMA = """
@@ -44,6 +55,9 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE TABLE IF NOT EXISTS pending (
   id INTEGER PRIMARY KEY AUTOINCREMENT, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
   size INTEGER NOT NULL, kind TEXT NOT NULL, run_dir TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS uploaded (
+  pending_id INTEGER NOT NULL, rel TEXT NOT NULL, version_id TEXT, size INTEGER,
+  PRIMARY KEY (pending_id, rel));
 """
 
 
@@ -102,8 +116,8 @@ class DataCache:
 
     def add_file(self, path: Path, sha256: str) -> Path:
         """Copy ``path`` in as object ``sha256`` (read-only); returns the object's path."""
-        target = self.object_path(sha256)
-        if target.is_file():
+        target = self.checked_object(sha256)  # a corrupt copy already here is replaced
+        if target is not None:
             return target
         tmp = self.temp_path(sha256)
         shutil.copyfile(path, tmp)
@@ -124,7 +138,40 @@ class DataCache:
         os.chmod(tmp, 0o444)
         target = self.object_path(sha256)
         os.replace(tmp, target)  # atomic; a concurrent writer of the same object wrote the same bytes
+        self._prove([(target, sha256)])  # just hashed: the next serve needs no re-read
         return target
+
+    def checked_object(self, sha256: str) -> Path | None:
+        """The object ``sha256`` if it is here and its bytes are still those; a corrupt one is
+        evicted (None: fetch it again). Cheap when unchanged since its last check (one stat)."""
+        path = self.object_path(sha256)
+        if not path.is_file():
+            return None
+        if self.corrupt_files({path: sha256}):
+            path.unlink(missing_ok=True)
+            return None
+        return path
+
+    def corrupt_files(self, expected: dict[Path, str]) -> list[Path]:
+        """The files whose bytes do not hash to the expected sha256 (a missing file counts).
+        A file whose stat matches its last check's is not read again (the stat table's proof)."""
+        present = {path: sha for path, sha in expected.items() if path.is_file()}
+        try:
+            hashes = self.hash_files(list(present))
+        except OSError:  # one vanished or became unreadable between the check and the read
+            hashes = {}
+            for path in present:
+                with contextlib.suppress(OSError):
+                    hashes[path] = sha256_file(path)
+        return [path for path, sha in expected.items() if hashes.get(path) != sha]
+
+    def _prove(self, checked: list[tuple[Path, str]]) -> None:
+        rows = []
+        for path, sha in checked:
+            st = path.stat()
+            rows.append((str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha))
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     # --- the version index ----------------------------------------------------------------------
 
@@ -226,8 +273,54 @@ class DataCache:
         rows = self.db.execute("SELECT id, uri, sha256, size, kind, run_dir FROM pending ORDER BY id")
         return [Pending(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), r[5]) for r in rows]
 
+    def pending_item(self, pending_id: int) -> Pending | None:
+        return next((p for p in self.pending() if p.id == pending_id), None)
+
     def done_pending(self, pending_id: int) -> None:
-        self.db.execute("DELETE FROM pending WHERE id=?", (pending_id,))
+        with self._transaction():
+            self.db.execute("DELETE FROM pending WHERE id=?", (pending_id,))
+            self.db.execute("DELETE FROM uploaded WHERE pending_id=?", (pending_id,))
+        with contextlib.suppress(OSError):  # safe: a sync re-reads the row once it holds the lock
+            (self.root / "locks" / f"pending-{pending_id}.lock").unlink()
+
+    def uploads(self, pending_id: int) -> dict[str, tuple[str | None, int | None]]:
+        """How far an item's upload got: rel ("" for the item itself) -> (version id, size); a
+        version id of None marks an upload that was started and may or may not have finished."""
+        rows = self.db.execute("SELECT rel, version_id, size FROM uploaded WHERE pending_id=?",
+                               (pending_id,))
+        return {str(r[0]): (r[1], r[2]) for r in rows}
+
+    def note_upload(self, pending_id: int, rel: str, version_id: str | None, size: int | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO uploaded VALUES (?, ?, ?, ?)",
+                        (pending_id, rel, version_id, size))
+
+    @contextlib.contextmanager
+    def item_lock(self, pending_id: int) -> Iterator[bool]:
+        """Hold the upload lock of one pending item; yields False if another process holds it."""
+        with self._flock(f"pending-{pending_id}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+            yield held
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        """Held while objects are added for a pending item: a concurrent prune waits for it, so
+        it never deletes an object whose pending row is not written yet."""
+        with self._flock("objects.lock", fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[bool]:
+        directory = self.root / "locks"
+        directory.mkdir(exist_ok=True)
+        with open(directory / name, "a") as handle:
+            try:
+                fcntl.flock(handle, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- maintenance ----------------------------------------------------------------------------
 
@@ -247,15 +340,37 @@ class DataCache:
         return CacheCheck(checked, corrupt)
 
     def prune(self) -> tuple[int, int]:
-        """Remove every object not waiting to be uploaded; returns (files, bytes) removed."""
-        keep = {p.sha256 for p in self.pending()}
-        count = size = 0
-        for path in list(self._objects()):
-            if path.name not in keep:
-                size += path.stat().st_size
-                path.unlink()
-                count += 1
-        return count, size
+        """Remove every object no pending item needs; returns (files, bytes) removed.
+
+        A pending directory needs its manifest and every file the manifest lists; one whose
+        manifest cannot be read would lose files it needs, so nothing is pruned then."""
+        with self._flock("objects.lock", fcntl.LOCK_EX):
+            keep = self._needed_by_pending()
+            count = size = 0
+            for path in list(self._objects()):
+                if path.name not in keep:
+                    with contextlib.suppress(FileNotFoundError):  # another prune took it
+                        size += path.stat().st_size
+                        path.unlink()
+                        count += 1
+            return count, size
+
+    def _needed_by_pending(self) -> set[str]:
+        keep: set[str] = set()
+        for item in self.pending():
+            keep.add(item.sha256)
+            if item.kind != "manifest":
+                continue
+            try:
+                files = json.loads(self.object_path(item.sha256).read_bytes())["files"]
+                keep.update(str(entry["sha256"]) for entry in files.values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise DataStoreError(
+                    f"the manifest of pending output #{item.id} ({item.uri}) cannot be read from the "
+                    "cache, so the files it needs are unknown; nothing was pruned; drop the item with "
+                    f"`nixrepro sync --discard {item.id}`, then prune again."
+                ) from None
+        return keep
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)

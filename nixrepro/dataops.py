@@ -8,14 +8,16 @@ manifest's version pins the whole directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DataConfig
 from .datacache import DataCache, sha256_file
@@ -25,6 +27,7 @@ from .datastore import (
     DataRef,
     DataStore,
     DataStoreError,
+    DataStoreUnreachable,
     DataURI,
     NoSuchObject,
     ObjectVersion,
@@ -33,9 +36,13 @@ from .datastore import (
 from .errors import UsageError
 from .record import DataVersion
 
+if TYPE_CHECKING:
+    from .datasync import SyncReport
+
 MANIFEST_SCHEMA = "nixrepro.manifest/1"
 UPLOAD_THREADS = 32  # small objects in flight (nixrepro.s3 pools as many connections)
 DOWNLOAD_ATTEMPTS = 3
+RETRY_PAUSE = 0.5  # seconds before the second attempt of a download the server broke off; doubled
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ class Data:
     # --- put ------------------------------------------------------------------------------------
 
     def put(self, local: Path, uri_text: str) -> PutResult:
-        uri = DataURI.parse(uri_text)
+        uri = DataURI.parse(uri_text).require_object()
         if local.is_dir():
             return self._put_dir(local, uri)
         if not local.is_file():
@@ -167,6 +174,7 @@ class Data:
     # --- resolve and fetch ----------------------------------------------------------------------
 
     def resolve(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion:
+        uri.require_object()
         if version_id is not None:
             known = self.cache.known(uri.store, uri.key, version_id)
             if known is not None and self.cache.has(known[0]):  # pinned and cached: no request
@@ -174,27 +182,65 @@ class Data:
                 return ObjectVersion(str(uri), version_id, sha, size, kind)  # type: ignore[arg-type]
         return self.store(uri).head(uri, version_id)
 
+    def resolve_ref(self, ref_text: str) -> tuple[DataURI, ObjectVersion]:
+        """``URI[@VERSION]`` as typed: a key may hold "@" (``s3://b/a@b``), so when the tail after
+        the last "@" is no version of the head, the whole text is tried as a key (latest)."""
+        ref = DataRef.parse(ref_text)
+        uri = DataURI.parse(ref.uri)
+        try:
+            return uri, self.resolve(uri, ref.version_id)
+        except DataStoreUnreachable:
+            raise
+        except DataStoreError as first:
+            if ref.version_id is None or ref_text.endswith("@"):
+                raise
+            whole = DataURI.parse(ref_text)
+            try:
+                return whole, self.resolve(whole)
+            except DataStoreError:
+                raise first from None
+
     def fetch(self, uri_text: str, version_id: str | None = None) -> Fetched:
         """The version's bytes in the cache (downloaded at most once), checked against its sha256."""
-        uri = DataURI.parse(uri_text)
-        version = self.resolve(uri, version_id)
+        # through resolve_ref: a key holding "@" may arrive split by DataRef.parse (`--input`)
+        uri, version = self.resolve_ref(f"{uri_text}@{version_id}" if version_id else uri_text)
+        return self.fetch_version(uri, version)
+
+    def fetch_version(self, uri: DataURI, version: ObjectVersion) -> Fetched:
         path = self._fetch_object(uri, version)
         if version.kind != "manifest":
             return Fetched(_record(uri, version), path)
         manifest = Manifest.from_bytes(path.read_bytes(), str(uri))
         tree = self.cache.root / "trees" / str(version.sha256)
+        if tree.is_dir() and not self._tree_intact(tree, manifest):
+            # A file of the tree was changed (its links share the objects' inodes), removed or
+            # added: move it aside at once (readers keep their open files) and build it again
+            # from checked objects.
+            aside = tree.with_name(f".{tree.name}.{os.getpid()}.{time.monotonic_ns()}.bad")
+            with contextlib.suppress(FileNotFoundError):  # another process did it
+                os.replace(tree, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         if not tree.is_dir():
             self._materialize(uri, manifest, tree, link=True)
         return Fetched(_record(uri, version, manifest.size), tree)
+
+    def _tree_intact(self, tree: Path, manifest: Manifest) -> bool:
+        expected = {tree / rel: str(entry["sha256"]) for rel, entry in manifest.files.items()}
+        if _tree_files(tree) != set(manifest.files):
+            return False
+        return not self.cache.corrupt_files(expected)
 
     def read_manifest(self, uri: DataURI, version: ObjectVersion) -> Manifest:
         return Manifest.from_bytes(self._fetch_object(uri, version).read_bytes(), str(uri))
 
     def _fetch_object(self, uri: DataURI, version: ObjectVersion) -> Path:
-        if version.sha256 and self.cache.has(version.sha256):
-            self.cache.remember(uri.store, uri.key, version.version_id, version.sha256, version.size,
+        # Checked where it is served: a cached object that no longer hashes to its name is
+        # evicted here and downloaded again, never handed over.
+        cached = self.cache.checked_object(version.sha256) if version.sha256 else None
+        if cached is not None:
+            self.cache.remember(uri.store, uri.key, version.version_id, str(version.sha256), version.size,
                                 version.kind)
-            return self.cache.object_path(version.sha256)
+            return cached
         store = self.store(uri)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             tmp = self.cache.temp_path(version.sha256 or "unknown")
@@ -209,6 +255,17 @@ class Data:
                         f"{uri}@{version.version_id} arrived corrupt {DOWNLOAD_ATTEMPTS} times ({exc}); "
                         "it was refused; check the store (`nixrepro data verify`)."
                     ) from None
+            except DataStoreUnreachable:  # the server broke off mid-transfer: try again shortly
+                tmp.unlink(missing_ok=True)
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+                time.sleep(RETRY_PAUSE * 2 ** (attempt - 1))
+            except OSError as exc:  # the cache's disk: full, read-only, gone
+                tmp.unlink(missing_ok=True)
+                raise DataStoreError(
+                    f"cannot write {uri}@{version.version_id} into the data cache {self.cache.root} "
+                    f"({exc.strerror}); free space there or set [data] cache_dir."
+                ) from None
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -247,18 +304,20 @@ class Data:
 
     def get(self, ref_text: str, dest: Path | None = None) -> tuple[DataVersion, Path]:
         """``data get``: a writable copy of a version at ``dest`` (default: its name, here)."""
-        ref = DataRef.parse(ref_text)
-        uri = DataURI.parse(ref.uri)
-        version = self.resolve(uri, ref.version_id)
+        uri, version = self.resolve_ref(ref_text)
         target = dest or Path.cwd() / Path(uri.key).name
-        if version.kind == "manifest":
-            manifest = self.read_manifest(uri, version)
-            self._materialize(uri, manifest, target, link=False)
-            return _record(uri, version, manifest.size), target
-        source = self._fetch_object(uri, version)
-        if target.is_dir():
-            target = target / Path(uri.key).name
-        shutil.copyfile(source, target)
+        try:
+            if version.kind == "manifest":
+                manifest = self.read_manifest(uri, version)
+                self._materialize(uri, manifest, target, link=False)
+                return _record(uri, version, manifest.size), target
+            source = self._fetch_object(uri, version)
+            if target.is_dir():
+                target = target / Path(uri.key).name
+            shutil.copyfile(source, target)
+        except OSError as exc:
+            raise UsageError(f"cannot write {target} ({exc.strerror}); give a destination in a "
+                             "writable directory with room for it.") from None
         return _record(uri, version), target
 
     def verify(self, ref_text: str) -> ObjectVersion:
@@ -267,24 +326,70 @@ class Data:
         if ref.version_id is None:
             raise DataStoreError(f"give the version to verify, as in {ref.uri}@VERSION; "
                                  f"`nixrepro data versions {ref.uri}` lists them.")
-        uri = DataURI.parse(ref.uri)
+        uri = DataURI.parse(ref.uri).require_object()
         version = self.store(uri).head(uri, ref.version_id)
-        tmp = self.cache.temp_path("verify")
-        try:
-            self.store(uri).download(uri, version.version_id, tmp)
-            actual = sha256_file(tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
+        actual = self._hash_afresh(uri, version.version_id)
         if version.sha256 and actual != version.sha256:
             raise DataIntegrityError(f"{ref_text} does not match its recorded sha256 "
                                      f"({actual[:12]} != {version.sha256[:12]}); the stored bytes changed.")
+        if version.kind == "manifest":
+            self._verify_files(uri, ref_text, version)
         return version
+
+    def _hash_afresh(self, uri: DataURI, version_id: str) -> str:
+        tmp = self.cache.temp_path("verify")
+        try:
+            self.store(uri).download(uri, version_id, tmp)
+            return sha256_file(tmp)
+        except OSError as exc:
+            raise DataStoreError(f"cannot download {uri}@{version_id} into the data cache "
+                                 f"({exc.strerror}); free space there or set [data] cache_dir.") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _verify_files(self, uri: DataURI, ref_text: str, version: ObjectVersion) -> None:
+        """Every file a directory manifest lists, downloaded afresh and re-hashed: a manifest
+        that hashes right says nothing about the bytes of the files it names."""
+        tmp = self.cache.temp_path("verify-manifest")
+        try:
+            self.store(uri).download(uri, version.version_id, tmp)
+            manifest = Manifest.from_bytes(tmp.read_bytes(), ref_text)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+        def check(item: tuple[str, dict[str, Any]]) -> str | None:
+            rel, entry = item
+            child = uri.child(rel)
+            try:
+                actual = self._hash_afresh(child, str(entry["version_id"]))
+            except DataStoreError as exc:
+                return f"{rel}: {exc}"
+            return None if actual == entry.get("sha256") else f"{rel}: its bytes hash to {actual[:12]}"
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            problems = [p for p in pool.map(check, sorted(manifest.files.items())) if p]
+        if problems:
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise DataIntegrityError(
+                f"{ref_text}: {len(problems)} of its {len(manifest.files)} files do not match the "
+                f"manifest ({'; '.join(problems[:3])}{more}); the stored bytes changed."
+            )
 
     # --- outputs that cannot be stored now --------------------------------------------------------
 
     def keep_pending(self, local: Path, uri_text: str, run_dir: Path | None) -> DataVersion:
         """Keep ``local`` in the cache and queue it for ``nixrepro sync``; nothing is lost."""
-        uri = DataURI.parse(uri_text)
+        uri = DataURI.parse(uri_text).require_object()
+        try:
+            with self.cache.keeping():  # a concurrent prune waits until the pending row exists
+                return self._keep(local, uri, run_dir)
+        except OSError as exc:
+            raise DataStoreError(
+                f"cannot keep {local} for {uri} in the data cache {self.cache.root} ({exc.strerror}); "
+                "free space there (or set [data] cache_dir) and store it again with `nixrepro data put`."
+            ) from None
+
+    def _keep(self, local: Path, uri: DataURI, run_dir: Path | None) -> DataVersion:
         if local.is_dir():
             files = _walk_files(local)
             hashes = self.cache.hash_files(list(files.values()))
@@ -305,34 +410,17 @@ class Data:
         self.cache.add_pending(str(uri), sha, size, "file", run_dir)
         return DataVersion(str(uri), None, sha, size, pending=True)
 
-    def sync_pending(self, dry_run: bool = False) -> list[str]:
-        """Upload every pending output; fill in the version ids of the runs that produced them."""
-        done = []
-        for item in self.cache.pending():
-            if dry_run:
-                done.append(f"{item.uri} ({item.size} bytes)")
-                continue
-            uri = DataURI.parse(item.uri)
-            source = self.cache.object_path(item.sha256)
-            if item.kind == "manifest":
-                manifest = Manifest.from_bytes(source.read_bytes(), item.uri)
-                files = {rel: self.cache.object_path(e["sha256"]) for rel, e in manifest.files.items()}
-                store = self.store(uri)
-                entries = {}
-                for rel, path in files.items():
-                    sent = store.put_file(uri.child(rel), path, path.name)
-                    entries[rel] = {"version_id": sent.version_id, "sha256": sent.sha256, "size": sent.size}
-                final = Manifest(entries)
-                stored = self._put_manifest(uri, final)
-                version = _record(uri, stored, final.size)
-            else:
-                stored = self.store(uri).put_file(uri, source, item.sha256)
-                version = _record(uri, stored)
-            if item.run_dir:
-                _fill_in(Path(item.run_dir), version)
-            self.cache.done_pending(item.id)
-            done.append(f"{item.uri}@{version.version_id}")
-        return done
+    def sync_pending(self, dry_run: bool = False) -> SyncReport:
+        """Upload every pending output; fill in the version ids of the runs that produced them.
+        One broken item is reported and the others go on (nixrepro.datasync)."""
+        from .datasync import sync_pending
+
+        return sync_pending(self, dry_run)
+
+    def discard_pending(self, item: str) -> list[str]:
+        from .datasync import discard
+
+        return discard(self, item)
 
 
 def project_settings() -> DataConfig:
@@ -345,20 +433,6 @@ def project_settings() -> DataConfig:
         return load(GitRepo.discover(Path.cwd()).root).data
     except NixreproError:
         return DataConfig()
-
-
-def _fill_in(run_dir: Path, version: DataVersion) -> None:
-    """Replace a run's pending output by its stored version, in the data log and the record."""
-    from . import datalog
-    from .runstore import RunStore
-
-    if not run_dir.is_dir():
-        return
-    datalog.append(run_dir, "output", version)
-    store = RunStore(run_dir.parent.parent)
-    record = store.load(run_dir.name)
-    if record.status != "running":  # a running run folds the data log itself when it ends
-        store.save(record.replace(data=datalog.read(run_dir)))
 
 
 def _record(uri: DataURI, version: ObjectVersion, size: int | None = None) -> DataVersion:
@@ -398,6 +472,15 @@ def _digest(hashes: dict[str, str]) -> str:
     for rel in sorted(hashes):
         digest.update(f"{rel}\0{hashes[rel]}\n".encode())
     return digest.hexdigest()
+
+
+def _tree_files(root: Path) -> set[str]:
+    """Every file under a materialized tree, by relative POSIX path (links not followed)."""
+    found: set[str] = set()
+    for directory, _subdirs, names in os.walk(root):
+        base = Path(directory).relative_to(root)
+        found.update((base / name).as_posix() for name in names)
+    return found
 
 
 def _walk_files(root: Path) -> dict[str, Path]:

@@ -1,30 +1,37 @@
 """``nixrepro sync``: upload what a run kept locally because it could not reach a server.
 
 A list of steps, each ``(name, step)`` where ``step(store_root, dry_run)`` returns what it uploaded
-(or would upload) as short lines. W&B runs kept offline are one step; pending data outputs can be
-another, appended to :data:`STEPS`.
+(or would upload) and what failed, as short lines. Pending data outputs are one step, W&B runs
+kept offline another. A step that fails as a whole, or an item that fails, never stops the others:
+every result is reported, and the CLI exits 1 if anything failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import wandb_sink
+from .errors import NixreproError
 
-SyncStep = Callable[[Path, bool], list[str]]
+SyncStep = Callable[[Path, bool], tuple[list[str], list[str]]]
 
 
-def _wandb_step(store_root: Path, dry_run: bool) -> list[str]:
+class SyncError(NixreproError):
+    """Some pending items or steps could not be uploaded (each is listed); the rest were."""
+
+
+def _wandb_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
     return [str(p.relative_to(store_root.parent))
-            for p in wandb_sink.sync_offline_runs(store_root, dry_run=dry_run)]
+            for p in wandb_sink.sync_offline_runs(store_root, dry_run=dry_run)], []
 
 
-def _data_step(store_root: Path, dry_run: bool) -> list[str]:
+def _data_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
     from .dataops import Data, project_settings
 
-    return Data(project_settings()).sync_pending(dry_run=dry_run)
+    report = Data(project_settings()).sync_pending(dry_run=dry_run)
+    return report.done, report.failed
 
 
 # Data first: a W&B run that references an output should find it uploaded.
@@ -35,8 +42,26 @@ STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("wandb", _wandb_step
 class StepResult:
     name: str
     items: list[str]
+    failed: list[str] = field(default_factory=list)  # items that could not be uploaded, with why
+    error: NixreproError | None = None  # the step failed as a whole
 
 
 def sync(store_root: Path, dry_run: bool = False) -> list[StepResult]:
-    """Run every sync step in order; the first that fails raises (the others' work stays done)."""
-    return [StepResult(name, step(store_root, dry_run)) for name, step in STEPS]
+    """Run every sync step in order; a failing step is recorded in its result, never raised."""
+    results = []
+    for name, step in STEPS:
+        try:
+            items, failed = step(store_root, dry_run)
+        except NixreproError as exc:
+            results.append(StepResult(name, [], [], exc))
+            continue
+        results.append(StepResult(name, items, failed))
+    return results
+
+
+def discard(items: list[str]) -> list[str]:
+    """``sync --discard``: drop pending data items by id or URI (their runs keep them pending)."""
+    from .dataops import Data, project_settings
+
+    data = Data(project_settings())
+    return [line for item in items for line in data.discard_pending(item)]
