@@ -99,11 +99,18 @@ def test_a_fetched_version_is_read_only_and_never_downloaded_twice(
     uri = f"{base}/model.pt"
     put = data.put(write(tmp_path / "m", "weights"), uri)
     downloads: list[str] = []
-    store = data.store(DataURI.parse(uri))
-    real = store.download
-    monkeypatch.setattr(store, "download", lambda *a, **k: downloads.append(str(a[0])) or real(*a, **k))
+    # The spy is on the backend's class, so that it also sees the downloads of the second Data
+    # below (a fresh store instance, as another process would have).
+    backend = type(data.store(DataURI.parse(uri)))
+    real = backend.download
 
+    def spy(self: object, *args: object, **kwargs: object) -> None:
+        downloads.append(str(args[0]))
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "download", spy)
     first = data.fetch(uri, put.version.version_id)
+    assert downloads == [uri]  # the spy sees real downloads
     again = Data(data.settings).fetch(uri, put.version.version_id)  # another process, same cache
     assert again.path == first.path and first.path.read_text() == "weights"
     assert not os.access(first.path, os.W_OK) or os.geteuid() == 0
