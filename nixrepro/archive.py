@@ -12,6 +12,8 @@ cache first and uploaded with boto3, skipping objects that are already there.
 
 Where a run was archived is kept beside its record, in ``archives.json`` (a list of
 :class:`ArchiveEntry`), so adding an archive never changes the record or its ``record_sha256``.
+The same key signs the run's record (nixrepro.signing): a run that ended before the key existed is
+signed when it is archived.
 """
 
 from __future__ import annotations
@@ -61,10 +63,59 @@ def default_key_file() -> Path:
     return Path(base) / "nixrepro" / "archive-key.sec"
 
 
+def key_files(config: ArchiveConfig) -> tuple[Path, Path]:
+    """(secret, public) key files: ``[archive] key_file`` or the default, and its ``.pub``."""
+    secret_file = Path(config.key_file).expanduser() if config.key_file else default_key_file()
+    return secret_file, secret_file.with_name(secret_file.name.removesuffix(".sec") + ".pub")
+
+
+def existing_key(config: ArchiveConfig) -> SigningKey | None:
+    """The project's signing key if it exists (never generated here: a run does not make keys).
+
+    The public key is the secret's second half (libsodium keeps it there), so no nix is called.
+    """
+    from .signing import SigningError, public_of
+
+    secret_file, _ = key_files(config)
+    try:
+        secret = secret_file.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SigningError(f"the signing key {secret_file} cannot be read ({exc}); "
+                           "fix its permissions or set [archive] key_file") from exc
+    try:
+        return SigningKey(secret_file, public_of(secret))
+    except SigningError as exc:
+        raise SigningError(f"{secret_file}: {exc}; replace it with "
+                           "`nix key generate-secret --key-name NAME`") from exc
+
+
+def project_key(repo_root: Path) -> SigningKey | None:
+    """The signing key of the project at ``repo_root`` (its nixrepro.toml's [archive] key_file)."""
+    from . import config as config_module
+
+    return existing_key(config_module.load(repo_root).archive)
+
+
+def trusted_keys(repo_root: Path) -> list[str]:
+    """The public keys whose record signatures ``verify`` accepts: the project key's, from its
+    secret, or from its ``.pub`` alone where only the public half is on this machine."""
+    from . import config as config_module
+
+    config = config_module.load(repo_root).archive
+    key = existing_key(config)
+    if key is not None:
+        return [key.public_key]
+    try:
+        return [key_files(config)[1].read_text().strip()]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 def signing_key(config: ArchiveConfig, nix: Nix) -> SigningKey:
     """The project's signing key; generated (mode 0600) with its ``.pub`` on first use."""
-    secret_file = Path(config.key_file).expanduser() if config.key_file else default_key_file()
-    public_file = secret_file.with_name(secret_file.name.removesuffix(".sec") + ".pub")
+    secret_file, public_file = key_files(config)
     if not secret_file.is_file():
         secret = nix.generate_secret_key(f"nixrepro-{os.uname().nodename}-1")
         atomic_write(secret_file, secret, mode=0o600)
@@ -147,6 +198,8 @@ def archive_run(
     entry = ArchiveEntry(url=url, public_key=key.public_key, archived_at=_now(), levels=levels,
                          paths=count)
     add_entry(store, record.id, entry)
+    if record.status != "running":  # the archived record is signed by the key that signed its paths
+        store.sign(record.id, key.secret_file.read_text())
     return entry
 
 

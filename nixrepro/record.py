@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from .closure import StorePathInfo
@@ -196,15 +198,27 @@ class RunRecord:
     stage: StageInfo | None = None
     facts: BuildFacts | None = None  # set when started by `nix run .#experiment` (--facts)
     cuda: CudaInfo | None = None  # set when the env has a CUDA runtime or the host a GPU
+    # sha256 of the run's files that a person or a listing relies on (stdout.log, stderr.log,
+    # metrics.jsonl), set when the run ends (nixrepro.runstore.file_hashes); None while running
+    files: dict[str, str] | None = None
+    signature: str | None = None  # "<key name>:<base64 ed25519 signature>" of record_sha256
+    summary_sha256: str = ""  # derived, see summary_sha256()
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data, with a fresh ``record_sha256``."""
+        """The record as JSON-ready data, with a fresh ``summary_sha256`` and ``record_sha256``.
+
+        The signature is kept only while it still signs the record: a changed record drops it
+        (RunStore.save signs it again when a key exists), so a stale signature is never written.
+        """
         doc: dict[str, Any] = to_plain(self)
+        doc["summary_sha256"] = summary_sha256(doc)
         doc["record_sha256"] = record_sha256(doc)
+        if doc["record_sha256"] != self.record_sha256:
+            doc["signature"] = None
         return doc
 
     def to_json(self) -> str:
@@ -226,7 +240,8 @@ class RunRecord:
         try:
             return _build(cls, doc)
         except (TypeError, KeyError, ValueError) as exc:
-            raise RecordError(f"run record {doc.get('id')!r} is malformed: {exc}.") from exc
+            raise RecordError(f"run record {doc.get('id')!r} is malformed: {exc}; restore it from "
+                              "a backup or remove its run directory.") from exc
 
     @property
     def short_id(self) -> str:
@@ -240,14 +255,56 @@ def document_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def record_file_json(doc: dict[str, Any]) -> str:
+    """record.json's text: :func:`document_json` with the two hashes first, so that a listing reads
+    them from the file's first bytes (:func:`read_head`) instead of parsing a 400 KB closure."""
+    head = {key: doc[key] for key in HEAD_FIELDS}
+    rest = document_json({key: value for key, value in doc.items() if key not in HEAD_FIELDS})
+    first = ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in head.items())
+    return "{" + first + (", " + rest[1:] if rest != "{}\n" else "}\n")
+
+
+HEAD_FIELDS = ("record_sha256", "summary_sha256")
+_HEAD = re.compile(rb'^\{"record_sha256": "([0-9a-f]{64})", "summary_sha256": "([0-9a-f]{64})"')
+
+
+def read_head(path: Path) -> tuple[str, str] | None:
+    """(record_sha256, summary_sha256) from the start of a record.json that
+    :func:`record_file_json` wrote; None for any other layout (an older nixrepro, a rewrite)."""
+    with open(path, "rb") as file:
+        match = _HEAD.match(file.read(160))
+    return (match.group(1).decode(), match.group(2).decode()) if match else None
+
+
+def without_closure(doc: dict[str, Any]) -> dict[str, Any]:
+    """The record document with an empty closure (a malformed one as it is, for from_dict to refuse)."""
+    environment = doc.get("environment") if isinstance(doc, dict) else None
+    if not isinstance(environment, dict):
+        return doc
+    return {**doc, "environment": {**environment, "closure": []}}
+
+
 def canonical_json(doc: Any) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_sha256(doc: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` field."""
-    body = {key: value for key, value in doc.items() if key != "record_sha256"}
+    """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` and ``signature``
+    fields (the signature signs this hash, so it cannot be inside it)."""
+    body = {key: value for key, value in doc.items() if key not in _UNHASHED}
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def summary_sha256(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the record's summary (the record with an empty closure)
+    without its hashes and signature. It is inside the record, so record_sha256 and the signature
+    cover it: a summary.json that hashes to it shows exactly what the record says."""
+    body = {key: value for key, value in without_closure(doc).items()
+            if key not in (*_UNHASHED, "summary_sha256")}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+_UNHASHED = ("record_sha256", "signature")
 
 
 T = TypeVar("T")
@@ -300,26 +357,113 @@ def _identity(value: Any) -> Any:
     return value
 
 
+class _WrongType(TypeError):
+    """A JSON value of the wrong type; ``where`` grows as it propagates out (``host.gpus[1].uuid``)."""
+
+    def __init__(self, value: Any, expected: str, where: str = "") -> None:
+        self.value, self.expected, self.where = value, expected, where
+        shown = _JSON_NAMES.get(type(value), type(value).__name__)
+        super().__init__(f"{where or 'the record'} is {shown}, it must be {expected}")
+
+    def at(self, part: str) -> _WrongType:
+        joined = part + (self.where if self.where.startswith("[") or not self.where else "." + self.where)
+        return _WrongType(self.value, self.expected, joined)
+
+
+_JSON_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+                                list: "a list", dict: "an object", type(None): "null"}
+
+
+def _checker(kinds: frozenset[type], expected: str) -> Converter:
+    """A scalar converter that refuses any other JSON type (``type()``: a bool is no int here)."""
+    def check(value: Any) -> Any:
+        if type(value) not in kinds:
+            raise _WrongType(value, expected)
+        return value
+    return check
+
+
+_SCALAR_KINDS: dict[Any, tuple[frozenset[type], str]] = {
+    str: (frozenset({str}), "a string"),
+    int: (frozenset({int}), "an integer"),
+    float: (frozenset({int, float}), "a number"),
+    bool: (frozenset({bool}), "a boolean"),
+}
+
+
 def _make_converter(hint: Any) -> Converter:
+    """Every field is type-checked: a record with a wrong-typed field is a RecordError naming the
+    field, never a value that breaks a later sort or format (one such record broke `runs`)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _SCALAR_KINDS:
+        return _checker(*_SCALAR_KINDS[hint])
+    if origin is Literal:
+        allowed = frozenset(args)
+
+        def literal(value: Any) -> Any:
+            if type(value) is not str or value not in allowed:
+                raise _WrongType(value, "one of " + ", ".join(map(str, args)))
+            return value
+        return literal
     if origin in (Union, types.UnionType):
         inner = [arg for arg in args if arg is not type(None)]
         if len(inner) != 1:
+            if all(arg in _SCALAR_KINDS for arg in inner):  # Scalar: a param or metric value
+                kinds = frozenset({type(None)}.union(*(_SCALAR_KINDS[arg][0] for arg in inner)))
+                return _checker(kinds, "a string, number, boolean or null")
             return _identity
         convert_inner = _converter(inner[0])
         return lambda value: None if value is None else convert_inner(value)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        cls = hint
-        hints = typing.get_type_hints(cls)
-        fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
-        if all(conv is _identity for _, conv in fields):  # e.g. the 1000s of closure paths
-            names = [name for name, _ in fields]
-            return lambda doc: cls(**{name: doc[name] for name in names if name in doc})
-        return lambda doc: cls(**{name: conv(doc[name]) for name, conv in fields if name in doc})
+        return _dataclass_converter(hint)
     if origin is list:
         item = _converter(args[0])
-        return list if item is _identity else (lambda value: [item(v) for v in value])
+
+        def convert_list(value: Any) -> Any:
+            if type(value) is not list:
+                raise _WrongType(value, "a list")
+            if item is _identity:
+                return list(value)
+            converted = []
+            for index, member in enumerate(value):
+                try:
+                    converted.append(item(member))
+                except _WrongType as exc:
+                    raise exc.at(f"[{index}]") from None
+            return converted
+        return convert_list
     if origin is dict:
         item = _converter(args[1])
-        return dict if item is _identity else (lambda value: {k: item(v) for k, v in value.items()})
+
+        def convert_dict(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _WrongType(value, "an object")
+            if item is _identity:
+                return dict(value)
+            converted = {}
+            for key, member in value.items():
+                try:
+                    converted[key] = item(member)
+                except _WrongType as exc:
+                    raise exc.at(str(key)) from None
+            return converted
+        return convert_dict
     return _identity
+
+
+def _dataclass_converter(cls: type) -> Converter:
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def build(doc: Any) -> Any:
+        if type(doc) is not dict:
+            raise _WrongType(doc, "an object")
+        values = {}
+        for name, conv in fields:  # a loop, not a comprehension: the failing field is named
+            if name in doc:
+                try:
+                    values[name] = conv(doc[name])
+                except _WrongType as exc:
+                    raise exc.at(name) from None
+        return cls(**values)
+    return build

@@ -12,10 +12,23 @@
 A run whose record says ``running`` but whose lock nobody holds lost its recorder (kill -9, power
 cut): reading it marks it ``crashed`` and keeps the metrics it had logged.
 
-Listing runs must not parse every closure: a record with a 2,000-path closure is ~400 KB and takes
-~15 ms to build, so 1,000 runs would take 15 s to list. ``summary.json`` holds the record without
-the closure and the (size, mtime) of the record.json it was made from; a summary that does not
-match its record (a crash between the two writes, a hand edit) is rebuilt from the record.
+Listing runs must not parse every closure: a record with a 2,000-path closure is ~400 KB, so 1,000
+runs would mean parsing 400 MB. ``summary.json`` holds the record without the closure, and a
+listing must never show what ``verify`` would reject, so a summary is used only when it is tied to
+its record by hashes the record itself holds: the record carries ``summary_sha256`` (the hash of
+its summary, covered by record_sha256 and the signature) and writes it with record_sha256 in its
+first bytes, so a listing reads 160 bytes of record.json, not 400 KB. A summary is used when
+
+* its body hashes to the record's summary_sha256 and names the record's record_sha256 (an edited
+  summary, however its own fields were recomputed, no longer does), and
+* record.json's (size, mtime, ctime) are those it was made from: any change to the record since
+  (ctime cannot be set back by hand) has the summary rebuilt, and rebuilding checks the record's
+  own hashes, so a hand-edited record is left out of listings with a warning, as verify fails it.
+
+Otherwise it is rebuilt from the record. When a run ends, its logs and metrics are hashed into the
+record's ``files`` (:func:`file_hashes`) and, when the project's signing key exists, the record is
+signed (nixrepro.signing); both happen in :meth:`RunStore.save`, so every path that saves a final
+record (a normal end, crash detection, ``sync``) does them.
 """
 
 from __future__ import annotations
@@ -27,22 +40,36 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RunNotFoundError
+from .errors import NixreproError, RunNotFoundError
 from .fsutil import atomic_write
 from .metrics import METRICS_FILE, last_values
-from .record import RecordError, RunRecord, document_json
+from .record import (
+    RecordError,
+    RunRecord,
+    document_json,
+    read_head,
+    record_file_json,
+    record_sha256,
+    summary_sha256,
+    without_closure,
+)
 
 STORE_DIR = ".nixrepro"
 RECORD_FILE = "record.json"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = "lock"
 GC_ROOT = "gcroot"
+# The run's files a person or a listing relies on, hashed into the record when the run ends. Not
+# data.jsonl or outputs.jsonl: `sync` appends to them later, and the record's data holds their
+# content; not code.patch: code.diff_sha256 covers it from the start.
+RUN_FILES = ("stdout.log", "stderr.log", "metrics.jsonl")
 _LATEST = re.compile(r"^@latest(?:~(\d+))?$")
 GROUP_PREFIX = "g"  # a repeat group id (nixrepro.groups); run ids are pure hex
 
@@ -96,17 +123,65 @@ class RunStore:
             os.close(fd)
 
     def save(self, record: RunRecord) -> None:
-        """Write the record, then its summary (both atomically)."""
+        """Write the record, then its summary (both atomically).
+
+        A record that is no longer running gets its run's file hashes the first time it is saved
+        (later saves, e.g. ``sync`` filling in an output, keep them: what the run wrote is fixed
+        when it ends) and is signed when the project's signing key exists.
+        """
+        if record.status != "running" and record.files is None:
+            record = record.replace(files=file_hashes(self.run_dir(record.id)))
         doc = record.to_dict()
-        path = self.run_dir(record.id) / RECORD_FILE
-        atomic_write(path, document_json(doc))
+        if record.status != "running":
+            self._sign_doc(doc)
+        self._write(record.id, doc)
+
+    def sign(self, run_id: str, secret_key: str) -> None:
+        """Sign the run's record as it is on disk (``nixrepro archive``); an edited one is refused."""
+        from .signing import sign
+
+        doc = self._read_doc(run_id)
+        self._check_hashes(run_id, doc)
+        doc["signature"] = sign(secret_key, doc["record_sha256"])
+        self._write(run_id, doc)
+
+    def _sign_doc(self, doc: dict[str, Any]) -> None:
+        """Sign ``doc`` in place with the project's key, if it has one. A key that cannot be used
+        costs the signature, never the record (this runs as a run ends): it is one warning."""
+        try:
+            from .archive import project_key
+            from .signing import sign
+
+            key = project_key(self.root.parent)
+            if key is not None:
+                doc["signature"] = sign(key.secret_file.read_text(), doc["record_sha256"])
+        except (NixreproError, OSError, UnicodeDecodeError) as exc:
+            print(f"nixrepro: warning: run {doc.get('id')} is recorded unsigned: {exc}.",
+                  file=sys.stderr)
+
+    def _write(self, run_id: str, doc: dict[str, Any]) -> None:
+        path = self.run_dir(run_id) / RECORD_FILE
+        atomic_write(path, record_file_json(doc))
         self._write_summary(path, doc, path.stat())
 
     def _write_summary(self, record_path: Path, doc: dict[str, Any], st: os.stat_result) -> None:
         """``st``: the record.json ``doc`` was read from (or written to), statted before reading,
         so that a record rewritten meanwhile leaves this summary stale, never wrongly fresh."""
-        summary = {"record": [st.st_size, st.st_mtime_ns], "summary": _without_closure(doc)}
+        summary = {"record": _stat_key(st), "summary": without_closure(doc)}
         atomic_write(record_path.with_name(SUMMARY_FILE), document_json(summary))
+
+    def _check_hashes(self, run_id: str, doc: dict[str, Any]) -> None:
+        """Refuse a record whose hashes do not match it: what ``verify`` fails, nothing lists."""
+        if doc.get("record_sha256") != record_sha256(doc):
+            raise RecordError(
+                f"run {run_id}'s record.json does not hash to its record_sha256: it was edited "
+                f"after it was written; `nixrepro verify {run_id}` shows the checks."
+            )
+        if "summary_sha256" in doc and doc["summary_sha256"] != summary_sha256(doc):
+            raise RecordError(
+                f"run {run_id}'s record.json does not hash to its summary_sha256: it was rewritten "
+                f"by something other than nixrepro; `nixrepro verify {run_id}` shows the checks."
+            )
 
     def load(self, run_id: str) -> RunRecord:
         """The run's record; a dead ``running`` run is marked ``crashed`` (and saved so)."""
@@ -126,6 +201,8 @@ class RunStore:
             raise RunNotFoundError(f"run {run_id} has no record at {path}.") from exc
         except ValueError as exc:
             raise RecordError(f"{path} is not valid JSON ({exc}).") from exc
+        if not isinstance(doc, dict):
+            raise RecordError(f"{path} is not a JSON object.")
         return doc
 
     def _detect_crash(self, record: RunRecord) -> RunRecord:
@@ -155,41 +232,51 @@ class RunStore:
         return [p.name for p in self.runs_dir.iterdir() if (p / RECORD_FILE).is_file()]
 
     def records(self) -> list[RunRecord]:
-        """Every run, newest first, complete. Unreadable records are skipped, not fatal."""
+        """Every run, newest first, complete. An unreadable record is skipped with a warning."""
         found = []
         for run_id in self.ids():
             try:
                 found.append(self.load(run_id))
-            except RecordError:
-                continue
+            except RecordError as exc:
+                _warn_skipped(self.run_dir(run_id), exc)
         return _newest_first(found)
 
     def summaries(self) -> list[RunRecord]:
         """Every run, newest first, *without its closure* (``environment.closure`` is empty; the
-        closure hash is there): what listing, groups, lineage and pipelines need, read fast."""
+        closure hash is there): what listing, groups, lineage and pipelines need, read fast.
+
+        A record that cannot be read, has a wrong-typed field or fails its own hashes is left out
+        with one warning naming it (once per process): one bad record never breaks the listing.
+        """
         found = []
         for run_id in self.ids():
             try:
                 found.append(self.summary(run_id))
-            except RecordError:
-                continue
+            except RecordError as exc:
+                _warn_skipped(self.run_dir(run_id), exc)
         return _newest_first(found)
 
     def summary(self, run_id: str) -> RunRecord:
-        """The run's record without its closure, from summary.json when it matches record.json."""
+        """The run's record without its closure, from summary.json when it is tied to record.json
+        (see the module docstring); otherwise rebuilt from record.json, whose hashes are checked."""
         record_path = self.run_dir(run_id) / RECORD_FILE
         st: os.stat_result | None = None
         try:
             st = record_path.stat()
             doc = json.loads(record_path.with_name(SUMMARY_FILE).read_bytes())
-            if doc["record"] == [st.st_size, st.st_mtime_ns]:
-                record = RunRecord.from_dict(doc["summary"])
+            body = doc["summary"]
+            head = read_head(record_path)
+            if (doc["record"] == _stat_key(st) and head is not None
+                    and head == (body["record_sha256"], body["summary_sha256"])
+                    and summary_sha256(body) == head[1]):
+                record = RunRecord.from_dict(body)
                 if record.status != "running":
                     return record
         except (OSError, ValueError, KeyError, TypeError, RecordError):
-            pass  # missing, stale or unreadable: rebuilt from the record below
+            pass  # missing, stale, edited or unreadable: rebuilt from the record below
         doc = self._read_doc(run_id)
-        record = RunRecord.from_dict(_without_closure(doc))  # not 1000s of closure paths built
+        self._check_hashes(run_id, doc)
+        record = RunRecord.from_dict(without_closure(doc))  # not 1000s of closure paths built
         if record.status == "running":  # a dead recorder's run becomes crashed (and is saved so)
             full = self._detect_crash(RunRecord.from_dict(doc))
             return full.replace(environment=dataclasses.replace(full.environment, closure=[]))
@@ -241,9 +328,40 @@ def _newest_first(records: list[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.started_at, r.id), reverse=True)
 
 
-def _without_closure(doc: dict[str, Any]) -> dict[str, Any]:
-    """The record document with an empty closure (a malformed one as it is, for from_dict to refuse)."""
-    environment = doc.get("environment") if isinstance(doc, dict) else None
-    if not isinstance(environment, dict):
-        return doc
-    return {**doc, "environment": {**environment, "closure": []}}
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What changes whenever record.json is written: an edit that restores the mtime (touch -d)
+    still moves the ctime, which only the kernel sets."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def file_hashes(run_dir: Path) -> dict[str, str]:
+    """sha256 of each of the run's :data:`RUN_FILES` that exists, read in chunks (logs are large).
+
+    RunStore.save calls it when it first saves a record that is no longer running; a runner that
+    builds its final record itself needs nothing else: ``files`` is filled in there.
+    """
+    import hashlib
+
+    hashes = {}
+    for name in RUN_FILES:
+        try:
+            with open(run_dir / name, "rb") as file:
+                digest = hashlib.sha256()
+                while chunk := file.read(1 << 20):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            continue
+        hashes[name] = digest.hexdigest()
+    return hashes
+
+
+_warned: set[str] = set()
+
+
+def _warn_skipped(run_dir: Path, exc: Exception) -> None:
+    """One warning per bad record and process: a listing read by groups and lineage alike says
+    it once, not once per reader."""
+    if str(run_dir) in _warned:
+        return
+    _warned.add(str(run_dir))
+    print(f"nixrepro: warning: {run_dir} is left out of the listing: {exc}", file=sys.stderr)

@@ -2,7 +2,12 @@
 
 Each check passes, fails or is skipped (with the reason), independently of the others:
 
-* the record: ``record_sha256`` recomputed from the file as it is on disk (a hand edit shows);
+* the record: ``record_sha256`` and ``summary_sha256`` recomputed from the file as it is on disk
+  (a hand edit shows; one who recomputes them is caught only by the signature);
+* the signature: ``signed by <key name>`` when the project's key signed it, ``unsigned``, or a
+  failure when it does not verify (nixrepro.signing);
+* the summary: summary.json, which listings read, is the record's (or absent: rebuilt when listed);
+* the run's files: stdout.log, stderr.log and metrics.jsonl hash to the record's ``files``;
 * the closure hash: recomputed from the recorded closure;
 * the closure in the store: every recorded path valid, with the recorded NAR hash;
 * the contents (``--contents``): ``nix store verify`` re-hashes every path's files;
@@ -15,15 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .closure import closure_hash, normalize_nar_hash
 from .config import DataConfig
 from .git import GitRepo
 from .nix import Nix
-from .record import RunRecord, record_sha256
-from .runstore import RECORD_FILE, RunStore
+from .record import RunRecord, record_sha256, summary_sha256
+from .runstore import RECORD_FILE, RUN_FILES, SUMMARY_FILE, RunStore, file_hashes
 
 Result = Literal["pass", "fail", "skip"]
 DEV_PATCH = "code.patch"
@@ -52,10 +58,11 @@ class Verification:
 
 def verify_run(
     store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, contents: bool = False,
-    data: DataConfig | None = None,
+    data: DataConfig | None = None, trusted_keys: Sequence[str] = (),
 ) -> Verification:
+    """``trusted_keys``: the public keys (``name:base64``) whose signature proves a record."""
     checks = [
-        check_record(store, record.id),
+        *check_record_file(store, record.id, trusted_keys),
         check_closure_hash(record),
         *check_store(record, nix, contents),
         check_flake_lock(record, repo),
@@ -65,19 +72,106 @@ def verify_run(
     return Verification(record.id, checks)
 
 
-def check_record(store: RunStore, run_id: str) -> Check:
+def check_record_file(store: RunStore, run_id: str, trusted_keys: Sequence[str]) -> list[Check]:
+    """The record, its signature, its summary and its files, all from record.json as on disk
+    (never from the parsed RunRecord: a field it does not know is hashed too)."""
     path = store.run_dir(run_id) / RECORD_FILE
     try:
         doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        return Check("record", "fail", f"{path} cannot be read ({exc})")
+        return [Check("record", "fail", f"{path} cannot be read ({exc})")]
+    return [check_record(doc), check_signature(doc, trusted_keys), check_summary(store, run_id, doc),
+            check_files(store, run_id, doc)]
+
+
+def check_record(doc: dict[str, Any]) -> Check:
     recorded = doc.get("record_sha256")
     actual = record_sha256(doc)
     if recorded != actual:
         return Check("record", "fail",
                      f"record_sha256 is {str(recorded)[:16]}... but the record hashes to "
                      f"{actual[:16]}...: the record was edited after it was written")
+    if "summary_sha256" in doc and doc["summary_sha256"] != summary_sha256(doc):
+        return Check("record", "fail",
+                     "summary_sha256 is not the hash of the record's summary: the record was "
+                     "rewritten with a recomputed record_sha256, not by nixrepro")
     return Check("record", "pass", f"record_sha256 {actual[:16]}... matches")
+
+
+def check_signature(doc: dict[str, Any], trusted_keys: Sequence[str]) -> Check:
+    """What the signature proves; an unsigned record is a skip (record_sha256 alone proves only
+    that nobody edited the record without recomputing it), a bad signature a failure."""
+    from .signing import SigningError, check
+
+    signature = doc.get("signature")
+    if signature is None:
+        why = "still running" if doc.get("status") == "running" else "no signing key when it ended"
+        return Check("signature", "skip", f"unsigned ({why}); `nixrepro archive` signs it")
+    if not isinstance(signature, str):
+        return Check("signature", "fail", "the signature is not a string: the record was edited")
+    try:
+        checked = check(signature, str(doc.get("record_sha256")), trusted_keys)
+    except SigningError as exc:
+        return Check("signature", "fail", f"{exc}: the record was edited")
+    if checked.verdict == "good":
+        return Check("signature", "pass", f"signed by {checked.key_name}")
+    if checked.verdict == "unknown":
+        known = ", ".join(key.split(":", 1)[0] for key in trusted_keys) or "none"
+        return Check("signature", "skip",
+                     f"signed by {checked.key_name}, which is not this project's key ({known}): "
+                     "it proves nothing here; verify where that key's public half is trusted")
+    return Check("signature", "fail",
+                 f"the signature by {checked.key_name} does not verify: the record was changed "
+                 "after it was signed (its record_sha256 recomputed), or the signature forged")
+
+
+def check_summary(store: RunStore, run_id: str, doc: dict[str, Any]) -> Check:
+    """summary.json, which `runs`, groups and lineage read, says what the record says."""
+    path = store.run_dir(run_id) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return Check("summary", "pass", "none yet; listings build it from the record")
+    except (OSError, ValueError) as exc:
+        return Check("summary", "fail", f"{SUMMARY_FILE} cannot be read ({exc}); `nixrepro runs` "
+                                        "rebuilds it from the record")
+    body = summary.get("summary") if isinstance(summary, dict) else None
+    if not isinstance(body, dict) or "summary_sha256" not in doc or \
+            body.get("record_sha256") != doc.get("record_sha256") or \
+            summary_sha256(body) != doc["summary_sha256"]:
+        if "summary_sha256" not in doc:
+            return Check("summary", "skip", "the record predates summary_sha256; listings read "
+                                            "the record itself")
+        return Check("summary", "fail", f"{SUMMARY_FILE} is not the record's summary (edited, or "
+                                        "left by a crash); listings ignore it and `nixrepro runs` "
+                                        "rebuilds it")
+    return Check("summary", "pass", f"{SUMMARY_FILE} matches summary_sha256")
+
+
+def check_files(store: RunStore, run_id: str, doc: dict[str, Any]) -> Check:
+    """The run's logs and metrics are what they were when it ended."""
+    recorded = doc.get("files")
+    if recorded is None:
+        if doc.get("status") == "running":
+            return Check("run files", "skip", "the run has not ended; its files still grow")
+        return Check("run files", "skip", "recorded before nixrepro hashed a run's files")
+    if not isinstance(recorded, dict):
+        return Check("run files", "fail", "the record's files is not an object: it was edited")
+    actual = file_hashes(store.run_dir(run_id))
+    problems = []
+    for name in RUN_FILES:
+        if name in recorded and name not in actual:
+            problems.append(f"{name} is missing")
+        elif name in actual and name not in recorded:
+            problems.append(f"{name} was written after the run ended")
+        elif name in actual and actual[name] != recorded[name]:
+            problems.append(f"{name} was changed after the run ended")
+    if problems:
+        return Check("run files", "fail", "; ".join(problems))
+    shown = ", ".join(sorted(actual)) or "none written"
+    return Check("run files", "pass", f"{shown} as when the run ended")
 
 
 def check_closure_hash(record: RunRecord) -> Check:

@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,8 @@ def full_record() -> RunRecord:
         stage=StageInfo(name="train", cache_key="5d41402abc4b2a76b9719d911017c592",
                         key_parts={"params": {"lr": 0.1}, "code": "4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
                         depends_on=["20260611T100000-prep01"]),
+        files={"stdout.log": hashlib.sha256(b"out").hexdigest(),
+               "metrics.jsonl": hashlib.sha256(b"m").hexdigest()},
     )
 
 
@@ -144,8 +148,9 @@ def json_round_trip(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical_sha256(doc: dict[str, Any]) -> str:
-    """DESIGN.md written out: sorted keys, no whitespace, UTF-8, without record_sha256."""
-    body = {key: value for key, value in doc.items() if key != "record_sha256"}
+    """docs/record.md written out: sorted keys, no whitespace, UTF-8, without record_sha256 and
+    signature."""
+    body = {key: value for key, value in doc.items() if key not in ("record_sha256", "signature")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -166,7 +171,8 @@ def test_record_round_trips_through_json_to_an_equal_object(make: Any) -> None:
 
     loaded = RunRecord.from_dict(doc)
 
-    assert loaded == record.replace(record_sha256=doc["record_sha256"])
+    assert loaded == record.replace(record_sha256=doc["record_sha256"],
+                                    summary_sha256=doc["summary_sha256"])
     assert loaded.to_dict() == doc
 
 
@@ -210,42 +216,75 @@ def leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         yield path
 
 
-def changed(value: Any) -> Any:
+def changed(value: Any) -> list[Any]:
+    """Edits of ``value`` that keep its JSON type (fields are type-checked); a null may be any."""
     if isinstance(value, bool):
-        return not value
+        return [not value]
     if isinstance(value, (int, float)):
-        return value + 1
+        return [value + 1]
     if isinstance(value, str):
-        return value + "x"
-    return "was null"
+        return [value + "x"]
+    return ["was null", 7, True]
 
 
 def test_changing_any_field_changes_record_sha256() -> None:
+    """Every leaf survives from_dict -> to_dict and is covered by the hash: an edit that a reader
+    drops (or that to_dict does not write) would go unnoticed."""
     doc = json_round_trip(full_record().to_dict())
     # (schema has its own test: another schema is refused, not hashed)
     # (status has its own test too: an unknown status is refused, not hashed)
-    paths = [path for path in leaves(doc) if path not in {("record_sha256",), ("schema",), ("status",)}]
+    # (summary_sha256 is derived: to_dict recomputes it; the signature signs the hash, see below)
+    skipped = {("record_sha256",), ("schema",), ("status",), ("summary_sha256",), ("signature",)}
+    paths = [path for path in leaves(doc) if path not in skipped]
     assert len(paths) > 100
     for path in paths:
-        edited = copy.deepcopy(doc)
-        parent = edited
-        for key in path[:-1]:
-            parent = parent[key]
-        parent[path[-1]] = changed(parent[path[-1]])
+        for value in changed(_at(doc, path)):
+            edited = copy.deepcopy(doc)
+            parent = edited
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = value
+            try:
+                loaded = RunRecord.from_dict(edited)
+            except RecordError:
+                continue  # a null field of another type: try the next kind of value
+            assert loaded.to_dict()["record_sha256"] != doc["record_sha256"], f"editing {path} went unnoticed"
+            break
+        else:
+            pytest.fail(f"no edit of {path} was accepted")
 
-        recomputed = RunRecord.from_dict(edited).to_dict()["record_sha256"]
 
-        assert recomputed != doc["record_sha256"], f"editing {path} went unnoticed"
+def _at(doc: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
 
 
-TOP_LEVEL_FIELDS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "record_sha256"]
+TOP_LEVEL_FIELDS = [f.name for f in dataclasses.fields(RunRecord)
+                    if f.name not in ("record_sha256", "signature")]
 
 
 @pytest.mark.parametrize("field", TOP_LEVEL_FIELDS)
-def test_every_top_level_field_is_covered_by_record_sha256(field: str) -> None:
+def test_every_top_level_field_is_written_and_covered_by_record_sha256(field: str) -> None:
+    """to_dict writes every field, and record_sha256 leaves none out but itself and the signature
+    (a hash that skipped a field, or a document without it, would fail here)."""
     doc = full_record().to_dict()
-    edited = dict(doc, **{field: "tampered"})
-    assert record_sha256(edited) != doc["record_sha256"]
+    assert field in doc
+    without = {key: value for key, value in doc.items() if key != field}
+    assert record_sha256(without) != doc["record_sha256"]
+
+
+def test_the_signature_is_outside_record_sha256_so_signing_does_not_change_it() -> None:
+    doc = full_record().to_dict()
+    assert record_sha256(dict(doc, signature="k-1:" + "A" * 88)) == doc["record_sha256"]
+
+
+def test_a_changed_record_drops_its_stale_signature() -> None:
+    doc = json_round_trip(full_record().to_dict())
+    doc["signature"] = "k-1:" + "A" * 88
+    loaded = RunRecord.from_dict(doc)
+    assert loaded.to_dict()["signature"] == doc["signature"]  # unchanged: still signs it
+    assert loaded.replace(name="other").to_dict()["signature"] is None
 
 
 def test_a_hand_edited_record_no_longer_matches_its_hash() -> None:
@@ -305,10 +344,39 @@ def test_record_has_every_required_path(make: Any) -> None:
     assert missing_paths(json_round_trip(make().to_dict())) == []
 
 
-def test_required_paths_cover_the_design_list() -> None:
-    assert len(REQUIRED_PATHS) == len(set(REQUIRED_PATHS)) == 56
-    assert "environment.inputs.<name>.narHash" in REQUIRED_PATHS
-    assert "host.gpus[].compute_capability" in REQUIRED_PATHS
+def _field_type(cls: Any, path: str) -> Any:
+    """The type a required path names, walked through the dataclasses' type hints."""
+    hint: Any = cls
+    for segment in path.split("."):
+        if segment == "<name>":
+            hint = typing.get_args(hint)[1]
+            continue
+        name = segment.removesuffix("[]")
+        assert dataclasses.is_dataclass(hint), f"{path}: {name} is not inside a record object"
+        hints = typing.get_type_hints(hint)
+        assert name in hints, f"{path}: {hint.__name__} has no field {name}"
+        hint = hints[name]
+        hint = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint) \
+            if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+        if segment.endswith("[]"):
+            assert typing.get_origin(hint) is list, f"{path}: {name} is not a list"
+            hint = typing.get_args(hint)[0]
+    return hint
+
+
+@pytest.mark.parametrize("path", REQUIRED_PATHS)
+def test_every_required_path_is_a_field_of_the_record(path: str) -> None:
+    """The helper's list names real fields: a typo or a renamed field would fail here, instead of
+    a count that only proves nobody edited the list."""
+    assert REQUIRED_PATHS.count(path) == 1
+    _field_type(RunRecord, path)
+
+
+def test_the_field_walk_refuses_what_is_not_a_field() -> None:
+    with pytest.raises(AssertionError, match="no field"):
+        _field_type(RunRecord, "host.gpu_count")
+    with pytest.raises(AssertionError, match="not a list"):
+        _field_type(RunRecord, "host.os[].x")
 
 
 @pytest.mark.parametrize(

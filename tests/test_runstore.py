@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nixrepro.record import RunRecord
+from nixrepro.record import RunRecord, record_sha256, summary_sha256
 from nixrepro.runstore import SUMMARY_FILE, RunStore
 
 FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
@@ -40,16 +40,30 @@ def test_summaries_are_the_records_without_closures_newest_first(tmp_path: Path)
     assert store.latest().environment.closure == full[saved[-1].id].environment.closure  # complete
 
 
-def test_a_hand_edited_record_is_listed_as_edited_not_from_its_old_summary(tmp_path: Path) -> None:
+def test_a_hand_edited_record_is_left_out_with_a_warning_not_listed_from_its_old_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store, saved = make_store(tmp_path)
     path = store.run_dir(saved[0].id) / "record.json"
     doc = json.loads(path.read_text())
     doc["metrics"] = {"loss": 99}
     path.write_text(json.dumps(doc))
-    os.utime(path, ns=(1, 1))  # even an edit that sets an old mtime: the size differs too
+    os.utime(path, ns=(1, 1))  # even an edit that sets an old mtime: the ctime moves
+    listed = {s.id: s for s in store.summaries()}
+    assert saved[0].id not in listed  # verify fails it, so no listing shows it
+    assert listed[saved[1].id].metrics == {"loss": 1}
+    assert f"{saved[0].id}'s record.json does not hash to its record_sha256" in capsys.readouterr().err
+
+
+def test_a_record_rewritten_with_both_hashes_recomputed_is_listed_as_it_now_is(tmp_path: Path) -> None:
+    store, saved = make_store(tmp_path)
+    path = store.run_dir(saved[0].id) / "record.json"
+    doc = json.loads(path.read_text())
+    doc["metrics"] = {"loss": 99}
+    doc["summary_sha256"] = summary_sha256(doc)
+    doc["record_sha256"] = record_sha256(doc)
+    path.write_text(json.dumps(doc))  # consistent: only a signature could tell (test_faults_records)
     listed = {s.id: s for s in store.summaries()}
     assert listed[saved[0].id].metrics == {"loss": 99}
-    assert listed[saved[1].id].metrics == {"loss": 1}
 
 
 def test_a_store_without_summaries_lists_and_gains_them(tmp_path: Path) -> None:

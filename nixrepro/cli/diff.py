@@ -81,15 +81,18 @@ def _diff_groups(ref_a: str, ref_b: str, as_json: bool) -> None:
 def verify(run_ref: str, contents: bool, as_json: bool) -> None:
     """Prove that a run's record and recorded environment are intact; exit 1 if any check fails.
 
-    Checks the record's record_sha256, the closure hash, that every closure path is in the store
-    with its recorded NAR hash (--contents: re-hashes the files too), that flake.lock at the
-    recorded commit hashes to the recorded value, and that every recorded data version is still
-    in its store with its sha256 (--contents: downloaded and re-hashed).
+    Checks the record's record_sha256 and its signature (signed by the project's key, unsigned,
+    or a failure), that summary.json (what `runs` lists) and the run's logs and metrics are what
+    the record says, the closure hash, that every closure path is in the store with its recorded
+    NAR hash (--contents: re-hashes the files too), that flake.lock at the recorded commit hashes
+    to the recorded value, and that every recorded data version is still in its store with its
+    sha256 (--contents: downloaded and re-hashed).
 
     \b
     Example:
       nixrepro verify @latest --contents
     """
+    from ..archive import trusted_keys
     from ..dataops import project_settings
     from ..git import GitRepo
     from ..nix import Nix
@@ -98,7 +101,7 @@ def verify(run_ref: str, contents: bool, as_json: bool) -> None:
     runs = store()
     record = runs.resolve(run_ref)
     result = verify_run(runs, record, repo=GitRepo(runs.root.parent), nix=Nix(), contents=contents,
-                        data=project_settings())
+                        data=project_settings(), trusted_keys=trusted_keys(runs.root.parent))
     if as_json:
         echo_json(to_json(result))
     else:
