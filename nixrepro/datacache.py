@@ -137,6 +137,7 @@ class DataCache:
             raise DataIntegrityError(f"the bytes hash to {actual[:12]}, not {sha256[:12]}")
         os.chmod(tmp, 0o444)
         target = self.object_path(sha256)
+        target.parent.mkdir(exist_ok=True)  # staged elsewhere when the sha was not known beforehand
         os.replace(tmp, target)  # atomic; a concurrent writer of the same object wrote the same bytes
         self._prove([(target, sha256)])  # just hashed: the next serve needs no re-read
         return target

@@ -323,6 +323,7 @@ class Data:
     def verify(self, ref_text: str) -> ObjectVersion:
         """Download a version afresh (not from the cache) and check it against its sha256."""
         ref = DataRef.parse(ref_text)
+        DataURI.parse(ref.uri).require_object()  # a bad URI is named before a missing version
         if ref.version_id is None:
             raise DataStoreError(f"give the version to verify, as in {ref.uri}@VERSION; "
                                  f"`nixrepro data versions {ref.uri}` lists them.")
