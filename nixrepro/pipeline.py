@@ -9,6 +9,11 @@ changes, which is what DVC's stage cache cannot see.
 
 Stages are linked by data: an input URI that another stage declares as an output makes that stage
 run first (``after`` adds links that carry no data).
+
+The scheduler never waits on a worker that cannot report: every stage's thread settles an outcome
+whatever it raises, and an unexpected exception stops the pipeline with an error. SIGINT, SIGTERM
+and SIGHUP stop it too: no new stage starts, the running ones get the signal (forward.py) and are
+waited for, so each is recorded with how it ended.
 """
 
 from __future__ import annotations
@@ -17,21 +22,28 @@ import hashlib
 import json
 import shlex
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import Config, StageConfig
 from .errors import ConfigError, NixreproError, RefusedError
+from .forward import SignalForwarder
 from .fsutil import atomic_write
 from .git import GitRepo, format_dirty
 from .nix import Nix
 from .record import RunRecord, StageInfo
 from .runstore import RunStore
 
-State = Literal["ran", "skipped", "failed", "not run"]
+State = Literal["ran", "skipped", "failed", "interrupted", "not run"]
 CACHE_DIR = "stage-cache"
 LAST_FILE = "pipeline-last.json"
+# How often the waiting scheduler looks at its workers and re-forwards a signal to new children.
+POLL_S = 0.1
+
+
+class PipelineError(NixreproError):
+    """The pipeline stopped on an error inside nixrepro (not a stage that failed)."""
 
 
 class DataResolver(Protocol):
@@ -69,11 +81,25 @@ class Stage:
 
     @classmethod
     def from_config(cls, name: str, stage: StageConfig) -> Stage:
-        argv = shlex.split(stage.cmd) if isinstance(stage.cmd, str) else list(stage.cmd)
+        argv = _split_cmd(name, stage.cmd)
         if not argv:
             raise ConfigError(f"stage {name!r} has an empty cmd; give the command to run.")
+        if any("\0" in arg for arg in argv):  # no process can be given one
+            raise ConfigError(f"stage {name!r}: cmd holds a NUL character; remove it.")
         return cls(name, argv, list(stage.inputs), [Output.parse(name, o) for o in stage.outputs],
                    dict(stage.params), stage.env, list(stage.deps), list(stage.after))
+
+
+def _split_cmd(name: str, cmd: str | list[str]) -> list[str]:
+    if not isinstance(cmd, str):
+        return list(cmd)
+    try:
+        return shlex.split(cmd)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise ConfigError(
+            f"stage {name!r}: cmd {cmd!r} cannot be split as a shell would "
+            f"({str(exc).lower()}); close the quote or escape, or give cmd as a list of arguments."
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -114,27 +140,35 @@ class Pipeline:
         return pipeline
 
     def order(self) -> list[str]:
-        """Stages in an order where each comes after everything it depends on."""
+        """Stages in an order where each comes after everything it depends on.
+
+        A depth-first walk with an explicit stack, so a long chain of stages is no recursion limit.
+        """
         done: list[str] = []
         state: dict[str, str] = {}
-
-        def visit(name: str, path: list[str]) -> None:
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "visiting":
-                cycle = [*path[path.index(name):], name]
-                raise ConfigError(
-                    f"the stages form a cycle ({' -> '.join(cycle)}); remove one of these links "
-                    "(an input that is another stage's output, or `after`)."
-                )
-            state[name] = "visiting"
-            for up in sorted(self.upstream[name]):
-                visit(up, [*path, name])
-            state[name] = "done"
-            done.append(name)
-
-        for name in sorted(self.stages):
-            visit(name, [])
+        for start in sorted(self.stages):
+            if state.get(start) == "done":
+                continue
+            path: list[str] = [start]  # the stages being visited, outermost first
+            todo: list[Iterator[str]] = [iter(sorted(self.upstream[start]))]
+            state[start] = "visiting"
+            while todo:
+                up = next(todo[-1], None)
+                if up is None:
+                    todo.pop()
+                    name = path.pop()
+                    state[name] = "done"
+                    done.append(name)
+                elif state.get(up) == "visiting":
+                    cycle = [*path[path.index(up):], up]
+                    raise ConfigError(
+                        f"the stages form a cycle ({' -> '.join(cycle)}); remove one of these "
+                        "links (an input that is another stage's output, or `after`)."
+                    )
+                elif state.get(up) != "done":
+                    state[up] = "visiting"
+                    path.append(up)
+                    todo.append(iter(sorted(self.upstream[up])))
         return done
 
     def closure_of(self, targets: Iterable[str]) -> list[str]:
@@ -204,6 +238,8 @@ class PipelineRunner:
         self._closures: dict[str, str] = {}
         self._nix_version: str | None = None
         self._memo = threading.Lock()
+        self.signals = SignalForwarder()
+        self.faults: list[tuple[str, BaseException]] = []  # (stage, what its worker raised)
         snapshot = repo.snapshot()
         if snapshot.changes and not dev:
             raise RefusedError(
@@ -255,20 +291,26 @@ class PipelineRunner:
 
     # -- the stage cache -----------------------------------------------------------------------
 
-    def cached_run(self, key: str) -> RunRecord | None:
+    def cached_run(self, key: str, stage: Stage) -> RunRecord | None:
+        """The succeeded run recorded under ``key``, if it stored every output ``stage`` declares.
+
+        The declared outputs are the current stage's, not those of the stage named in the record:
+        the key holds no stage name, so a renamed stage with an unchanged key reuses its run.
+        """
         link = self.store.root / CACHE_DIR / key
         try:
             run_id = link.read_text().strip()
+            if not run_id.isalnum():  # a cache entry names a run, never a path
+                return None
             record = self.store.load(run_id)
-        except (FileNotFoundError, NixreproError):
-            return None
-        outputs = {o.uri: o for o in record.data.outputs}
-        if record.status != "succeeded" or any(
-            outputs.get(o.uri) is None or outputs[o.uri].pending or not outputs[o.uri].version_id
-            for o in self.pipeline.stages[record.stage.name if record.stage else ""].outputs
-        ):
-            return None
-        return record
+            outputs = {o.uri: o for o in record.data.outputs}
+            usable = record.status == "succeeded" and all(
+                (found := outputs.get(o.uri)) is not None and not found.pending and found.version_id
+                for o in stage.outputs
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, NixreproError):
+            return None  # an unreadable cache entry or record is a miss: the stage runs again
+        return record if usable else None
 
     def remember(self, key: str, record: RunRecord) -> None:
         atomic_write(self.store.root / CACHE_DIR / key, record.id + "\n")
@@ -276,41 +318,87 @@ class PipelineRunner:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, targets: Sequence[str] = (), jobs: int = 1) -> list[StageOutcome]:
+        """Run the targets and what they depend on; the outcomes, in run order, also in LAST_FILE.
+
+        After a signal (:attr:`signals`) or an internal error (:attr:`faults`) no new stage
+        starts and the running ones are waited for; the caller reports either.
+        """
         names = self.pipeline.closure_of(targets or self.pipeline.stages)
-        outcomes: dict[str, StageOutcome] = {}
-        lock = threading.Condition()
-        running: set[str] = set()
-
-        def ready(name: str) -> bool:
-            return all(up in outcomes for up in self.pipeline.upstream[name] if up in names)
-
-        def work(name: str) -> None:
-            outcome = self.run_stage(self.pipeline.stages[name], outcomes)
-            with lock:
-                outcomes[name] = outcome
-                running.discard(name)
-                if outcome.state == "failed":
-                    for below in self.pipeline.downstream(name):
-                        if below in names and below not in outcomes:
-                            outcomes[below] = StageOutcome(below, "not run", reason=f"{name} failed")
-                lock.notify_all()
-
-        threads: list[threading.Thread] = []
-        with lock:
-            while len(outcomes) < len(names):
-                startable = [n for n in names if n not in outcomes and n not in running and ready(n)]
-                while startable and len(running) < max(jobs, 1):
-                    name = startable.pop(0)
-                    running.add(name)
-                    thread = threading.Thread(target=work, args=(name,), daemon=True)
-                    threads.append(thread)
-                    thread.start()
-                lock.wait()
-        for thread in threads:
-            thread.join()
+        with self.signals.installed():
+            outcomes = self._schedule(names, max(jobs, 1))
         result = [outcomes[name] for name in names]
         atomic_write(self.store.root / LAST_FILE, json.dumps([o.to_dict() for o in result], indent=2))
         return result
+
+    def _stop_reason(self) -> str | None:
+        if self.signals.stopping.is_set():
+            return f"the pipeline was interrupted ({self.signals.signal_name}) before it started"
+        if self.faults:
+            return f"the pipeline stopped on an internal error in stage {self.faults[0][0]!r}"
+        return None
+
+    def _schedule(self, names: list[str], jobs: int) -> dict[str, StageOutcome]:
+        outcomes: dict[str, StageOutcome] = {}
+        cond = threading.Condition()
+        running: dict[str, threading.Thread] = {}
+
+        def settle(name: str, outcome: StageOutcome) -> None:  # with cond held
+            outcomes[name] = outcome
+            running.pop(name, None)
+            if outcome.state not in ("ran", "skipped"):
+                for below in self.pipeline.downstream(name):
+                    if below in names and below not in outcomes:
+                        outcomes[below] = StageOutcome(below, "not run",
+                                                       reason=f"{name} {outcome.state}")
+            cond.notify_all()
+
+        def work(name: str) -> None:
+            outcome = StageOutcome(name, "failed", reason="nixrepro stopped inside the stage")
+            try:
+                outcome = self.run_stage(self.pipeline.stages[name], outcomes)
+            except BaseException as exc:  # whatever it is, the scheduler must hear of it
+                self.faults.append((name, exc))
+                outcome = StageOutcome(name, "failed",
+                                       reason=f"internal error: {type(exc).__name__}: {exc}")
+            finally:
+                with cond:
+                    settle(name, outcome)
+
+        with cond:
+            while len(outcomes) < len(names):
+                waiting = [n for n in names if n not in outcomes and n not in running]
+                stop = self._stop_reason()
+                if stop is not None:
+                    for name in waiting:
+                        outcomes[name] = StageOutcome(name, "not run", reason=stop)
+                    waiting = []
+                startable = [n for n in waiting if all(
+                    up in outcomes for up in self.pipeline.upstream[n] if up in names)]
+                for name in startable[: max(0, jobs - len(running))]:
+                    thread = threading.Thread(target=work, args=(name,), daemon=True,
+                                              name=f"stage {name}")
+                    running[name] = thread
+                    try:
+                        thread.start()
+                    except RuntimeError as exc:  # no thread to be had: that stage cannot run
+                        self.faults.append((name, exc))
+                        settle(name, StageOutcome(name, "failed", reason=f"internal error: {exc}"))
+                for name, thread in list(running.items()):
+                    if not thread.is_alive() and thread.ident is not None:
+                        # work() always settles; this is the guard that no bug can turn into a hang
+                        settle(name, StageOutcome(name, "failed", reason="its worker ended without "
+                                                  "an outcome"))
+                if not running and len(outcomes) < len(names) and not startable:
+                    for name in names:  # nothing runs and nothing can start: never wait forever
+                        outcomes.setdefault(name, StageOutcome(name, "not run",
+                                                               reason="nothing it waits for ran"))
+                    break
+                if len(outcomes) < len(names):
+                    cond.wait(POLL_S)
+                    self.signals.reforward()  # a command started after the signal gets it too
+        for thread in running.values():
+            thread.join()
+        return outcomes
 
     def run_stage(self, stage: Stage, done: dict[str, StageOutcome]) -> StageOutcome:
         try:
@@ -318,23 +406,42 @@ class PipelineRunner:
             env_path = self.env_path(stage)
             parts = self.key_parts(stage, env_path, inputs, done)
         except NixreproError as exc:
+            if self.signals.stopping.is_set():  # nix or git was stopped by the signal
+                return StageOutcome(stage.name, "not run", reason=self._stop_reason() or "")
             return StageOutcome(stage.name, "failed", reason=str(exc))
         key = cache_key(parts)
-        cached = None if self.force else self.cached_run(key)
+        cached = None if self.force else self.cached_run(key, stage)
         if cached is not None:
-            return StageOutcome(stage.name, "skipped", cached.id, "nothing it depends on changed",
+            reason = "nothing it depends on changed"
+            if cached.stage is not None and cached.stage.name != stage.name:
+                reason += f" (its run was recorded as stage {cached.stage.name!r})"
+            return StageOutcome(stage.name, "skipped", cached.id, reason,
                                 {o.uri: o.version_id or "" for o in cached.data.outputs}, key)
         depends_on = sorted({run_id for up in self.pipeline.upstream[stage.name]
                              if up in done and (run_id := done[up].run_id)})
         info = StageInfo(name=stage.name, cache_key=key, key_parts=parts, depends_on=depends_on)
+        stop = self._stop_reason()
+        if stop is not None:  # the last moment not to start it
+            return StageOutcome(stage.name, "not run", reason=stop)
         try:
             record = self.execute(stage, env_path, info, inputs)
         except NixreproError as exc:
             return StageOutcome(stage.name, "failed", reason=str(exc))
         outputs = {o.uri: o.version_id or "" for o in record.data.outputs if not o.pending}
+        if record.status == "succeeded" and self.signals.stopping.is_set():
+            # it may have cut its work short on the signal and still exited 0: never a cache hit
+            return StageOutcome(stage.name, "interrupted", record.id,
+                                f"run {record.short_id} exited 0 after {self.signals.signal_name}; "
+                                "not cached, so it runs again next time", outputs)
         if record.status != "succeeded":
-            return StageOutcome(stage.name, "failed", record.id, f"run {record.short_id} {record.status}"
-                                + (f" with exit code {record.exit_code}" if record.exit_code else ""))
+            ended = f"run {record.short_id} {record.status}" + (
+                f" with exit code {record.exit_code}" if record.exit_code else "")
+            if record.status == "interrupted" or self.signals.stopping.is_set():
+                # a command that traps the forwarded signal and exits non-zero was interrupted too
+                signame = record.signal or self.signals.signal_name
+                return StageOutcome(stage.name, "interrupted", record.id,
+                                    ended + (f" ({signame})" if signame else ""))
+            return StageOutcome(stage.name, "failed", record.id, ended)
         missing = [o.uri for o in stage.outputs if not outputs.get(o.uri)]
         if missing:
             return StageOutcome(stage.name, "failed", record.id,
@@ -372,7 +479,7 @@ def plan(runner: PipelineRunner, targets: Sequence[str] = ()) -> list[StageOutco
         except NixreproError as exc:
             result[name] = StageOutcome(name, "failed", reason=str(exc))
             continue
-        cached = None if runner.force else runner.cached_run(cache_key(parts))
+        cached = None if runner.force else runner.cached_run(cache_key(parts), stage)
         if cached is not None:
             result[name] = StageOutcome(name, "skipped", cached.id, "up to date",
                                         {o.uri: o.version_id or "" for o in cached.data.outputs},

@@ -83,16 +83,35 @@ def pipeline() -> None:
 def pipeline_run(stages: tuple[str, ...], force: bool, jobs: int, dev: bool, as_json: bool) -> None:
     """Run STAGES (default: all) and what they depend on; exit 1 if a stage failed.
 
+    SIGINT, SIGTERM and SIGHUP go to the running stages; nixrepro waits for them, starts no
+    other, and exits 128 + the signal's number (130 for Ctrl-C).
+
     \b
     Example:
       nixrepro pipeline run train -j 2
     """
-    outcomes = _runner(dev=dev, force=force).run(list(stages), jobs=jobs)
+    from ..pipeline import PipelineError
+
+    runner = _runner(dev=dev, force=force)
+    outcomes = runner.run(list(stages), jobs=jobs)
     if as_json:
         echo_json([o.to_dict() for o in outcomes])
     else:
         _print(outcomes)
-    if any(o.state in ("failed", "not run") for o in outcomes):
+    if runner.faults:
+        name, exc = runner.faults[0]
+        error = PipelineError(
+            f"the pipeline stopped: stage {name!r} hit an internal error ({type(exc).__name__}: "
+            f"{exc}); the stages that ran are recorded; run with --debug for the traceback."
+        )
+        if runner.signals.exit_code is None:
+            raise error from exc
+        click.echo(f"Error: {error}", err=True)
+    if runner.signals.exit_code is not None:  # like a shell job that died of the signal
+        click.echo(f"Interrupted ({runner.signals.signal_name}): the stages that ran are recorded.",
+                   err=True)
+        sys.exit(runner.signals.exit_code)
+    if any(o.state in ("failed", "interrupted", "not run") for o in outcomes):
         sys.exit(1)
 
 
