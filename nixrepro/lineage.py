@@ -4,10 +4,14 @@ Computed from the run records alone (``data.outputs`` says what a run wrote, ``d
 it read, both with version ids), so it works offline and years later. A version no recorded run
 produced is a leaf ("external"). Pipeline stages are runs like any other: a stage's inputs are its
 upstream stage's outputs, so lineage walks across stages with no special case.
+
+Every walk here keeps its own stack instead of recursing: a chain of thousands of runs (a pipeline
+run daily for years) is as deep as the tree gets, and Python's recursion limit is 1,000.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,26 +62,39 @@ class Lineage:
                 "its versions."
             )
         run, version = found
-        return self._node(version, run, seen=set())
+        top: list[LineageNode] = []
+        self._grow([(version, run, top)], seen=set())
+        return top[0]
 
-    def _node(self, version: DataVersion, run: RunRecord | None, seen: set[str]) -> LineageNode:
-        if run is None:
-            return LineageNode(version, None)
-        if run.id in seen:
-            return LineageNode(version, run, repeated=True)
-        seen.add(run.id)
-        inputs = []
-        for item in run.data.inputs:
-            producer = self.by_version.get((item.uri, item.version_id))
-            inputs.append(self._node(item, producer[0] if producer else None, seen))
-        return LineageNode(version, run, inputs)
+    def _grow(self, todo: list[tuple[DataVersion, RunRecord | None, list[LineageNode]]],
+              seen: set[str]) -> None:
+        """Build the trees of ``todo`` (version, its producer, the list its node goes into),
+        depth first: a run met again (a diamond) is marked repeated, not expanded twice."""
+        todo.reverse()  # a stack: the first entry is taken first
+        while todo:
+            version, run, into = todo.pop()
+            if run is None:
+                into.append(LineageNode(version, None))
+                continue
+            if run.id in seen:
+                into.append(LineageNode(version, run, repeated=True))
+                continue
+            seen.add(run.id)
+            node = LineageNode(version, run)
+            into.append(node)
+            # reversed, so the run's first input is expanded first, as the tree prints it
+            todo.extend((item, self._producer(item), node.inputs)
+                        for item in reversed(run.data.inputs))
+
+    def _producer(self, item: DataVersion) -> RunRecord | None:
+        found = self.by_version.get((item.uri, item.version_id))
+        return found[0] if found else None
 
     def trace_run(self, run: RunRecord) -> list[LineageNode]:
         """The lineage of each input ``run`` read (for ``nixrepro lineage RUN``)."""
-        inputs = []
-        for item in run.data.inputs:
-            producer = self.by_version.get((item.uri, item.version_id))
-            inputs.append(self._node(item, producer[0] if producer else None, seen={run.id}))
+        inputs: list[LineageNode] = []
+        self._grow([(item, self._producer(item), inputs) for item in run.data.inputs],
+                   seen={run.id})
         return inputs
 
     @staticmethod
@@ -104,20 +121,20 @@ def _run_text(run: RunRecord) -> str:
 def render_text(node: LineageNode) -> str:
     """A tree: each version, the run that produced it, and indented below it what that run read."""
     lines: list[str] = []
-
-    def walk(n: LineageNode, prefix: str, last: bool, top: bool) -> None:
+    todo: list[tuple[LineageNode, str, bool, bool]] = [(node, "", True, True)]
+    while todo:
+        n, prefix, last, top = todo.pop()
         branch = "" if top else ("└─ " if last else "├─ ")
         lines.append(prefix + branch + _version_text(n.version))
         inner = prefix + ("" if top else ("   " if last else "│  "))
         if n.run is None:
             lines.append(inner + "   external: no recorded run produced it")
-            return
+            continue
         lines.append(inner + "   produced by " + _run_text(n.run)
                      + (" (shown above)" if n.repeated else ""))
-        for i, child in enumerate(n.inputs):
-            walk(child, inner, i == len(n.inputs) - 1, top=False)
-
-    walk(node, "", True, top=True)
+        count = len(n.inputs)
+        todo.extend((child, inner, i == count - 1, False)
+                    for i, child in reversed(list(enumerate(n.inputs))))
     return "\n".join(lines)
 
 
@@ -144,9 +161,16 @@ def _version_json(version: DataVersion) -> dict[str, Any]:
             "size": version.size, "pending": version.pending}
 
 
-def _node_json(n: LineageNode) -> dict[str, Any]:
-    return {**_version_json(n.version), "run": _run_json(n.run) if n.run else None,
-            "repeated": n.repeated, "inputs": [_node_json(c) for c in n.inputs]}
+def _node_json(node: LineageNode) -> dict[str, Any]:
+    top: list[dict[str, Any]] = []
+    todo: list[tuple[LineageNode, list[dict[str, Any]]]] = [(node, top)]
+    while todo:
+        n, into = todo.pop()
+        doc = {**_version_json(n.version), "run": _run_json(n.run) if n.run else None,
+               "repeated": n.repeated, "inputs": []}
+        into.append(doc)
+        todo.extend((child, doc["inputs"]) for child in reversed(n.inputs))
+    return top[0]
 
 
 def to_json(node: LineageNode) -> dict[str, Any]:
@@ -174,18 +198,18 @@ def render_dot(node: LineageNode) -> str:
         nodes.setdefault(key, f'[shape=box, label="{_dot_escape(_run_text(r))}"]')
         return key
 
-    def walk(n: LineageNode) -> None:
+    todo = [node]
+    while todo:
+        n = todo.pop()
         out = data_id(n.version)
         if n.run is None:
-            return
+            continue
         producer = run_id(n.run)
         edges.add((producer, out))
         for child in n.inputs:
             edges.add((data_id(child.version), producer))
             if not child.repeated:
-                walk(child)
-
-    walk(node)
+                todo.append(child)
     body = [f'  "{key}" {attrs};' for key, attrs in sorted(nodes.items())]
     body += [f'  "{a}" -> "{b}";' for a, b in sorted(edges)]
     return "digraph lineage {\n  rankdir=LR;\n" + "\n".join(body) + "\n}"
@@ -197,6 +221,45 @@ def _dot_escape(text: str) -> str:
 
 def walk(node: LineageNode) -> Iterator[LineageNode]:
     """Every node of the tree, depth first."""
-    yield node
-    for child in node.inputs:
-        yield from walk(child)
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        yield current
+        todo.extend(reversed(current.inputs))
+
+
+def json_text(doc: Any) -> str:
+    """``doc`` as ``json.dumps(doc, indent=2, sort_keys=True)`` writes it, at any depth.
+
+    json.dumps recurses once per level and a lineage tree nests two levels per run, so a long
+    chain raised RecursionError; this writer keeps a stack of the containers it is inside.
+    """
+    out: list[str] = []
+    # one entry per open container: its items still to write, its closing bracket, its depth and
+    # how many items it has written (the first needs no comma)
+    stack: list[tuple[Iterator[tuple[str | None, Any]], str, int, list[int]]] = []
+
+    def begin(value: Any, depth: int) -> None:
+        if isinstance(value, dict) and value:
+            out.append("{")
+            stack.append((iter([(str(k), value[k]) for k in sorted(value)]), "}", depth + 1, [0]))
+        elif isinstance(value, list) and value:
+            out.append("[")
+            stack.append((iter([(None, v) for v in value]), "]", depth + 1, [0]))
+        else:
+            out.append(json.dumps(value))  # a scalar or an empty container
+
+    begin(doc, 0)
+    while stack:
+        items, closing, depth, written = stack[-1]
+        entry = next(items, None)
+        if entry is None:
+            stack.pop()
+            out.append("\n" + "  " * (depth - 1) + closing)
+            continue
+        key, value = entry
+        out.append((",\n" if written[0] else "\n") + "  " * depth
+                   + ("" if key is None else json.dumps(key) + ": "))
+        written[0] += 1
+        begin(value, depth)
+    return "".join(out)

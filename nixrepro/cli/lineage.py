@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from . import CONTEXT, cli, echo_json, store
+from . import CONTEXT, cli, store
 
 
 @cli.command(context_settings=CONTEXT)
@@ -28,6 +28,7 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
     from ..datastore import DataRef
     from ..lineage import (
         Lineage,
+        json_text,
         render_dot,
         render_run_text,
         render_text,
@@ -43,13 +44,13 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
         record = runs.resolve(ref)
         inputs = index.trace_run(record)
         if as_json:
-            echo_json(run_to_json(record, inputs))
+            click.echo(json_text(run_to_json(record, inputs)))
         else:
             click.echo(render_run_text(record, inputs))
         return
     tree = index.trace(DataRef.parse(ref))
     if as_json:
-        echo_json(to_json(tree))
+        click.echo(json_text(to_json(tree)))  # any depth, as json.dumps would
     elif as_dot:
         click.echo(render_dot(tree))
     else:
