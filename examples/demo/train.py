@@ -1,6 +1,7 @@
 """A small, real experiment: logistic regression by gradient descent.
 
-Pure Python (no numpy) so it runs with any interpreter; seeded; logs metrics through nixrepro.
+The arithmetic is plain Python, so its results do not depend on the numpy of the environment,
+whose version it prints (the demo changes it); seeded; logs metrics through nixrepro.
 With a data URI it reads its points from that versioned dataset (recorded in the run), and with
 a second one it stores the trained model there as a new version:
 
@@ -12,8 +13,11 @@ import math
 import random
 import sys
 
+import numpy
+
 import nixrepro
 
+print(f"python {sys.executable}, numpy {numpy.__version__} from {numpy.__file__}")
 params = nixrepro.params()
 lr = float(params.get("lr", 0.5))
 epochs = int(params.get("epochs", 30))
