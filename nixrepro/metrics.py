@@ -4,11 +4,16 @@ Format (docs/record.md): one object per line,
 ``{"time": <unix seconds>, "step": <int or null>, "metrics": {"<name>": <number|bool|str>, ...}}``.
 Appends of one line are atomic with O_APPEND, so several processes of one run may log at once.
 A torn last line (the experiment was killed mid-write) is skipped, never fatal.
+
+JSON has no NaN or infinity, so ``nixrepro.log`` writes them as the strings ``"nan"``, ``"inf"``
+and ``"-inf"``. Another writer's ``NaN``, ``Infinity`` or ``1e999`` (Python's json module and
+others write and read them) is read as those same strings, so a record never holds one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +29,23 @@ class MetricPoint:
     metrics: dict[str, Any]
 
 
+NON_FINITE = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}
+
+
+def non_finite(value: float) -> str:
+    """How a metric that is not a finite number is kept: "nan", "inf" or "-inf"."""
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _number(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else non_finite(value)  # 1e999 overflows to inf
+
+
 def parse_point(raw: bytes) -> MetricPoint | None:
     """One line of the metrics file, or None when it is torn or not ours."""
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_constant=NON_FINITE.__getitem__, parse_float=_number)
         values = doc["metrics"]
         if not isinstance(values, dict):
             return None
