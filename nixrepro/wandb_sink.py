@@ -155,6 +155,26 @@ def wandb_environ(home: Path) -> Iterator[None]:
                 os.environ[name] = value
 
 
+_ARGV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _program_argv(argv: list[str]) -> Iterator[None]:
+    """``sys.argv`` is the recorded command while wandb.init reads it.
+
+    W&B keeps ``sys.argv[1:]`` as the run's args (a computed setting, not one it lets be set) in
+    its offline file, and `wandb sync` uploads it: there, nixrepro's own command line would hold
+    every --name, --tag and -p as typed, secrets included.
+    """
+    with _ARGV_LOCK:
+        saved = sys.argv
+        sys.argv = list(argv) or [""]
+        try:
+            yield
+        finally:
+            sys.argv = saved
+
+
 def _import_wandb() -> Any:
     import wandb
 
@@ -245,7 +265,7 @@ class WandbSink:
                 self._mode = "offline"
                 self._note(f"W&B ({self._base_url}) is unreachable; the W&B run is kept offline, "
                            "`nixrepro sync` uploads it later.")
-            with wandb_environ(self._home):
+            with wandb_environ(self._home), _program_argv(record.command.argv):
                 self._run = wandb.init(**self._init_args(wandb, record))
         except Exception as exc:
             self._fail("W&B could not start", exc)
@@ -275,6 +295,8 @@ class WandbSink:
             "git_remote_url": record.code.remote,
             "x_save_requirements": False,  # nixrepro's Python packages, not the experiment's
             "x_disable_stats": not self._config.system_metrics,
+            # the command as recorded (secrets scrubbed), never nixrepro's own command line
+            "program": record.command.argv[0] if record.command.argv else None,
         }
         known = getattr(wandb.Settings, "model_fields", None)
         settings = {k: v for k, v in wanted.items() if known is None or k in known}
@@ -301,21 +323,32 @@ class WandbSink:
         return values
 
     def _log_data(self, run: Any, record: RunRecord) -> None:
-        """Inputs are used, outputs logged, as reference artifacts pinned to their version id."""
+        """Inputs are used, outputs logged, as reference artifacts pinned to their version id.
+
+        One that W&B refuses is one note, and the rest of the run (the other artifacts, files,
+        summary, exit) still reaches W&B: a data artifact is a link, not the run.
+        """
         wandb = self._wandb.result()
         for direction, versions in (("input", record.data.inputs), ("output", record.data.outputs)):
             for version in versions:
                 if version.pending or not version.version_id:
                     continue  # not uploaded yet: there is no version to point at
-                artifact = data_artifact(wandb, version)
-                if direction == "output":
-                    run.log_artifact(artifact)
-                elif self._mode != "offline":
-                    run.use_artifact(artifact)
-                elif hasattr(run, "_log_artifact"):
-                    # use_artifact refuses offline; this is what it does online for a new artifact,
-                    # and `wandb sync` replays it as a use once the artifact is committed.
-                    run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+                try:
+                    self._log_version(wandb, run, direction, version)
+                except Exception as exc:
+                    self._note(f"warning: W&B did not take the {direction} {version.uri} as an "
+                               f"artifact ({describe(exc)}); the record keeps its version.")
+
+    def _log_version(self, wandb: Any, run: Any, direction: str, version: DataVersion) -> None:
+        artifact = data_artifact(wandb, version)
+        if direction == "output":
+            run.log_artifact(artifact)
+        elif self._mode != "offline":
+            run.use_artifact(artifact)
+        elif hasattr(run, "_log_artifact"):
+            # use_artifact refuses offline; this is what it does online for a new artifact,
+            # and `wandb sync` replays it as a use once the artifact is committed.
+            run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
 
     def _run_dir_of(self, run: Any) -> str | None:
         sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
@@ -354,8 +387,19 @@ def data_artifact(wandb: Any, version: DataVersion) -> Any:
                   "size": version.size},
     )
     name = Path(parsed.path).name or artifact_name(version.uri)
-    ref = f"{version.uri}?versionId={version.version_id}" if parsed.scheme == "s3" else version.uri
-    for entry in artifact.add_reference(ref, name=name, checksum=False):
+    ref = f"{version.uri}?versionId={version.version_id}"
+    if parsed.scheme == "s3":
+        entries = artifact.add_reference(ref, name=name, checksum=False)
+    else:
+        # W&B's handler for file:// wants the URI to be a file or directory, but a version of the
+        # file store lives elsewhere (nixrepro.datastore): the entry is made as its handlers do.
+        from wandb.sdk.artifacts.artifact_manifest_entry import ArtifactManifestEntry
+        from wandb.sdk.lib.paths import LogicalPath
+
+        entries = [ArtifactManifestEntry(path=LogicalPath(name), ref=ref,
+                                         digest=version.sha256 or ref)]
+        artifact.manifest.add_entry(entries[0])
+    for entry in entries:
         # W&B's own S3 handler keeps the version in extra.versionID; without a checksum pass (no
         # network needed) the digest would be the bare URI, the same for every version.
         entry.extra["versionID"] = version.version_id
