@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -107,15 +108,22 @@ def parse_param(text: str) -> tuple[str, Scalar]:
     return key.strip(), _typed(raw)
 
 
+# A number is what JSON calls one (a leading + and a bare ".5" or "5." allowed): 007 (an id?),
+# 1_000 and " 5", which Python's int() and float() also accept, stay the text that was written.
+_INT = re.compile(r"[+-]?(0|[1-9]\d*)")
+_FLOAT = re.compile(r"[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
 def _typed(raw: str) -> Scalar:
+    """true/false (any case), an int, a finite float, else the string itself: nan, inf and 1e999
+    stay strings, because JSON, and so the record, has no such numbers."""
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
-    if re.fullmatch(r"[+-]?(0|[1-9]\d*)", raw):
+    if _INT.fullmatch(raw):
         return int(raw)
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
+    if _FLOAT.fullmatch(raw) and math.isfinite(number := float(raw)):
+        return number
+    return raw
 
 
 def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
@@ -225,7 +233,8 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         environment=environment,
         host=host_info.result(),
         parent=parent,
-        redactor=Redactor.from_env(os.environ, config.secrets.extra_names),
+        redactor=Redactor.from_env(os.environ, config.secrets.extra_names, argv=request.argv,
+                                   params=request.params),
         nix=nix,
         data=config.data,
         facts=build_facts,
@@ -365,21 +374,23 @@ def execute(
     with store.hold(run_id):
         env = child_environment(prepared, run_id, run_dir)
         rundata.expose_inputs(inputs, run_dir, env)
+        patch = redactor.scrub_bytes(prepared.dev_patch) if prepared.dev_patch is not None else None
         record = RunRecord(
             id=run_id,
             status="running",
             dev=request.dev,
             started_at=now(),
-            command=Command(argv=[redactor.scrub(a) for a in request.argv], cwd=str(request.cwd)),
-            code=prepared.code,
+            command=Command(argv=redactor.argv(request.argv), cwd=str(request.cwd)),
+            # the patch's hash is of the bytes written, so that a scrubbed patch still verifies
+            code=prepared.code if patch is None else dataclasses.replace(
+                prepared.code, diff_sha256=hashlib.sha256(patch).hexdigest()),
             environment=prepared.environment,
             host=prepared.host,
             recorder=Recorder(version=__version__, pid=os.getpid(), hostname=os.uname().nodename),
             parent=prepared.parent,
-            name=request.name,
-            tags=list(request.tags),
-            params={k: redactor.scrub(v) if isinstance(v, str) else v
-                    for k, v in request.params.items()},
+            name=redactor.scrub(request.name) if request.name is not None else None,
+            tags=[redactor.scrub(tag) for tag in request.tags],
+            params=redactor.params(request.params),
             seed=request.effective_seed,
             env_vars=redactor.env(env),
             deterministic=request.deterministic,
@@ -389,8 +400,8 @@ def execute(
             facts=prepared.facts,
             cuda=prepared.cuda,
         )
-        if prepared.dev_patch is not None:
-            (run_dir / DEV_PATCH).write_bytes(redactor.scrub_bytes(prepared.dev_patch))
+        if patch is not None:
+            (run_dir / DEV_PATCH).write_bytes(patch)
         store.save(record)
         outcome: Outcome | None = None
         status = "failed"  # if nixrepro itself fails between start and end
