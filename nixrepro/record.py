@@ -251,8 +251,31 @@ class RunRecord:
 def document_json(doc: dict[str, Any]) -> str:
     """A record document as written to disk: compact JSON (json's C encoder: a 2,000-path closure
     costs milliseconds, not 100 ms). ``nixrepro show --json`` or ``jq . record.json`` pretty-prints it.
+    Strict JSON: a NaN or infinity that got this far is written as the string metrics use for it.
     """
-    return json.dumps(doc, sort_keys=True, ensure_ascii=False) + "\n"
+    return _strict_json(doc, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _strict_json(doc: Any, **options: Any) -> str:
+    """json.dumps that never writes NaN or Infinity, which jq and most parsers refuse: the first
+    try is the fast C encoder; only a document that holds one is walked and converted."""
+    try:
+        return json.dumps(doc, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(_finite(doc), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not -_INF < value < _INF:
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+_INF = float("inf")
 
 
 def record_file_json(doc: dict[str, Any]) -> str:
@@ -285,7 +308,9 @@ def without_closure(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical_json(doc: Any) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes record_sha256 hashes; a NaN is hashed as the string it is written as, so the
+    hash of a record agrees with the hash of the file it was written to."""
+    return _strict_json(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_sha256(doc: dict[str, Any]) -> str:
