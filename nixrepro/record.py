@@ -201,7 +201,6 @@ class RunRecord:
     # sha256 of the run's files that a person or a listing relies on (stdout.log, stderr.log,
     # metrics.jsonl), set when the run ends (nixrepro.runstore.file_hashes); None while running
     files: dict[str, str] | None = None
-    signature: str | None = None  # "<key name>:<base64 ed25519 signature>" of record_sha256
     summary_sha256: str = ""  # derived, see summary_sha256()
     record_sha256: str = ""
 
@@ -211,14 +210,12 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data, with a fresh ``summary_sha256`` and ``record_sha256``.
 
-        The signature is kept only while it still signs the record: a changed record drops it
-        (RunStore.save signs it again when a key exists), so a stale signature is never written.
+        (The signature is not in the record but beside it, nixrepro.runstore.SIGNATURE_FILE: signing
+        a record, as ``nixrepro archive`` does, never changes its bytes.)
         """
         doc: dict[str, Any] = to_plain(self)
         doc["summary_sha256"] = summary_sha256(doc)
         doc["record_sha256"] = record_sha256(doc)
-        if doc["record_sha256"] != self.record_sha256:
-            doc["signature"] = None
         return doc
 
     def to_json(self) -> str:
@@ -314,22 +311,18 @@ def canonical_json(doc: Any) -> bytes:
 
 
 def record_sha256(doc: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` and ``signature``
-    fields (the signature signs this hash, so it cannot be inside it)."""
-    body = {key: value for key, value in doc.items() if key not in _UNHASHED}
+    """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` field."""
+    body = {key: value for key, value in doc.items() if key != "record_sha256"}
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def summary_sha256(doc: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of the record's summary (the record with an empty closure)
-    without its hashes and signature. It is inside the record, so record_sha256 and the signature
-    cover it: a summary.json that hashes to it shows exactly what the record says."""
+    without its two hashes. It is inside the record, so record_sha256 and the signature cover it:
+    a summary.json that hashes to it shows exactly what the record says."""
     body = {key: value for key, value in without_closure(doc).items()
-            if key not in (*_UNHASHED, "summary_sha256")}
+            if key not in ("record_sha256", "summary_sha256")}
     return hashlib.sha256(canonical_json(body)).hexdigest()
-
-
-_UNHASHED = ("record_sha256", "signature")
 
 
 T = TypeVar("T")

@@ -27,8 +27,8 @@ first bytes, so a listing reads 160 bytes of record.json, not 400 KB. A summary 
 
 Otherwise it is rebuilt from the record. When a run ends, its logs and metrics are hashed into the
 record's ``files`` (:func:`file_hashes`) and, when the project's signing key exists, the record is
-signed (nixrepro.signing); both happen in :meth:`RunStore.save`, so every path that saves a final
-record (a normal end, crash detection, ``sync``) does them.
+signed (nixrepro.signing) in ``record.sig`` beside it; both happen in :meth:`RunStore.save`, so
+every path that saves a final record (a normal end, crash detection, ``sync``) does them.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ from .record import (
 STORE_DIR = ".nixrepro"
 RECORD_FILE = "record.json"
 SUMMARY_FILE = "summary.json"
+# The record's signature: beside the record, never in it, so that signing a record that ended
+# unsigned (`nixrepro archive`) leaves its bytes as they were. {"record_sha256", "signature"}.
+SIGNATURE_FILE = "record.sig"
 LOCK_FILE = "lock"
 GC_ROOT = "gcroot"
 # The run's files a person or a listing relies on, hashed into the record when the run ends. Not
@@ -132,9 +135,12 @@ class RunStore:
         if record.status != "running" and record.files is None:
             record = record.replace(files=file_hashes(self.run_dir(record.id)))
         doc = record.to_dict()
-        if record.status != "running":
-            self._sign_doc(doc)
+        # a signature of the record this one replaces would only read as a bad one
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir(record.id) / SIGNATURE_FILE).unlink()
         self._write(record.id, doc)
+        if record.status != "running":
+            self._sign_project(record.id, doc["record_sha256"])
 
     def sign(self, run_id: str, secret_key: str) -> None:
         """Sign the run's record as it is on disk (``nixrepro archive``); an edited one is refused."""
@@ -142,22 +148,37 @@ class RunStore:
 
         doc = self._read_doc(run_id)
         self._check_hashes(run_id, doc)
-        doc["signature"] = sign(secret_key, doc["record_sha256"])
-        self._write(run_id, doc)
+        self._write_signature(run_id, doc["record_sha256"], sign(secret_key, doc["record_sha256"]))
 
-    def _sign_doc(self, doc: dict[str, Any]) -> None:
-        """Sign ``doc`` in place with the project's key, if it has one. A key that cannot be used
-        costs the signature, never the record (this runs as a run ends): it is one warning."""
+    def signature(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ``record.sig`` as written, None when there is none (read by verify)."""
+        path = self.run_dir(run_id) / SIGNATURE_FILE
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise RecordError(f"{path} is not valid JSON ({exc}).") from exc
+        if not isinstance(doc, dict):
+            raise RecordError(f"{path} is not a JSON object.")
+        return doc
+
+    def _write_signature(self, run_id: str, digest: str, signature: str) -> None:
+        atomic_write(self.run_dir(run_id) / SIGNATURE_FILE,
+                     document_json({"record_sha256": digest, "signature": signature}))
+
+    def _sign_project(self, run_id: str, digest: str) -> None:
+        """Sign with the project's key, if it has one. A key that cannot be used costs the
+        signature, never the record (this runs as a run ends): it is one warning."""
         try:
             from .archive import project_key
             from .signing import sign
 
             key = project_key(self.root.parent)
             if key is not None:
-                doc["signature"] = sign(key.secret_file.read_text(), doc["record_sha256"])
+                self._write_signature(run_id, digest, sign(key.secret_file.read_text(), digest))
         except (NixreproError, OSError, UnicodeDecodeError) as exc:
-            print(f"nixrepro: warning: run {doc.get('id')} is recorded unsigned: {exc}.",
-                  file=sys.stderr)
+            print(f"nixrepro: warning: run {run_id} is recorded unsigned: {exc}.", file=sys.stderr)
 
     def _write(self, run_id: str, doc: dict[str, Any]) -> None:
         path = self.run_dir(run_id) / RECORD_FILE

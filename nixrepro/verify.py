@@ -4,8 +4,8 @@ Each check passes, fails or is skipped (with the reason), independently of the o
 
 * the record: ``record_sha256`` and ``summary_sha256`` recomputed from the file as it is on disk
   (a hand edit shows; one who recomputes them is caught only by the signature);
-* the signature: ``signed by <key name>`` when the project's key signed it, ``unsigned``, or a
-  failure when it does not verify (nixrepro.signing);
+* the signature (``record.sig``): ``signed by <key name>`` when the project's key signed it,
+  ``unsigned``, or a failure when it does not verify (nixrepro.signing);
 * the summary: summary.json, which listings read, is the record's (or absent: rebuilt when listed);
 * the run's files: stdout.log, stderr.log and metrics.jsonl hash to the record's ``files``;
 * the closure hash: recomputed from the recorded closure;
@@ -28,8 +28,8 @@ from .closure import closure_hash, normalize_nar_hash
 from .config import DataConfig
 from .git import GitRepo
 from .nix import Nix
-from .record import RunRecord, record_sha256, summary_sha256
-from .runstore import RECORD_FILE, RUN_FILES, SUMMARY_FILE, RunStore, file_hashes
+from .record import RecordError, RunRecord, record_sha256, summary_sha256
+from .runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, SUMMARY_FILE, RunStore, file_hashes
 
 Result = Literal["pass", "fail", "skip"]
 DEV_PATCH = "code.patch"
@@ -82,8 +82,12 @@ def check_record_file(store: RunStore, run_id: str, trusted_keys: Sequence[str])
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         return [Check("record", "fail", f"{path} cannot be read ({exc})")]
-    return [check_record(doc), check_signature(doc, trusted_keys), check_summary(store, run_id, doc),
-            check_files(store, run_id, doc)]
+    try:
+        signature = store.signature(run_id)
+    except RecordError as exc:
+        signature = {"signature": f"unreadable ({exc})"}
+    return [check_record(doc), check_signature(doc, signature, trusted_keys),
+            check_summary(store, run_id, doc), check_files(store, run_id, doc)]
 
 
 def check_record(doc: dict[str, Any]) -> Check:
@@ -100,19 +104,21 @@ def check_record(doc: dict[str, Any]) -> Check:
     return Check("record", "pass", f"record_sha256 {actual[:16]}... matches")
 
 
-def check_signature(doc: dict[str, Any], trusted_keys: Sequence[str]) -> Check:
-    """What the signature proves; an unsigned record is a skip (record_sha256 alone proves only
-    that nobody edited the record without recomputing it), a bad signature a failure."""
+def check_signature(doc: dict[str, Any], sig: dict[str, Any] | None,
+                    trusted_keys: Sequence[str]) -> Check:
+    """What ``record.sig`` proves; an unsigned record is a skip (record_sha256 alone proves only
+    that nobody edited the record without recomputing it), a bad signature a failure. The
+    signature is checked against the record's hash as recomputed, never as the record claims it."""
     from .signing import SigningError, check
 
-    signature = doc.get("signature")
-    if signature is None:
+    if sig is None:
         why = "still running" if doc.get("status") == "running" else "no signing key when it ended"
         return Check("signature", "skip", f"unsigned ({why}); `nixrepro archive` signs it")
+    signature = sig.get("signature")
     if not isinstance(signature, str):
-        return Check("signature", "fail", "the signature is not a string: the record was edited")
+        return Check("signature", "fail", f"{SIGNATURE_FILE} holds no signature: it was edited")
     try:
-        checked = check(signature, str(doc.get("record_sha256")), trusted_keys)
+        checked = check(signature, record_sha256(doc), trusted_keys)
     except SigningError as exc:
         return Check("signature", "fail", f"{exc}: the record was edited")
     if checked.verdict == "good":

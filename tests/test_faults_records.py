@@ -218,7 +218,8 @@ def test_a_run_ended_with_the_project_key_is_signed_and_verify_names_the_key(
         project: Project, _own_config: Path) -> None:
     public = _make_key(_own_config)
     record = _run(project)
-    assert record["signature"].startswith("lab-key-1:")
+    sig = json.loads((project.runs_dir / record["id"] / "record.sig").read_text())
+    assert sig["record_sha256"] == record["record_sha256"] and sig["signature"].startswith("lab-key-1:")
     code, checks = _verify(project, record["id"])
     assert code == 0 and checks["signature"] == ("pass", "signed by lab-key-1")
     assert public.startswith("lab-key-1:")
@@ -235,13 +236,19 @@ def test_a_record_forged_with_every_hash_recomputed_fails_its_signature(
     assert code == 1
     assert checks["record"][0] == "pass"  # what the hash alone cannot tell
     assert checks["signature"][0] == "fail" and "does not verify" in checks["signature"][1]
+    sig_file = project.runs_dir / record["id"] / "record.sig"
+    _rewrite(sig_file, _set(("record_sha256",), record_sha256(json.loads(path.read_text()))),
+             rehash=False)  # the signature file made to claim the forged hash: still the old bytes
+    code, checks = _verify(project, record["id"])
+    assert code == 1 and checks["signature"][0] == "fail"
 
 
 @pytest.mark.nix
 def test_an_unsigned_run_says_unsigned_and_archive_signs_it(
         project: Project, _own_config: Path, tmp_path: Path) -> None:
     record = _run(project)  # no key yet
-    assert record["signature"] is None
+    assert not (project.runs_dir / record["id"] / "record.sig").exists()
+    before = (project.runs_dir / record["id"] / "record.json").read_bytes()
     code, checks = _verify(project, record["id"])
     assert code == 0 and checks["signature"][0] == "skip" and "unsigned" in checks["signature"][1]
     archived = project.nixrepro("archive", record["id"], "--to", f"file://{tmp_path / 'cache'}")
@@ -249,8 +256,8 @@ def test_an_unsigned_run_says_unsigned_and_archive_signs_it(
     code, checks = _verify(project, record["id"])
     assert code == 0 and checks["signature"][0] == "pass"
     assert checks["signature"][1].startswith("signed by nixrepro-")
-    signed = json.loads((project.runs_dir / record["id"] / "record.json").read_text())
-    assert signed["record_sha256"] == record["record_sha256"]  # signing never changes the record
+    # the signature lies beside the record: signing never changes the record's bytes
+    assert (project.runs_dir / record["id"] / "record.json").read_bytes() == before
 
 
 @pytest.mark.nix
@@ -274,7 +281,8 @@ def test_an_unreadable_signing_key_costs_the_signature_never_the_run(
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "is recorded unsigned" in result.stderr and "nix key generate-secret" in result.stderr
     record = json.loads(project.nixrepro("show", "@latest", "--json").stdout)
-    assert record["status"] == "succeeded" and record["signature"] is None
+    assert record["status"] == "succeeded"
+    assert not (project.runs_dir / record["id"] / "record.sig").exists()
 
 
 def test_signing_costs_nothing_at_import_or_run_start_up() -> None:

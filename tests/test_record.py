@@ -148,9 +148,8 @@ def json_round_trip(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical_sha256(doc: dict[str, Any]) -> str:
-    """docs/record.md written out: sorted keys, no whitespace, UTF-8, without record_sha256 and
-    signature."""
-    body = {key: value for key, value in doc.items() if key not in ("record_sha256", "signature")}
+    """docs/record.md written out: sorted keys, no whitespace, UTF-8, without record_sha256."""
+    body = {key: value for key, value in doc.items() if key != "record_sha256"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -233,8 +232,8 @@ def test_changing_any_field_changes_record_sha256() -> None:
     doc = json_round_trip(full_record().to_dict())
     # (schema has its own test: another schema is refused, not hashed)
     # (status has its own test too: an unknown status is refused, not hashed)
-    # (summary_sha256 is derived: to_dict recomputes it; the signature signs the hash, see below)
-    skipped = {("record_sha256",), ("schema",), ("status",), ("summary_sha256",), ("signature",)}
+    # (summary_sha256 is derived: to_dict recomputes it)
+    skipped = {("record_sha256",), ("schema",), ("status",), ("summary_sha256",)}
     paths = [path for path in leaves(doc) if path not in skipped]
     assert len(paths) > 100
     for path in paths:
@@ -260,31 +259,17 @@ def _at(doc: Any, path: tuple[Any, ...]) -> Any:
     return doc
 
 
-TOP_LEVEL_FIELDS = [f.name for f in dataclasses.fields(RunRecord)
-                    if f.name not in ("record_sha256", "signature")]
+TOP_LEVEL_FIELDS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "record_sha256"]
 
 
 @pytest.mark.parametrize("field", TOP_LEVEL_FIELDS)
 def test_every_top_level_field_is_written_and_covered_by_record_sha256(field: str) -> None:
-    """to_dict writes every field, and record_sha256 leaves none out but itself and the signature
-    (a hash that skipped a field, or a document without it, would fail here)."""
+    """to_dict writes every field, and record_sha256 leaves none out but itself (a hash that
+    skipped a field, or a document without it, would fail here)."""
     doc = full_record().to_dict()
     assert field in doc
     without = {key: value for key, value in doc.items() if key != field}
     assert record_sha256(without) != doc["record_sha256"]
-
-
-def test_the_signature_is_outside_record_sha256_so_signing_does_not_change_it() -> None:
-    doc = full_record().to_dict()
-    assert record_sha256(dict(doc, signature="k-1:" + "A" * 88)) == doc["record_sha256"]
-
-
-def test_a_changed_record_drops_its_stale_signature() -> None:
-    doc = json_round_trip(full_record().to_dict())
-    doc["signature"] = "k-1:" + "A" * 88
-    loaded = RunRecord.from_dict(doc)
-    assert loaded.to_dict()["signature"] == doc["signature"]  # unchanged: still signs it
-    assert loaded.replace(name="other").to_dict()["signature"] is None
 
 
 def test_a_hand_edited_record_no_longer_matches_its_hash() -> None:
