@@ -33,7 +33,7 @@ from .datastore import (
     ObjectVersion,
     open_store,
 )
-from .errors import UsageError
+from .errors import NixreproError, UsageError
 from .record import DataVersion
 
 if TYPE_CHECKING:
@@ -202,8 +202,21 @@ class Data:
 
     def fetch(self, uri_text: str, version_id: str | None = None) -> Fetched:
         """The version's bytes in the cache (downloaded at most once), checked against its sha256."""
-        # through resolve_ref: a key holding "@" may arrive split by DataRef.parse (`--input`)
-        uri, version = self.resolve_ref(f"{uri_text}@{version_id}" if version_id else uri_text)
+        if version_id is None:
+            uri, version = self.resolve_ref(uri_text)
+            return self.fetch_version(uri, version)
+        uri = DataURI.parse(uri_text)
+        try:
+            version = self.resolve(uri, version_id)
+        except DataStoreUnreachable:
+            raise
+        except DataStoreError as first:
+            # `--input s3://b/a@b` arrives split by DataRef.parse: the key may be "a@b" itself
+            try:
+                uri = DataURI.parse(f"{uri_text}@{version_id}")
+                version = self.resolve(uri)
+            except NixreproError:
+                raise first from None
         return self.fetch_version(uri, version)
 
     def fetch_version(self, uri: DataURI, version: ObjectVersion) -> Fetched:

@@ -299,6 +299,17 @@ def test_verify_contents_rehashes_every_file_of_a_directory(data: Data, tmp_path
         data.verify(f"{uri}@{version.version_id}")
     assert str(caught.value).startswith(f"{uri}@{version.version_id}: 1 of its 5 files do not match the "
                                         "manifest (d3/f0003.bin: its bytes hash to ")
+    # `nixrepro verify RUN --contents` on a run that wrote this directory (its data check reads
+    # only the record's data section)
+    from types import SimpleNamespace
+
+    from nixrepro.record import DataRecord
+    from nixrepro.verify import check_data
+
+    record = SimpleNamespace(data=DataRecord(outputs=[version]))
+    check = check_data(record, data.settings, contents=True)  # type: ignore[arg-type]
+    assert check.result == "fail" and "d3/f0003.bin: its bytes hash to" in check.detail
+    assert check_data(record, data.settings, contents=False).result == "pass"  # type: ignore[arg-type]
 
 
 # --- S3 dying in the middle of a get --------------------------------------------------------------
@@ -479,6 +490,9 @@ def test_a_key_with_an_at_sign_can_be_got_back(data: Data, repo: Path, tmp_path:
         assert got.returncode == 0, (ref, got.stderr)
         assert dest.read_bytes() == b"at"
     assert data.fetch(uri).path.read_bytes() == b"at"  # nixrepro.data.input
+    head, _, tail = uri.rpartition("@")
+    assert data.fetch(head, tail).path.read_bytes() == b"at"  # `run --input URI` splits it so
+    assert data.fetch(uri, version).version.version_id == version
 
 
 def test_truncated_version_metadata_is_one_sentence(data: Data, repo: Path, tmp_path: Path) -> None:

@@ -143,6 +143,10 @@ def cache_verify() -> None:
 
 @cache.command("prune", context_settings=CONTEXT)
 def cache_prune() -> None:
-    """Remove every cached object except outputs still waiting for `nixrepro sync`."""
+    """Remove every cached object except what outputs waiting for `nixrepro sync` need.
+
+    A pending directory keeps its manifest and every file it lists; drop a pending item first
+    with `nixrepro sync --discard ID` to let its bytes go.
+    """
     count, size = _data().cache.prune()
     click.echo(f"removed {count} objects ({size} bytes)")
