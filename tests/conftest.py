@@ -35,6 +35,19 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """XDG_CONFIG_HOME (where the project's signing key may live) is the tests', never the user's:
+    a real key there would sign the tests' records."""
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def has_nix() -> None:
     if shutil.which("nix") is None:
