@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import DataConfig
+from .redact import scrub_url
 from .datastore import (
     DataStoreError,
     DataStoreUnreachable,
@@ -231,6 +232,7 @@ class S3Store:
             IncompleteReadError,
             NoCredentialsError,
         )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         try:
             return call()
@@ -241,7 +243,9 @@ class S3Store:
             missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
             error = NoSuchObject if missing else DataStoreError
             raise error(self._explain(uri, code, version_id)) from None
-        except (HTTPClientError, IncompleteReadError) as exc:  # refused, reset, cut short: away
+        # refused (EndpointConnectionError, a ConnectionError), reset, cut short: the store is away,
+        # and an output is kept pending rather than failed
+        except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
             raise DataStoreUnreachable(
                 f"cannot reach S3 at {self._endpoint()} for {uri} ({type(exc).__name__}); check the network "
                 "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."
@@ -256,8 +260,9 @@ class S3Store:
                                  "endpoint and credentials.") from None
 
     def _endpoint(self) -> str:
-        return (self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
+        """The endpoint as messages name it: a password in its URL never reaches them."""
+        return scrub_url(self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                         or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:

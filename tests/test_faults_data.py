@@ -521,3 +521,16 @@ def test_the_pending_queue_of_an_older_cache_is_read(tmp_path: Path) -> None:
     data = Data(DataConfig(cache_dir=str(cache)))
     data.keep_pending(_write(tmp_path / "a", b"old"), f"file://{tmp_path}/store/a", None)
     assert len(data.sync_pending().done) == 1
+
+
+def test_a_password_in_the_endpoint_url_never_reaches_an_error_message(repo: Path, tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the endpoint is unreachable
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {"AWS_ENDPOINT_URL": f"http://admin:hunter2-endpoint-pw@127.0.0.1:{port}",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_MAX_ATTEMPTS": "1"}
+    got = cli(repo, "data", "get", "s3://bucket/key", str(tmp_path / "x"), env=env)
+    line = one_sentence(got, 1)
+    assert "hunter2-endpoint-pw" not in got.stderr + got.stdout
+    assert line.startswith(f"Error: cannot reach S3 at http://<redacted>@127.0.0.1:{port} for s3://bucket/key")
