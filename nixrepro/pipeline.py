@@ -86,6 +86,9 @@ class Stage:
             raise ConfigError(f"stage {name!r} has an empty cmd; give the command to run.")
         if any("\0" in arg for arg in argv):  # no process can be given one
             raise ConfigError(f"stage {name!r}: cmd holds a NUL character; remove it.")
+        if stage.env is not None and not stage.env.strip():  # not silently [run] flake instead
+            raise ConfigError(f"stage {name!r} has an empty env; give a flake output such as "
+                              "\".#env\", or leave env out to use [run] flake.")
         return cls(name, argv, list(stage.inputs), [Output.parse(name, o) for o in stage.outputs],
                    dict(stage.params), stage.env, list(stage.deps), list(stage.after))
 
@@ -521,11 +524,14 @@ def graph_text(pipeline: Pipeline) -> str:
 
 
 def graph_dot(pipeline: Pipeline) -> str:
+    def quoted(name: str) -> str:  # a stage name is any TOML key, quotes and backslashes included
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
     lines = ["digraph pipeline {", "  rankdir=LR;", "  node [shape=box];"]
     for name in pipeline.order():
-        lines.append(f'  "{name}";')
+        lines.append(f"  {quoted(name)};")
         for up in sorted(pipeline.upstream[name]):
-            lines.append(f'  "{up}" -> "{name}";')
+            lines.append(f"  {quoted(up)} -> {quoted(name)};")
     lines.append("}")
     return "\n".join(lines)
 

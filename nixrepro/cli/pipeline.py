@@ -11,12 +11,13 @@ import click
 from . import CONTEXT, cli, echo_json, nix_cli
 
 
-def _runner(dev: bool = False, force: bool = False) -> Any:
+def _runner(dev: bool = False, force: bool = False, quiet_stdout: bool = False) -> Any:
+    """``quiet_stdout``: the stages' stdout goes to stderr, so --json's stdout is only JSON."""
     from .. import config as config_module
     from ..git import GitRepo
     from ..pipeline import Pipeline, PipelineRunner
-    from ..runner import RunRequest
-    from ..runner import run as run_request
+    from ..runner import RunRequest, prepare
+    from ..runner import execute as execute_run
 
     repo = GitRepo.discover(Path.cwd())
     config = config_module.load(repo.root)
@@ -31,7 +32,8 @@ def _runner(dev: bool = False, force: bool = False) -> Any:
             inputs=[f"{uri}@{version}" for uri, version in inputs.items()],
             outputs=[f"{out.local}={out.uri}" for out in stage.outputs],
         )
-        return run_request(request, config, nix)
+        return execute_run(prepare(request, config, nix),
+                           stdout=sys.stderr.buffer if quiet_stdout else None)
 
     return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
                           resolver=_LatestVersion(config.data), execute=execute, dev=dev, force=force)
@@ -92,7 +94,7 @@ def pipeline_run(stages: tuple[str, ...], force: bool, jobs: int, dev: bool, as_
     """
     from ..pipeline import PipelineError
 
-    runner = _runner(dev=dev, force=force)
+    runner = _runner(dev=dev, force=force, quiet_stdout=as_json)
     outcomes = runner.run(list(stages), jobs=jobs)
     if as_json:
         echo_json([o.to_dict() for o in outcomes])
