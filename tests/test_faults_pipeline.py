@@ -26,7 +26,7 @@ from nixrepro.config import parse
 from nixrepro.errors import ConfigError
 from nixrepro.git import GitRepo
 from nixrepro.nix import Nix
-from nixrepro.pipeline import Pipeline, PipelineRunner, Stage
+from nixrepro.pipeline import Pipeline, PipelineRunner, Stage, graph_dot
 from nixrepro.record import RunRecord, StageInfo
 from nixrepro.runstore import RunStore
 from tests.helpers import Project, run_cli, sh
@@ -277,7 +277,33 @@ def test_a_nul_character_in_a_stage_cmd_is_refused_before_anything_runs() -> Non
     for cmd in ("echo a\0b", ["echo", "a\0b"]):
         with pytest.raises(ConfigError) as caught:
             Pipeline.from_config(parse({"stages": {"n": {"cmd": cmd}}}))
-        assert str(caught.value) == "stage 'n': cmd holds a NUL character; remove it."
+        message = str(caught.value)  # config validation or the stage's, whichever sees it first
+        assert "NUL character" in message and ("stage 'n'" in message or "'stages.n.cmd'" in message)
+        assert message.endswith("remove it.")
+
+
+def test_an_empty_stage_env_is_refused_instead_of_falling_back_to_run_flake() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Pipeline.from_config(parse({"stages": {"e": {"cmd": "x", "env": " "}}}))
+    assert str(caught.value) == ("stage 'e' has an empty env; give a flake output such as \".#env\", "
+                                 "or leave env out to use [run] flake.")
+
+
+def test_graph_dot_quotes_any_stage_name() -> None:
+    odd = 'a"b\\'
+    dot = graph_dot(Pipeline.from_config(parse({"stages": {odd: {"cmd": "x"},
+                                                           "c": {"cmd": "y", "after": [odd]}}})))
+    assert '  "a\\"b\\\\" -> "c";' in dot.splitlines()
+
+
+def test_pipeline_run_json_is_only_json_while_the_stages_print(project: Project) -> None:
+    write_pipeline(project, '[stages.loud]\ncmd = "echo from the stage"\ndeps = ["train.py"]\n')
+    result = project.nixrepro("pipeline", "run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["state"] == "ran"
+    assert "from the stage" in result.stderr  # shown, on the other stream
+    run_dir = project.runs_dir / json.loads(result.stdout)[0]["run"]
+    assert (run_dir / "stdout.log").read_text() == "from the stage\n"  # and logged as stdout
 
 
 def test_a_chain_of_1500_stages_is_ordered_without_recursion() -> None:
