@@ -278,7 +278,7 @@ def test_a_nul_character_in_a_stage_cmd_is_refused_before_anything_runs() -> Non
         with pytest.raises(ConfigError) as caught:
             Pipeline.from_config(parse({"stages": {"n": {"cmd": cmd}}}))
         message = str(caught.value)  # config validation or the stage's, whichever sees it first
-        assert "NUL character" in message and ("stage 'n'" in message or "'stages.n.cmd'" in message)
+        assert "NUL character" in message and ("stage 'n'" in message or "'stages.n.cmd" in message)
         assert message.endswith("remove it.")
 
 
