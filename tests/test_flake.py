@@ -1,10 +1,12 @@
 """The flake side, end to end: `nix flake init -t <checkout>#minimal`, then `nix run .#experiment`.
 
 Real nix and git; nixpkgs is tests/fixtures/nixpkgs-standin (these machines cannot fetch it),
-whose python wraps this test run's interpreter. The copy of this checkout that the tests use as
-the `nixrepro` flake has its inputs' URLs (in flake.nix and the templates) pointed at the stand-in
-and at itself; nothing else differs from what a user runs, and no `--override-input` is used (it
-implies --no-write-lock-file, which hid the quick start's first-run refusal).
+whose python3 and numpy are a real closure in the store (tests/test_real_closure.py proves the
+experiment runs in it) and whose nixrepro command wraps this test run's interpreter. The copy of
+this checkout that the tests use as the `nixrepro` flake has its inputs' URLs (in flake.nix and the
+templates) pointed at the stand-in and at itself; nothing else differs from what a user runs, and
+no `--override-input` is used (it implies --no-write-lock-file, which hid the quick start's
+first-run refusal).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ NIXREPRO_URL = "github:nixrepro/nixrepro"
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the stand-in nixpkgs, a copy of this checkout's files) as path: flake inputs."""
-    base = tmp_path_factory.mktemp("flake-inputs")
+    return make_inputs(tmp_path_factory.mktemp("flake-inputs"))
+
+
+def make_inputs(base: Path) -> tuple[Path, Path]:
+    """The stand-in nixpkgs and a copy of this checkout's files in ``base``, for path: inputs."""
     standin = base / "nixpkgs-standin"
     shutil.copytree(ROOT / "tests" / "fixtures" / "nixpkgs-standin", standin)
     default = standin / "default.nix"
