@@ -286,13 +286,14 @@ def record_file_json(doc: dict[str, Any]) -> str:
 
 HEAD_FIELDS = ("record_sha256", "summary_sha256")
 _HEAD = re.compile(rb'^\{"record_sha256": "([0-9a-f]{64})", "summary_sha256": "([0-9a-f]{64})"')
+_HEAD_BYTES = 170  # exactly what _HEAD matches: 19 + 64 + 22 + 64 + 1
 
 
 def read_head(path: Path) -> tuple[str, str] | None:
     """(record_sha256, summary_sha256) from the start of a record.json that
     :func:`record_file_json` wrote; None for any other layout (an older nixrepro, a rewrite)."""
     with open(path, "rb") as file:
-        match = _HEAD.match(file.read(160))
+        match = _HEAD.match(file.read(_HEAD_BYTES))
     return (match.group(1).decode(), match.group(2).decode()) if match else None
 
 
