@@ -58,10 +58,9 @@ def test_refuses_a_dirty_tree_and_names_the_files(project: Project) -> None:
     assert records(project) == []
 
 
-@pytest.mark.parametrize("case", ["missing", "untracked", "modified"])
+@pytest.mark.parametrize("case", ["missing", "untracked"])
 def test_refuses_an_unpinned_flake_lock(project: Project, case: str) -> None:
     env = project.build_env()
-    lock = project.root / "flake.lock"
     if case == "missing":
         sh(["git", "rm", "-q", "flake.lock"], cwd=project.root)
         project.commit("drop lock")
@@ -72,19 +71,29 @@ def test_refuses_an_unpinned_flake_lock(project: Project, case: str) -> None:
         (project.root / ".gitignore").write_text("flake.lock\n")
         project.commit("untrack lock")
         expected = "Error: flake.lock is not tracked by git; `git add flake.lock` and commit it.\n"
-    else:
-        lock.write_text(lock.read_text().replace('"version": 7', '"version":  7'))
-        result = project.nixrepro("run", "--env", env, "--", "true")
-        assert result.returncode == 1 and "M flake.lock" in result.stderr
-        result = project.nixrepro("run", "--dev", "--env", env, "--", "true")
-        assert result.returncode == 0, result.stderr  # a dev run keeps the lock diff in its patch
-        patch = next(project.runs_dir.iterdir()) / "code.patch"
-        assert '"version":  7' in patch.read_text()
-        return
     result = project.nixrepro("run", "--env", env, "--", "true")
     assert result.returncode == 1
     assert result.stderr == expected
     assert records(project) == []
+
+
+def test_refuses_a_modified_flake_lock_and_a_dev_run_keeps_its_diff(project: Project) -> None:
+    env = project.build_env()
+    lock = project.root / "flake.lock"
+    lock.write_text(lock.read_text().replace('"version": 7', '"version":  7'))
+    result = project.nixrepro("run", "--env", env, "--", "true")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: the work tree has uncommitted changes (M flake.lock); commit them, or pass --dev "
+        "to record a development run with the diff.\n"
+    )
+    assert records(project) == []
+    result = project.nixrepro("run", "--dev", "--env", env, "--", "true")
+    assert result.returncode == 0, result.stderr
+    record = only_record(project)
+    assert record["dev"] is True and record["code"]["dirty_files"] == ["M flake.lock"]
+    patch = (project.runs_dir / record["id"] / "code.patch").read_text()
+    assert '-  "version": 7' in patch and '+  "version":  7' in patch  # the lock's diff, both sides
 
 
 def test_refuses_a_path_that_is_not_in_the_store(project: Project) -> None:
@@ -320,7 +329,8 @@ def test_signals_are_forwarded_to_the_command(project: Project, tmp_path: Path, 
     else:
         assert marker.read_text().startswith("got-")
         # the command handled SIGINT and exited 0: the record says so, and that it was interrupted
-        assert record["exit_code"] == 0 and proc.returncode == 0
+        assert (proc.returncode, record["exit_code"], record["signal"]) == (0, 0, None)
+        assert record["status"] == "interrupted"
     assert record["ended_at"] is not None and record["duration_s"] > 0
 
 
