@@ -168,6 +168,7 @@ def _fill_in_run(item: Pending, version: DataVersion) -> None:
     if not item.run_dir:
         return
     from . import datalog
+    from .rundir import fold
     from .runstore import RunStore
 
     run_dir = Path(item.run_dir)
@@ -178,7 +179,7 @@ def _fill_in_run(item: Pending, version: DataVersion) -> None:
         store = RunStore(run_dir.parent.parent)
         record = store.load(run_dir.name)
         if record.status != "running":  # a running run folds the data log itself when it ends
-            store.save(record.replace(data=datalog.read(run_dir)))
+            store.save(fold(record, run_dir))  # the run directory's one fold (nixrepro.rundir)
     except (NixreproError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise ItemError(

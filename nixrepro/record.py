@@ -75,9 +75,22 @@ class DataVersion:
 
 
 @dataclass(frozen=True)
+class OutputResult:
+    """What became of one ``--output LOCAL=URI`` of ``nixrepro run`` (nixrepro.rundir)."""
+
+    uri: str
+    local: str  # the path the command was to write, relative to the run's cwd
+    # "stored" (a version in ``outputs``), "pending" (kept in the cache for `nixrepro sync`),
+    # "failed" (nothing stored: ``reason`` says why and how to store it), "missing" (not written)
+    state: str
+    reason: str | None = None  # one sentence, for every state but "stored"
+
+
+@dataclass(frozen=True)
 class DataRecord:
     inputs: list[DataVersion] = field(default_factory=list)
     outputs: list[DataVersion] = field(default_factory=list)
+    output_results: list[OutputResult] = field(default_factory=list)  # one per --output flag
 
 
 @dataclass(frozen=True)

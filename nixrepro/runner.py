@@ -8,6 +8,7 @@ writes the final record, whatever happens in between.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -15,20 +16,20 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, cuda, datalog, determinism, facts, host, rundata
+from . import __version__, cuda, datalog, determinism, facts, host, rundata, rundir
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
 from .lock import FlakeLock, LockedInput
-from .metrics import METRICS_FILE, last_values
 from .nix import Nix
 from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
@@ -45,7 +46,7 @@ from .record import (
 )
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
-from .supervise import Outcome, supervise
+from .supervise import Interrupted, Outcome, StopSignals, supervise
 
 DEV_PATCH = "code.patch"
 
@@ -370,8 +371,10 @@ def execute(
     inputs = rundata.fetch_inputs(request.inputs, prepared.data, request.data_pins)
     for warning in prepared.warnings:
         _warn(stderr, warning)
-    run_id, run_dir = store.new_run_dir()
-    with store.hold(run_id):
+    run_id, run_dir = _new_run(store)
+    # One lock for the whole run (a gap would let a reader call it crashed); signals from here on
+    # are noted, and a run asked to stop before its command starts is recorded as interrupted.
+    with store.hold(run_id), StopSignals() as stops, _until_started(store, run_dir) as started:
         env = child_environment(prepared, run_id, run_dir)
         rundata.expose_inputs(inputs, run_dir, env)
         patch = redactor.scrub_bytes(prepared.dev_patch) if prepared.dev_patch is not None else None
@@ -402,28 +405,96 @@ def execute(
         )
         if patch is not None:
             (run_dir / DEV_PATCH).write_bytes(patch)
+        rundata.declare_outputs(request.outputs, run_dir)
         store.save(record)
-        outcome: Outcome | None = None
-        status = "failed"  # if nixrepro itself fails between start and end
-        try:
-            pin = Background(_pin, prepared, run_dir, stderr)  # overlaps with the command
-            if sinks:
-                record = _with_trackers(record, sinks.started(record, run_dir))
-                store.save(record)
+        rundir.reserve(run_dir, record)
+        started()
+        record = _run_and_record(prepared, record, env, run_dir, sinks, stops, stdout, stderr)
+    if stops.received:  # asked to stop before the command or while its outputs were stored
+        raise Interrupted(stops.received[0])
+    return record
+
+
+def _new_run(store: RunStore) -> tuple[str, Path]:
+    try:
+        return store.new_run_dir()
+    except OSError as exc:
+        raise _store_error(store, exc) from None
+
+
+def _store_error(store: RunStore, exc: OSError) -> NixreproError:
+    return RefusedError(
+        f"cannot write the run store {store.root} ({exc.strerror or exc}); make it writable "
+        "(or free space on its disk) and run again."
+    )
+
+
+@contextlib.contextmanager
+def _until_started(store: RunStore, run_dir: Path) -> Iterator[Callable[[], None]]:
+    """Until ``started()`` is called (the first record is written), a failure removes the run:
+    a run that never started leaves nothing half-written behind."""
+    state = {"started": False}
+
+    def started() -> None:
+        state["started"] = True
+
+    try:
+        yield started
+    except BaseException as exc:
+        if state["started"]:
+            raise
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _store_error(store, exc) from None
+        raise
+
+
+def _run_and_record(
+    prepared: Prepared, record: RunRecord, env: dict[str, str], run_dir: Path, sinks: Observers,
+    stops: StopSignals, stdout: BinaryIO | None, stderr: BinaryIO | None,
+) -> RunRecord:
+    """Run the command and write the final record, whatever happens in between.
+
+    A signal before the command starts keeps it from starting; one while outputs are stored stops
+    that upload (nixrepro.rundata). Nothing stops the final record from being written.
+    """
+    request, store = prepared.request, prepared.store
+    outcome: Outcome | None = None
+    status = "failed"  # if nixrepro itself fails between start and end
+
+    def warn(message: str) -> None:
+        _warn(stderr, message)
+
+    try:
+        pin = Background(_pin, prepared, run_dir, stderr)  # overlaps with the command
+        if sinks:
+            record = _with_trackers(record, sinks.started(record, run_dir))
+            store.save(record)
+        if not stops.received:
             with MetricsTail(run_dir, sinks):
                 outcome = _start(prepared, env, run_dir, stdout, stderr)
-            pin.result()
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        finally:
-            if request.outputs:  # kept even if the command failed: nothing produced is lost
-                rundata.store_outputs(request.outputs, request.cwd, prepared.data, run_dir,
-                                      lambda message: _warn(stderr, message))
-            record = _finish(record, outcome, run_dir, status)
+        pin.result()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        rundir.release(run_dir)  # the room kept for the final record (a full disk)
+        if outcome is not None and outcome.reason:
+            warn(outcome.reason)
+        if request.outputs:  # kept even if the command failed: nothing produced is lost
+            rundata.store_outputs(request.outputs, request.cwd, prepared.data, run_dir, warn, stops)
+        record = _finish(record, outcome, run_dir, status, stops.first)
+        try:
             store.save(record)
-            if sinks:
-                record = _with_trackers(record, sinks.ended(record, run_dir))
+        except OSError as exc:
+            raise RefusedError(
+                f"the final record of run {record.id} could not be written ({exc.strerror or exc}); "
+                "the run will read as crashed, with its logs, metrics and data; free space in "
+                f"{store.root} so that later runs are recorded."
+            ) from None
+        if sinks:
+            record = _with_trackers(record, sinks.ended(record, run_dir))
+            with contextlib.suppress(OSError):  # the outcome is saved; only tracker ids would wait
                 store.save(record)
     return record
 
@@ -470,19 +541,20 @@ def _start(
 
 
 def _finish(
-    record: RunRecord, outcome: Outcome | None, run_dir: Path, status: str
+    record: RunRecord, outcome: Outcome | None, run_dir: Path, status: str, stopped: str | None
 ) -> RunRecord:
+    """The final record: how the command ended, and the run directory's one fold (rundir)."""
     started = dt.datetime.fromisoformat(record.started_at)
     ended = dt.datetime.now(dt.timezone.utc)
-    return record.replace(
-        status=outcome.status if outcome else status,
+    final = outcome.status if outcome else status
+    if stopped is not None and (outcome is None or final != "failed"):
+        final = "interrupted"  # asked to stop before the command, or while storing its outputs
+    return rundir.fold(record, run_dir).replace(
+        status=final,
         ended_at=ended.isoformat(timespec="microseconds"),
         exit_code=outcome.exit_code if outcome else None,
         signal=outcome.signal if outcome else None,
         duration_s=outcome.duration_s if outcome else round((ended - started).total_seconds(), 6),
-        metrics=last_values(run_dir / METRICS_FILE),
-        data=datalog.read(run_dir),
-        seeded=determinism.read_seeded(run_dir),
     )
 
 

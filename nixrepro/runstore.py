@@ -49,7 +49,6 @@ from typing import Any
 
 from .errors import NixreproError, RunNotFoundError
 from .fsutil import atomic_write
-from .metrics import METRICS_FILE, last_values
 from .record import (
     RecordError,
     RunRecord,
@@ -238,10 +237,10 @@ class RunStore:
             current = self._read(record.id)  # re-read under the lock: it may just have ended
             if current.status != "running":
                 return current
-            crashed = current.replace(
-                status="crashed",
-                metrics=last_values(self.run_dir(record.id) / METRICS_FILE),
-            )
+            from .rundir import fold, release  # the one fold of a normal end: nothing is lost
+
+            release(self.run_dir(record.id))  # the room the dead recorder held for its record
+            crashed = fold(current, self.run_dir(record.id)).replace(status="crashed")
             self.save(crashed)
             return crashed
         finally:

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 
-from .. import __version__
-from ..errors import NixreproError
+def _quiet_interrupt(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# Ctrl-C while the command line is still being imported (click, the command modules) exits 130
+# without a traceback; main() puts Python's own handler back once it can report it.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _quiet_interrupt)
+
+import click  # noqa: E402
+
+from .. import __version__  # noqa: E402
+from ..errors import NixreproError  # noqa: E402
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -60,26 +71,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     head = args[: args.index("--")] if "--" in args else args
     debug = "--debug" in head or os.environ.get("NIXREPRO_DEBUG") == "1"
+    if signal.getsignal(signal.SIGINT) is _quiet_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        _check_cwd()
         cli.main(args=args, prog_name="nixrepro", standalone_mode=False)
     except NixreproError as exc:
         if debug:
             raise
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's name for a KeyboardInterrupt in a command
+        if debug and exc.__cause__ is not None:
+            raise exc.__cause__ from None
         click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+        sys.exit(128 + getattr(exc.__cause__, "signum", signal.SIGINT))  # 143 for SIGTERM
+    except KeyboardInterrupt as exc:
         if debug:
             raise
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))  # 143 for SIGTERM, as a shell says
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def _check_cwd() -> None:
+    """A deleted working directory is one sentence, not a FileNotFoundError from deep inside."""
+    from ..errors import UsageError
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists (it was deleted or moved); "
+                         "cd into the project again and rerun the command.") from None
 
 
 # Each module registers its commands on `cli` when imported; add new areas here.
