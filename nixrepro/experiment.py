@@ -24,6 +24,7 @@ from .fsutil import append_line
 from .metrics import METRICS_FILE
 
 _warned: list[bool] = []  # a mutable flag, not config: "warn once" per process
+_log_failed: list[bool] = []  # "warn once" that metrics could not be written
 
 
 def run_id() -> str | None:
@@ -60,8 +61,15 @@ def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
             print("nixrepro: not inside `nixrepro run`; metrics are not recorded", file=sys.stderr)
         return
     values = {str(key): _plain(value) for key, value in metrics.items()}
-    append_line(directory / METRICS_FILE,
-                json.dumps({"time": time.time(), "step": step, "metrics": values}) + "\n")
+    line = json.dumps({"time": time.time(), "step": step, "metrics": values}) + "\n"
+    try:
+        append_line(directory / METRICS_FILE, line)
+    except OSError as exc:  # the run directory vanished, a full disk: the experiment goes on
+        if not _log_failed:
+            _log_failed.append(True)
+            print(f"nixrepro: warning: metrics cannot be written to {directory / METRICS_FILE} "
+                  f"({exc.strerror or exc}); they are not recorded, the experiment goes on",
+                  file=sys.stderr)
 
 
 def _plain(value: Any) -> Any:

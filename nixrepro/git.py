@@ -141,8 +141,14 @@ class GitRepo:
     def diff_with_untracked(self) -> bytes:
         """The full diff of the work tree against HEAD, untracked files included, as a patch.
 
-        Uses a throw-away index so the user's staging area is left alone.
+        Uses a throw-away index so the user's staging area is left alone. Changes inside a
+        checked-out submodule (which the superproject's diff shows only as "dirty") follow, as that
+        submodule's own diff with its path as prefix: the patch applies with ``git apply`` to a
+        checkout of the recorded commit whose submodules are updated (``git submodule update``).
         """
+        return self._diff_tree("")
+
+    def _diff_tree(self, prefix: str) -> bytes:
         with tempfile.TemporaryDirectory(prefix="nixrepro-index-") as tmp:
             env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.git("read-tree", "HEAD", env=env)
@@ -150,14 +156,25 @@ class GitRepo:
             # .gitignore already ignores it makes `git add` fail, so exclude it only when needed.
             ignored = proc.run(["git", "-C", str(self.root), "check-ignore", "-q", STORE_DIR_NAME],
                                check=False).returncode == 0
-            excluded = [] if ignored else [f":(exclude){STORE_DIR_NAME}"]
+            excluded = [] if ignored or prefix else [f":(exclude){STORE_DIR_NAME}"]
             self.git("add", "-A", "--", ".", *excluded, env=env)
             diff = proc.run(
-                ["git", "-C", str(self.root), "diff", "--cached", "--binary", "HEAD"],
+                ["git", "-C", str(self.root), "diff", "--cached", "--binary",
+                 f"--src-prefix=a/{prefix}", f"--dst-prefix=b/{prefix}", "HEAD"],
                 error=GitCommandError,
                 env=env,
             ).stdout
-        return diff.encode()
+        patch = diff.encode()
+        for path in self._submodules():
+            patch += GitRepo(self.root / path)._diff_tree(f"{prefix}{path}/")
+        return patch
+
+    def _submodules(self) -> list[str]:
+        """Paths of the submodules checked out in this work tree (gitlinks with a .git inside)."""
+        listing = self.git("ls-files", "--stage", "-z")
+        paths = [entry.split("\t", 1)[1] for entry in listing.split("\0")
+                 if entry.startswith("160000 ") and "\t" in entry]
+        return [path for path in paths if (self.root / path / ".git").exists()]
 
     def show_file(self, commit: str, rel_path: str) -> bytes | None:
         """The content of ``rel_path`` at ``commit``, or None when it is not there."""
