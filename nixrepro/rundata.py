@@ -159,7 +159,7 @@ def unstorable(path: Path, local: str) -> str | None:
             st = path.stat()
         except OSError as exc:
             kind = "a symlink loop" if exc.errno == errno.ELOOP else "a symlink to nothing"
-            return f"{local} is {kind} ({os.readlink(path)!r})"
+            return f"{local} is {kind} (it points to {os.readlink(path)!r}); point it at the data"
     if stat.S_ISREG(st.st_mode):
         return None
     if not stat.S_ISDIR(st.st_mode):
@@ -183,13 +183,13 @@ def _tree_problem(directory: Path, local: str, ancestors: set[tuple[int, int]]) 
                 st = os.stat(entry.path)  # links followed, as the upload follows them
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    return f"{name} is a symlink loop"
+                    return f"{name} is a symlink loop; remove it"
                 continue  # a dangling link holds no data; the upload skips it too
             if stat.S_ISDIR(st.st_mode):
                 if entry.name == VERSIONS_DIR:
                     continue
                 if (st.st_dev, st.st_ino) in seen:
-                    return f"{name} is a symlink loop (it leads back to a directory above it)"
+                    return f"{name} is a symlink loop (it leads back to a directory above it); remove it"
                 stack.append((Path(entry.path), name, seen | {(st.st_dev, st.st_ino)}))
             elif stat.S_ISREG(st.st_mode):
                 files += 1

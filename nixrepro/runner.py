@@ -374,7 +374,7 @@ def execute(
     run_id, run_dir = _new_run(store)
     # One lock for the whole run (a gap would let a reader call it crashed); signals from here on
     # are noted, and a run asked to stop before its command starts is recorded as interrupted.
-    with store.hold(run_id), StopSignals() as stops, _until_started(store, run_dir) as started:
+    with _until_started(store, run_dir) as started, store.hold(run_id), StopSignals() as stops:
         env = child_environment(prepared, run_id, run_dir)
         rundata.expose_inputs(inputs, run_dir, env)
         patch = redactor.scrub_bytes(prepared.dev_patch) if prepared.dev_patch is not None else None
