@@ -94,7 +94,9 @@ def _argv_secrets(argv: Iterable[str], extra: Iterable[str]) -> Iterator[tuple[i
 
 
 # user:password@ in URLs (https://user:tok@host), a common way to leak a token into argv
-_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
+# Tried only where a run of scheme characters begins (the lookbehind): tried at every position
+# of a long run of word characters (a base64 blob in a log), the scheme part is quadratic.
+_URL_CREDENTIALS = re.compile(r"(?<![\w+.-])([+.-]*\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
 _URL_PASSWORD = re.compile(r"\w[\w+.-]*://[^/\s@:]+:([^/\s@]+)@")
 # ?access_token=... and the like: a query parameter whose name says it is a secret. A "?" ends a
 # value too: ?next=https://h/cb?token=X hides the token in the value of next otherwise.
@@ -192,7 +194,7 @@ class Redactor:
 
 _WHITESPACE = b" \t\n\r\f\v"  # what bytes regexes call \s: no credential spans one
 _SCHEME_CHARS = b"".join(bytes([c]) for c in range(256) if re.fullmatch(rb"[\w+.-]", bytes([c])))
-_URL_CREDENTIALS_B = re.compile(rb"(\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
+_URL_CREDENTIALS_B = re.compile(rb"(?<![\w+.-])([+.-]*\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
 _QUERY_SECRET_B = re.compile(rb"([?&])([^=&#?\s]+)=([^&#?\s]*)")
 
 
@@ -201,13 +203,18 @@ def _run_start(buffer: bytes) -> int:
     return max(buffer.rfind(bytes([c])) for c in _WHITESPACE) + 1
 
 
+_LAST_WORD_CHAR = re.compile(rb"\w[+.-]*\Z")
+
+
 def _scheme_start(run: bytes, end: int) -> int | None:
-    """Where a URL scheme ending at ``end`` would begin (its first word character), if one can."""
+    """Where a URL scheme ending at ``end`` must be kept from: its last word character, if it has
+    one. The pattern writes the scheme through unchanged and needs only one word character before
+    ``://``, so holding back more of it changes nothing, and a long unbroken line of word
+    characters (a base64 blob) would be held and re-scanned whole on every write."""
     head = run[:end]
     start = len(head.rstrip(_SCHEME_CHARS))
-    word = head[start:]
-    lead = len(word) - len(word.lstrip(b"+.-"))
-    return start + lead if lead < len(word) else None
+    match = _LAST_WORD_CHAR.search(head, start)
+    return match.start() if match else None
 
 
 def _credentials_live(buffer: bytes) -> int:
