@@ -353,3 +353,13 @@ def test_a_record_document_holding_nan_is_written_strict_and_hashes_as_written()
     text = record_module.document_json(doc)
     assert strict(text) == {"metrics": {"loss": "nan", "up": "inf"}, "params": {"x": ["-inf"]}}
     assert record_module.record_sha256(doc) == record_module.record_sha256(strict(text))
+
+
+def test_an_error_quoting_a_url_with_a_token_never_prints_the_token(tmp_path: Path) -> None:
+    """The CLI's last guard: any error that quotes a URL with credentials (git's, nix's) is scrubbed."""
+    script = ("import click; from nixrepro import cli; from nixrepro.errors import NixreproError\n"
+              "def boom(): raise NixreproError('fetching https://u:tok-SECRET-123@host/x failed; retry.')\n"
+              "cli.cli.add_command(click.command('boom')(boom)); cli.main(['boom'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "tok-SECRET-123" not in done.stderr
+    assert done.stderr == "Error: fetching https://<redacted>@host/x failed; retry.\n"

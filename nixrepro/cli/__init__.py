@@ -29,6 +29,7 @@ import click  # noqa: E402
 
 from .. import __version__  # noqa: E402
 from ..errors import NixreproError  # noqa: E402
+from ..redact import scrub_url  # noqa: E402
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -79,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except NixreproError as exc:
         if debug:
             raise
-        click.echo(f"Error: {exc}", err=True)
+        # the last guard: a git or nix error can quote a URL with its token
+        click.echo(f"Error: {scrub_url(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:  # click's name for a KeyboardInterrupt in a command
         if debug and exc.__cause__ is not None:
