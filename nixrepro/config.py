@@ -8,9 +8,11 @@ dataclass and a field of :class:`Config`, and the loader validates it from its t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,28 +117,58 @@ T = TypeVar("T")
 def load(repo_root: Path) -> Config:
     """The project's config; defaults when it has none."""
     path = repo_root / CONFIG_FILE
-    if path.is_file():
+    if path.exists() or path.is_symlink():  # a directory or a dangling link is an error, not "none"
         return parse(_read_toml(path), source=str(path))
     pyproject = repo_root / "pyproject.toml"
-    if pyproject.is_file():
-        table = _read_toml(pyproject).get("tool", {}).get("nixrepro")
+    if pyproject.exists() or pyproject.is_symlink():
+        tool = _read_toml(pyproject).get("tool", {})
+        if not isinstance(tool, dict):
+            raise ConfigError(f"{pyproject}: 'tool' must be a table, not {_kind(tool)}; "
+                              "write it as [tool.NAME] sections.")
+        table = tool.get("nixrepro")
         if table is not None:
             return parse(table, source=f"{pyproject} [tool.nixrepro]")
     return Config()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at ``path``; every way it can be unreadable is one :class:`ConfigError`."""
     try:
-        doc: dict[str, Any] = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        what = "is a directory" if path.is_dir() else f"cannot be read ({exc.strerror or exc})"
+        raise ConfigError(f"{path} {what}; make it a readable TOML file, or remove it.") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark from an editor is not an error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); "
+                          "TOML files are UTF-8: save it as UTF-8.") from exc
+    try:
+        doc: dict[str, Any] = tomllib.loads(text)
         return doc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax.") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path} nests arrays or tables too deeply to read; "
+                          "flatten it (nixrepro's keys are at most three levels deep).") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        reason = str(exc).split(";")[0]
+        raise ConfigError(f"{path} holds a value too large to read ({reason}); "
+                          "write a shorter one.") from exc
 
 
-def parse(table: dict[str, Any], source: str = CONFIG_FILE) -> Config:
+def parse(table: Any, source: str = CONFIG_FILE) -> Config:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source} must be a table of sections, not {_kind(table)}; "
+                          "write it as [tool.nixrepro.run] and the like.")
     sections = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
-    config = _section(Config, {k: v for k, v in table.items()}, source, "", sections)
+    config = _section(Config, dict(table), source, "", sections)
     _check_tracker(config.tracker, source)
+    _check_locations(config, source)
+    for name in config.stages:
+        if not name.strip():
+            raise ConfigError(f"{source}: a stage has an empty name ([stages.\"{name}\"]); "
+                              "give it a name to run it by.")
     return dataclasses.replace(config, source=source)
 
 
@@ -148,9 +180,36 @@ def _check_tracker(tracker: TrackerConfig, source: str) -> None:
                           f"not {tracker.mode!r}.")
 
 
+def _check_locations(config: Config, source: str) -> None:
+    """Paths that ``~user`` cannot expand and endpoints that are not http(s) URLs fail here, in
+    one sentence naming the key, rather than deep in the first command that uses them."""
+    for key, value in (("data.cache_dir", config.data.cache_dir),
+                       ("archive.key_file", config.archive.key_file)):
+        if value:
+            try:
+                Path(value).expanduser()
+            except RuntimeError as exc:
+                raise ConfigError(f"{source}: {key!r} is {value!r}, whose user has no home "
+                                  "directory here; give an absolute path or one under ~/.") from exc
+    for key, value in (("data.endpoint_url", config.data.endpoint_url),
+                       ("archive.endpoint_url", config.archive.endpoint_url)):
+        if value is not None and not _is_http_url(value):
+            raise ConfigError(f"{source}: {key!r} must be an http:// or https:// URL with a host, "
+                              f"not {value!r}; for example \"http://localhost:8333\".")
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str]) -> T:
     if not isinstance(table, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.')!r} must be a table.")
+        raise ConfigError(f"{source}: {prefix.rstrip('.')!r} must be a table, not {_kind(table)}.")
     unknown = sorted(set(table) - keys)
     if unknown:
         key = prefix + unknown[0]
@@ -176,7 +235,7 @@ def _value(hint: Any, value: Any, source: str, key: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key!r} must be a list, not {_kind(value)}.")
-        return [_value(args[0], item, source, key) for item in value]
+        return [_value(args[0], item, source, f"{key}[{index}]") for index, item in enumerate(value)]
     if origin is dict:  # a table of named entries, e.g. [stages.NAME]
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key!r} must be a table, not {_kind(value)}.")
@@ -186,12 +245,31 @@ def _value(hint: Any, value: Any, source: str, key: str) -> Any:
         if typing.get_origin(option) is list and isinstance(value, list):
             return _value(option, value, source, key)
         if isinstance(option, type) and _is(value, option):
-            return float(value) if option is float else value
-    expected = " or ".join(_EXPECTED.get(o, str(o)) for o in options)
-    raise ConfigError(f"{source}: {key!r} must be {expected}, not {_kind(value)}.")
+            return _checked(option, value, source, key)
+    expected = [_EXPECTED.get(o, str(o)) for o in options]
+    listed = ", ".join(expected[:-1]) + " or " + expected[-1] if len(expected) > 1 else expected[0]
+    raise ConfigError(f"{source}: {key!r} must be {listed}, not {_kind(value)}.")
 
 
-_EXPECTED: dict[Any, str] = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+def _checked(option: type, value: Any, source: str, key: str) -> Any:
+    """One reader per scalar type: numbers finite, strings without NUL (no path, argv entry or
+    environment value can hold one; TOML can, as an escape)."""
+    if option is float:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond a 64-bit float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: {key!r} must be a finite number that fits a 64-bit "
+                              "float (a record is strict JSON, which has no nan or inf).")
+        return number
+    if option is str and "\x00" in value:
+        raise ConfigError(f"{source}: {key!r} holds a NUL character (\\u0000); remove it.")
+    return value
+
+
+_EXPECTED: dict[Any, str] = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+                             list[str]: "a list of strings"}
 
 
 def _is(value: Any, option: type) -> bool:

@@ -115,7 +115,7 @@ def test_unknown_key_in_pyproject_names_pyproject_and_the_table(tmp_path: Path) 
         ('[secrets]\nextra_names = "DB_URL"\n', "'secrets.extra_names' must be a list, not a string."),
         (
             '[secrets]\nextra_names = ["DB_URL", 7]\n',
-            "'secrets.extra_names' must be a string, not an integer.",
+            "'secrets.extra_names[1]' must be a string, not an integer.",
         ),
     ],
 )
@@ -130,7 +130,7 @@ def test_a_section_that_is_not_a_table_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path / "nixrepro.toml", 'run = ".#env"\n')
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)
-    assert str(caught.value) == f"{path}: 'run' must be a table."
+    assert str(caught.value) == f"{path}: 'run' must be a table, not a string."
 
 
 @pytest.mark.parametrize("name", ["nixrepro.toml", "pyproject.toml"])
