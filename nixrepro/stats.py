@@ -3,6 +3,11 @@
 No scipy: the two-sided p-value of Student's t comes from the regularized incomplete beta function
 (``P(|T| > t) = I_x(df/2, 1/2)`` with ``x = df / (df + t^2)``), evaluated by its continued fraction
 (Numerical Recipes, 2nd ed., section 6.4), accurate to ~1e-10 here.
+
+Any finite 64-bit floats are summarized without overflow: values are scaled by a power of two
+(exactly) before they are summed or squared, so 1e300s and 1e-300s give the same digits as the
+textbook formulas on small numbers. A statistic whose true value is beyond a 64-bit float (the
+standard deviation of -1.7e308 and 1.7e308) is ``None``, never ``inf``.
 """
 
 from __future__ import annotations
@@ -28,15 +33,42 @@ class Summary:
 
 
 def summarize(values: Sequence[float]) -> Summary:
+    """n, mean, sample standard deviation and SEM of finite values."""
     if not values:
         raise ValueError("no values to summarize")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("summarize takes finite values only")
     n = len(values)
-    mean = math.fsum(values) / n
+    exponent = _exponent(max(abs(v) for v in values))
+    scaled = [math.ldexp(v, -exponent) for v in values]  # |scaled| < 1: sums and squares fit
+    mean_scaled = math.fsum(scaled) / n
+    mean = math.ldexp(mean_scaled, exponent)  # |mean| <= max |value|: always fits
     if n < 2:
         return Summary(n=n, mean=mean, std=None, sem=None, min=min(values), max=max(values))
-    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
-    std = math.sqrt(variance)
-    return Summary(n=n, mean=mean, std=std, sem=std / math.sqrt(n), min=min(values), max=max(values))
+    std_scaled = math.sqrt(math.fsum((v - mean_scaled) ** 2 for v in scaled) / (n - 1))
+    return Summary(n=n, mean=mean, std=_unscaled(std_scaled, exponent),
+                   sem=_unscaled(std_scaled / math.sqrt(n), exponent), min=min(values), max=max(values))
+
+
+def _exponent(magnitude: float) -> int:
+    """e with magnitude < 2**e (0 for 0): dividing by 2**e is exact and brings it below 1."""
+    return math.frexp(magnitude)[1]
+
+
+def _unscaled(value: float, exponent: int) -> float | None:
+    """value * 2**exponent, or None where that is beyond a 64-bit float."""
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return None
+
+
+def _ldexp(value: float, exponent: int) -> float:
+    """value * 2**exponent, saturating to +-inf instead of raising."""
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
@@ -95,21 +127,30 @@ def t_cdf(t: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class Welch:
-    difference: float  # mean_b - mean_a
+    difference: float  # mean_b - mean_a (+-inf when that is beyond a 64-bit float)
     t: float | None  # None when both groups have no spread (the p-value is then 0 or 1)
     df: float | None
     p_value: float
 
 
 def welch(a: Summary, b: Summary) -> Welch | None:
-    """Welch's unequal-variances t-test of mean(b) - mean(a); None unless both have n >= 2."""
-    if a.std is None or b.std is None:
+    """Welch's unequal-variances t-test of mean(b) - mean(a); None unless both have n >= 2 and a
+    standard deviation that fits a 64-bit float.
+
+    Computed in units of the larger standard deviation (a power of two, so exactly): the
+    variances of 1e200s neither overflow nor do those of 1e-200s vanish to a false "no spread".
+    """
+    if a.std is None or b.std is None or a.n < 2 or b.n < 2:
         return None
     difference = b.mean - a.mean
-    va, vb = a.std**2 / a.n, b.std**2 / b.n
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # two groups without any spread: equal means or certainly different
-        return Welch(difference=difference, t=None, df=None, p_value=1.0 if difference == 0 else 0.0)
-    t = difference / se
+    spread = max(a.std, b.std)
+    if spread == 0.0:  # two groups without any spread: equal means or certainly different
+        return Welch(difference=difference, t=None, df=None, p_value=1.0 if a.mean == b.mean else 0.0)
+    exponent = _exponent(spread)
+    sa, sb = math.ldexp(a.std, -exponent), math.ldexp(b.std, -exponent)  # the larger in [0.5, 1)
+    va, vb = sa * sa / a.n, sb * sb / b.n
+    # halves first: b.mean - a.mean itself can overflow when the means are near +-1.8e308
+    difference_scaled = _ldexp(b.mean / 2 - a.mean / 2, 1 - exponent)
+    t = difference_scaled / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     return Welch(difference=difference, t=t, df=df, p_value=t_two_sided_p(t, df))

@@ -114,3 +114,25 @@ def test_compare_groups_says_when_a_difference_is_within_noise() -> None:
     assert doc["metrics"]["loss"]["within_noise"] is True
     assert doc["metrics"]["acc"]["a"]["mean"] == pytest.approx(0.9)
     assert doc["metrics"]["acc"]["p_value"] < 0.05
+
+
+def test_summary_of_floats_near_the_limits_neither_overflows_nor_underflows() -> None:
+    huge = summarize([1.7e308, 1.7e308, 1.6e308])  # the textbook sum overflows to inf
+    assert huge.mean == pytest.approx(1.7e308 / 3 * 2 + 1.6e308 / 3)
+    assert huge.std == pytest.approx(5.7735e306, rel=1e-4)
+    tiny = summarize([1e-300, 2e-300, 3e-300])  # squares of the spread underflow to 0
+    assert tiny.mean == pytest.approx(2e-300) and tiny.std == pytest.approx(1e-300)
+    wide = summarize([-1.7e308, 1.7e308])
+    assert wide.mean == 0.0 and wide.std is None  # sqrt(2) * 1.7e308 fits no float
+    assert wide.sem == pytest.approx(1.7e308)
+
+
+def test_welch_at_the_limits_of_a_float_gives_the_scale_free_answer() -> None:
+    small = welch(summarize([1, 2, 3]), summarize([2, 3, 4]))
+    assert small is not None
+    for scale in (1e200, 1e-200):
+        scaled = welch(summarize([scale, 2 * scale, 3 * scale]), summarize([2 * scale, 3 * scale, 4 * scale]))
+        assert scaled is not None and scaled.t is not None
+        assert scaled.t == pytest.approx(small.t) and scaled.p_value == pytest.approx(small.p_value)
+    apart = welch(summarize([1.7e308, 1.6e308]), summarize([-1.7e308, -1.6e308]))
+    assert apart is not None and apart.difference == -math.inf and apart.p_value < 0.001
