@@ -2,7 +2,9 @@
 
 A group id is ``g`` followed by 12 hex digits. Run ids are pure hex, so a reference starting with
 ``g`` always means a group, and any unique prefix of it names the group (``show g3f9a``).
-Statistics are over the group's *succeeded* runs; metrics that are not numbers are left out.
+Statistics are over the group's *succeeded* runs; metrics that are not numbers, or are beyond
+what a 64-bit float holds (an integer of 400 digits), are left out of them (each run still lists
+its value). JSON output is strict: a statistic that does not fit a float is ``null``.
 :func:`compare_groups` is the comparison ``diff GROUP_A GROUP_B`` prints (Welch's t-test).
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RunNotFoundError
-from .present import human_duration, local_time, run_row, table
+from .present import COMMAND_WIDTH, NAME_WIDTH, clip, human_duration, local_time, run_row, table
 from .record import RunRecord
 from .runstore import GROUP_PREFIX, RunStore
 from .stats import ALPHA, Summary, Welch, summarize, welch
@@ -43,9 +45,24 @@ class Group:
 
 
 def _number(value: Any) -> float | None:
+    """The metric as a finite float; None for a non-number, nan/inf or an integer beyond a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _json_number(value: float | None) -> float | None:
+    """JSON has no nan or inf: those are null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _shown(ref: str) -> str:
+    """A reference as an error message quotes it: at most 40 characters."""
+    return repr(ref if len(ref) <= 40 else ref[:40] + "...")
 
 
 def metric_summaries(records: Sequence[RunRecord]) -> dict[str, Summary]:
@@ -76,11 +93,11 @@ def resolve_group(store: RunStore, ref: str) -> Group:
     matches = sorted(gid for gid in groups if gid.startswith(ref))
     if not matches:
         raise RunNotFoundError(
-            f"no repeat group matches {ref!r} in {store.root}; `nixrepro runs` lists them."
+            f"no repeat group matches {_shown(ref)} in {store.root}; `nixrepro runs` lists them."
         )
     if len(matches) > 1:
         raise RunNotFoundError(
-            f"{ref!r} matches {len(matches)} groups ({', '.join(matches[:5])}); give more characters."
+            f"{_shown(ref)} matches {len(matches)} groups ({', '.join(matches[:5])}); give more characters."
         )
     return groups[matches[0]]
 
@@ -90,7 +107,8 @@ def resolve_group(store: RunStore, ref: str) -> Group:
 
 def format_mean(summary: Summary) -> str:
     if summary.sem is None:
-        return f"{summary.mean:.4g} (n={summary.n})"
+        beyond = " ± beyond a float" if summary.n >= 2 else ""
+        return f"{summary.mean:.4g}{beyond} (n={summary.n})"
     return f"{summary.mean:.4g} ± {summary.sem:.2g} (n={summary.n})"
 
 
@@ -117,7 +135,7 @@ def runs_listing(records: Sequence[RunRecord]) -> str:
             local_time(first.started_at),
             human_duration(sum(r.duration_s or 0 for r in group.runs)),
             first.code.commit[:8] + ("+" if first.code.dirty else ""),
-            first.name or "", " ".join(first.command.argv)[:50],
+            clip(first.name or "", NAME_WIDTH), clip(" ".join(first.command.argv), COMMAND_WIDTH),
         ))
         metrics = group.metrics()
         if metrics:
@@ -173,7 +191,7 @@ def group_summary(group: Group) -> str:
 
 def _summary_json(summary: Summary) -> dict[str, Any]:
     return {"n": summary.n, "mean": summary.mean, "std": summary.std, "sem": summary.sem,
-            "min": summary.min, "max": summary.max}
+            "min": summary.min, "max": summary.max}  # all finite floats or None (stats.summarize)
 
 
 def group_json(group: Group) -> dict[str, Any]:
@@ -225,7 +243,9 @@ def comparison_text(comparison: GroupComparison, label_a: str = "A", label_b: st
         return "neither group has a numeric metric from a succeeded run"
     rows = []
     for m in comparison.metrics:
-        if m.test is None:
+        if m.test is None and min(m.a.n, m.b.n) >= 2:
+            verdict = "cannot test: a standard deviation is beyond a 64-bit float"
+        elif m.test is None:
             verdict = "too few runs to test (need 2 per group)"
         elif m.within_noise:
             verdict = f"within noise (p={m.test.p_value:.2g})"
@@ -247,8 +267,9 @@ def comparison_json(comparison: GroupComparison) -> dict[str, Any]:
         "metrics": {
             m.name: {
                 "a": _summary_json(m.a), "b": _summary_json(m.b),
-                "difference": m.b.mean - m.a.mean,
-                "t": m.test.t if m.test else None, "df": m.test.df if m.test else None,
+                "difference": _json_number(m.b.mean - m.a.mean),
+                "t": _json_number(m.test.t) if m.test else None,
+                "df": _json_number(m.test.df) if m.test else None,
                 "p_value": m.test.p_value if m.test else None,
                 "within_noise": m.within_noise,
             }

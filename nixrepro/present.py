@@ -53,9 +53,18 @@ def run_row(r: RunRecord) -> tuple[str, ...]:
         local_time(r.started_at),
         human_duration(r.duration_s),
         r.code.commit[:8] + ("+" if r.code.dirty else ""),
-        r.name or "",
-        " ".join(r.command.argv)[:50],
+        clip(r.name or "", NAME_WIDTH),
+        clip(" ".join(r.command.argv), COMMAND_WIDTH),
     )
+
+
+NAME_WIDTH, COMMAND_WIDTH = 30, 50  # a 10 KB name must not push every row off the screen
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, one line; a cut is marked with an ellipsis."""
+    line = " ".join(text.split()) if any(c in text for c in "\n\r\t") else text
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
