@@ -19,9 +19,24 @@ from .observers import RunObserver
 from .record import RunRecord
 from .runner import RunRequest, run
 
+SEED_MAX = 2**32 - 1  # PYTHONHASHSEED's range is 0..SEED_MAX: a Python child refuses any other
+
 
 def repeat_seed(base: int | None, index: int) -> int:
     return (base or 0) + index
+
+
+def check_seeds(base: int | None, count: int) -> None:
+    """Refuse, before anything runs, a group whose seeds leave 0..SEED_MAX (the last repeat of
+    ``--seed 4294967295 --repeat 2`` would die at Python's start-up, after the first was recorded)."""
+    if count > SEED_MAX + 1:
+        raise UsageError(f"--repeat {count} is more runs than there are seeds (0..{SEED_MAX}, the "
+                         "range PYTHONHASHSEED takes); give a smaller count.")
+    first, last = repeat_seed(base, 0), repeat_seed(base, count - 1)
+    if first < 0 or last > SEED_MAX:
+        seeds = f"seed {first} is" if count == 1 else f"seeds {first}..{last} are"
+        raise UsageError(f"{seeds} outside 0..{SEED_MAX}, the range PYTHONHASHSEED takes; "
+                         f"give a --seed from 0 to {SEED_MAX - count + 1}.")
 
 
 def run_repeated(
@@ -35,6 +50,7 @@ def run_repeated(
     """Run ``request`` ``count`` times as one group; ``observers()`` makes each run's trackers."""
     if count < 1:
         raise UsageError(f"--repeat needs a positive count, not {count}.")
+    check_seeds(request.seed, count)
     group = new_group_id()
     records: list[RunRecord] = []
     for index in range(count):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -87,10 +88,19 @@ def rebuild(run_ref: str, from_url: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """--rtol is a finite number >= 0: nan would pass every comparison's `not within` test
+    unnoticed, and neither nan nor inf can be written to the --json output (strict JSON)."""
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(f"{value} is not a relative tolerance; give a finite number >= 0, "
+                                 "e.g. 1e-6 (0 means bit-identical).")
+    return value
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="RUN")
 @click.option("--from", "from_url", metavar="URL", help="An archive to rebuild from.")
-@click.option("--rtol", type=float, default=0.0, show_default=True,
+@click.option("--rtol", type=float, default=0.0, show_default=True, callback=_tolerance,
               help="Relative tolerance for metrics; 0 means bit-identical.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) -> None:
