@@ -171,7 +171,8 @@ def archive_run(
     key = signing_key(config, nix)
     local = staging_dir(url)
     local.mkdir(parents=True, exist_ok=True)
-    target = f"file://{quote(str(local))}?secret-key={quote(str(key.secret_file))}"
+    # zstd: xz took 94 s for a 126 MiB Python closure on 2 cores, zstd 1.3 s (any nix reads both)
+    target = f"file://{quote(str(local))}?compression=zstd&secret-key={quote(str(key.secret_file))}"
     nix.copy_to(target, [env.env_path])
     levels, count = ["runtime"], len(valid)
     flake = recorded_flake(record, repo)

@@ -60,7 +60,9 @@ def fetch_inputs(inputs: Sequence[str], settings: DataConfig, pins: dict[str, st
     fetched = []
     for text in inputs:
         ref = DataRef.parse(text)
-        fetched.append(data.fetch(ref.uri, pins.get(ref.uri, ref.version_id)))
+        # a key holding '@' (s3://b/a@b) is pinned under its whole text, which parses as URI@VERSION
+        pin = pins.get(text) or pins.get(ref.uri, ref.version_id)
+        fetched.append(data.fetch(ref.uri if text not in pins else text, pin))
     return fetched
 
 
