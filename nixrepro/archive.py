@@ -116,6 +116,9 @@ def trusted_keys(repo_root: Path) -> list[str]:
 def signing_key(config: ArchiveConfig, nix: Nix) -> SigningKey:
     """The project's signing key; generated (mode 0600) with its ``.pub`` on first use."""
     secret_file, public_file = key_files(config)
+    if secret_file.exists() and not secret_file.is_file():
+        raise UsageError(f"the signing key {secret_file} is not a file; point [archive] key_file "
+                         "in nixrepro.toml at a key file (it is generated where none exists).")
     if not secret_file.is_file():
         secret = nix.generate_secret_key(f"nixrepro-{os.uname().nodename}-1")
         atomic_write(secret_file, secret, mode=0o600)

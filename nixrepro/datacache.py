@@ -96,7 +96,11 @@ class DataCache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.objects = root / "objects"
-        self.objects.mkdir(parents=True, exist_ok=True)
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+            raise DataStoreError(f"the data cache {root} cannot be used ({exc.strerror}); point "
+                                 "[data] cache_dir in nixrepro.toml at a directory.") from None
         self.db = sqlite3.connect(root / "index.sqlite", timeout=60, isolation_level=None,
                                   check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -440,13 +440,14 @@ class Data:
 def project_settings() -> DataConfig:
     """The ``[data]`` section of the project around the current directory (defaults outside one)."""
     from .config import load
-    from .errors import NixreproError
+    from .errors import RefusedError
     from .git import GitRepo
 
     try:
-        return load(GitRepo.discover(Path.cwd()).root).data
-    except NixreproError:
+        root = GitRepo.discover(Path.cwd()).root
+    except RefusedError:  # not in a repository: no project, the defaults
         return DataConfig()
+    return load(root).data  # a broken [data] is one sentence, never silently the defaults
 
 
 def _record(uri: DataURI, version: ObjectVersion, size: int | None = None) -> DataVersion:

@@ -14,6 +14,7 @@ that, paths whose version did not change but whose store path or NAR hash did ar
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import string
@@ -407,7 +408,14 @@ def diff_data(a: RunRecord, b: RunRecord) -> list[DataChange]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A metric a difference can be taken of: a number a 64-bit float holds (10**400 is compared
+    for equality only)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def diff_metrics(old: Mapping[str, Scalar], new: Mapping[str, Scalar]) -> list[MetricChange]:
@@ -420,6 +428,10 @@ def diff_metrics(old: Mapping[str, Scalar], new: Mapping[str, Scalar]) -> list[M
                 and _number(before) and _number(after):
             delta = float(after) - float(before)
             relative = delta / abs(float(before)) if before else None
+            if not math.isfinite(delta):  # 1.7e308 - -1.7e308: no float holds it (strict JSON)
+                delta = relative = None
+            elif relative is not None and not math.isfinite(relative):
+                relative = None
         result.append(MetricChange(name, before, after, delta, relative))
     return result
 

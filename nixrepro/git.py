@@ -164,7 +164,7 @@ class GitRepo:
                 error=GitCommandError,
                 env=env,
             ).stdout
-        patch = diff.encode()
+        patch = diff.encode(errors="surrogateescape")  # a latin-1 file's bytes, exactly
         for path in self._submodules():
             patch += GitRepo(self.root / path)._diff_tree(f"{prefix}{path}/")
         return patch
@@ -183,7 +183,7 @@ class GitRepo:
             check=False,
             missing_hint=_HINT,
         )
-        return result.stdout.encode() if result.returncode == 0 else None
+        return result.stdout.encode(errors="surrogateescape") if result.returncode == 0 else None
 
     def has_commits(self, *commits: str) -> bool:
         """True when every one of ``commits`` is a commit in this repository."""

@@ -50,6 +50,10 @@ def run(
                 input=input,
                 capture_output=True,
                 text=True,
+                # bytes that are not UTF-8 (a file name, a patch) survive: .encode(errors=
+                # "surrogateescape") gives them back exactly
+                encoding="utf-8",
+                errors="surrogateescape",
                 check=False,
                 timeout=timeout,
             )
@@ -72,6 +76,7 @@ def _run_streaming(argv: Sequence[str], cwd: Path | str | None, env: Mapping[str
 
     child = subprocess.Popen(
         list(argv), cwd=cwd, env=dict(env) if env is not None else None, text=True,
+        encoding="utf-8", errors="surrogateescape",
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

@@ -270,9 +270,17 @@ def _strict_json(doc: Any, **options: Any) -> str:
     """json.dumps that never writes NaN or Infinity, which jq and most parsers refuse: the first
     try is the fast C encoder; only a document that holds one is walked and converted."""
     try:
-        return json.dumps(doc, allow_nan=False, **options)
+        text = json.dumps(doc, allow_nan=False, **options)
     except ValueError:
-        return json.dumps(_finite(doc), allow_nan=False, **options)
+        text = json.dumps(_finite(doc), allow_nan=False, **options)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # An argument or file name that was not UTF-8 reaches Python as lone surrogates
+            # (surrogateescape); JSON's own escape (\udcff) keeps it, and reads back the same.
+            text = text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _finite(value: Any) -> Any:

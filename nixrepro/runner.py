@@ -120,7 +120,7 @@ def _typed(raw: str) -> Scalar:
     stay strings, because JSON, and so the record, has no such numbers."""
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
-    if _INT.fullmatch(raw):
+    if _INT.fullmatch(raw) and len(raw) <= 300:  # int() refuses 4,301+ digits; such an id is text
         return int(raw)
     if _FLOAT.fullmatch(raw) and math.isfinite(number := float(raw)):
         return number
@@ -136,6 +136,10 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         raise UsageError("no command given; put it after --, e.g. nixrepro run -- python train.py.")
     if request.env_path and request.flake:
         raise UsageError("give either --env or --flake, not both.")
+    seed = request.effective_seed
+    if seed is not None and not 0 <= seed <= 2**32 - 1:  # every Python child would die at start-up
+        raise UsageError(f"seed {seed} is outside 0..4294967295, the range PYTHONHASHSEED takes; "
+                         "give a --seed from 0 to 4294967295.")
     rundata.check_flags(request.inputs, request.outputs)
     repo = GitRepo.discover(request.cwd)
     store = RunStore.for_repo(repo.root)
@@ -529,12 +533,14 @@ def _start(
             stdout=stdout,
             stderr=stderr,
         )
-    except (FileNotFoundError, PermissionError) as exc:
+    except OSError as exc:  # the command could not be started: recorded as a shell would say
         program = prepared.request.argv[0]
-        reason = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
-        message = f"nixrepro: {program}: command {reason} (PATH starts with the env's bin)\n"
+        shown = program if len(program) <= 200 else program[:200] + "..."
+        reason = {FileNotFoundError: "not found", PermissionError: "not executable"}.get(
+            type(exc), f"cannot be started ({exc.strerror or exc})")
+        message = f"nixrepro: {shown}: command {reason} (PATH starts with the env's bin)\n"
         with open(run_dir / "stderr.log", "ab") as log:
-            log.write(message.encode())
+            log.write(message.encode(errors="backslashreplace"))
         _warn(stderr, message.strip().removeprefix("nixrepro: "))
         return Outcome(exit_code=127 if reason == "not found" else 126, signal=None,
                        duration_s=0.0, received=None)

@@ -319,14 +319,20 @@ class RunStore:
         """A run by full id, unique id prefix, ``@latest`` or ``@latest~N``."""
         match = _LATEST.match(ref)
         if match:
-            return self.latest(int(match.group(1) or 0))
+            back = match.group(1) or "0"
+            if len(back) > 9:  # more runs back than any store holds (and int() of 5,000 digits fails)
+                raise RunNotFoundError(f"@latest~{back[:12]}... is further back than any run store "
+                                       "goes; `nixrepro runs` lists the runs.")
+            return self.latest(int(back))
         ids = self.ids()
         if ref in ids:
             return self.load(ref)
         matches = [run_id for run_id in ids if run_id.startswith(ref)] if ref else []
         if not matches:
+            shown = ref if len(ref) <= 40 else ref[:40] + "..."
+            hint = " (@latest~N counts back from the newest run, N >= 0)" if ref.startswith("@") else ""
             raise RunNotFoundError(
-                f"no run matches {ref!r} in {self.root}; `nixrepro runs` lists the runs."
+                f"no run matches {shown!r} in {self.root}{hint}; `nixrepro runs` lists the runs."
             )
         if len(matches) > 1:
             shown = ", ".join(sorted(matches)[:5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,75 @@ def test_reproduce_refuses_a_tolerance_that_is_not_finite(groups: tuple[Project,
     result = project.nixrepro("reproduce", "--rtol", rtol, "@latest")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "is not a relative tolerance; give a finite number >= 0" in result.stderr
+
+
+# --- what the other modules did with hostile input (each a traceback before) ----------------------
+
+
+@pytest.mark.nix
+def test_a_run_ref_far_beyond_any_store_is_one_short_sentence(groups: tuple[Project, str, str]) -> None:
+    project, _, _ = groups
+    line = one_sentence(project.nixrepro("show", "@latest~" + "9" * 5000))
+    assert "further back than any run store goes" in line and len(line) < 200
+    odd = one_sentence(project.nixrepro("show", "@latest~-1"))
+    assert "@latest~N counts back from the newest run" in odd
+
+
+@pytest.mark.nix
+def test_a_diff_of_runs_with_a_metric_beyond_a_float_compares_it_for_equality(
+        groups: tuple[Project, str, str]) -> None:
+    project, _, _ = groups
+    result = project.nixrepro("diff", "@latest~1", "@latest", "--json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    [big] = [m for m in strict_json(result.stdout)["sections"]["metrics"]["metrics"] if m["name"] == "big"]
+    assert big["delta"] is None and big["old"] != big["new"]
+
+
+@pytest.mark.nix
+def test_hostile_run_arguments_are_recorded_or_refused_never_a_traceback(
+        groups: tuple[Project, str, str]) -> None:
+    project, _, _ = groups
+    env = env_of(project)
+    digits = "7" * 5000
+    huge = project.nixrepro("run", "--env", env, "-p", f"id={digits}", "--", "true")
+    assert huge.returncode == 0, huge.stderr
+    assert json.loads(project.nixrepro("show", "@latest", "--json").stdout)["params"]["id"] == digits
+    # an argument that is not UTF-8 is recorded as the same bytes (JSON's \udcff escape)
+    raw = subprocess.run([sys.executable.encode(), b"-m", b"nixrepro", b"run", b"--env", env.encode(),
+                          b"--tag", b"caf\xe9", b"--", b"true", b"na\xefve"], cwd=project.root,
+                         capture_output=True, check=False)
+    assert raw.returncode == 0 and b"Traceback" not in raw.stderr, raw.stderr
+    text = (project.runs_dir / json.loads(project.nixrepro("show", "@latest", "--json").stdout)["id"]
+            / "record.json").read_bytes()
+    text.decode("utf-8")  # strict UTF-8 on disk
+    record = json.loads(text)
+    assert record["command"]["argv"][-1].encode("utf-8", "surrogateescape") == b"na\xefve"
+    verified = project.nixrepro("verify", "@latest")
+    assert verified.returncode == 0, verified.stdout
+    long_name = project.nixrepro("run", "--env", env, "--", "x" * 10_000)
+    assert long_name.returncode == 126 and "Traceback" not in long_name.stderr, long_name.stderr
+    assert "cannot be started (File name too long)" in long_name.stderr
+    assert json.loads(project.nixrepro("show", "@latest", "--json").stdout)["exit_code"] == 126
+    seed = one_sentence(project.nixrepro("run", "--env", env, "--seed", "-1", "--", "true"))
+    assert seed.startswith("Error: seed -1 is outside 0..4294967295, the range PYTHONHASHSEED takes")
+
+
+def test_a_cache_dir_that_is_a_file_and_a_broken_data_section_are_one_sentence(repo: Path) -> None:
+    (repo / "a-file").write_text("not a directory\n")
+    (repo / "nixrepro.toml").write_text(f'[data]\ncache_dir = "{repo / "a-file"}"\n')
+    line = one_sentence(run_cli(["sync", "--dry-run"], cwd=repo), 1)
+    assert "cannot be used" in line and "cache_dir" in line
+    (repo / "nixrepro.toml").write_text("[data]\nendpoint_url = 5\n")
+    line = one_sentence(run_cli(["data", "ls", "file:///tmp/x"], cwd=repo))
+    assert "endpoint_url" in line  # the data commands read it too, never the defaults instead
+
+
+def test_a_signing_key_path_that_is_a_directory_is_one_sentence(tmp_path: Path) -> None:
+    from nixrepro.archive import signing_key
+    from nixrepro.config import ArchiveConfig
+    from nixrepro.errors import UsageError
+    from nixrepro.nix import Nix
+
+    (tmp_path / "key").mkdir()
+    with pytest.raises(UsageError, match="is not a file; point \\[archive\\] key_file"):
+        signing_key(ArchiveConfig(key_file=str(tmp_path / "key")), Nix())

@@ -25,7 +25,8 @@ from . import CONTEXT, cli, echo_json, nix_cli, store
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A param, typed int/float/bool/str (repeatable); the command gets them "
               "as JSON in NIXREPRO_PARAMS.")
-@click.option("--seed", type=int, help="Recorded and exported as NIXREPRO_SEED and PYTHONHASHSEED.")
+@click.option("--seed", type=int,
+              help="Recorded and exported as NIXREPRO_SEED and PYTHONHASHSEED (0 to 4294967295).")
 @click.option("--verify-contents", is_flag=True,
               help="Re-hash the closure (nix store verify) and refuse a corrupted one.")
 @click.option("--deterministic", is_flag=True,
