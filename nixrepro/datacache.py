@@ -31,11 +31,13 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .datastore import DataIntegrityError, DataStoreError
 
@@ -101,8 +103,8 @@ class DataCache:
         except (NotADirectoryError, FileExistsError, PermissionError) as exc:
             raise DataStoreError(f"the data cache {root} cannot be used ({exc.strerror}); point "
                                  "[data] cache_dir in nixrepro.toml at a directory.") from None
-        self.db = sqlite3.connect(root / "index.sqlite", timeout=60, isolation_level=None,
-                                  check_same_thread=False)
+        self.db = _SerialConnection(sqlite3.connect(root / "index.sqlite", timeout=60,
+                                                    isolation_level=None, check_same_thread=False))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -381,12 +383,62 @@ class DataCache:
         return _Transaction(self.db)
 
 
+class _SerialConnection:
+    """One sqlite connection shared by the cache's threads (a directory is fetched by a pool):
+    every statement, and every transaction as a whole, holds the lock, so two threads never nest
+    a BEGIN or write into each other's transaction. Results are read before the lock is let go."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.lock = threading.RLock()
+
+    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _Rows:
+        with self.lock:
+            cursor = self.connection.execute(sql, tuple(parameters))
+            return _Rows(cursor.fetchall(), cursor.lastrowid)
+
+    def executemany(self, sql: str, rows: Iterable[Any]) -> None:
+        with self.lock:
+            self.connection.executemany(sql, rows)
+
+    def executescript(self, script: str) -> None:
+        with self.lock:
+            self.connection.executescript(script)
+
+    def close(self) -> None:
+        with self.lock:
+            self.connection.close()
+
+
+@dataclass
+class _Rows:
+    rows: list[Any]
+    lastrowid: int | None
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: _SerialConnection) -> None:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.lock.acquire()  # held until COMMIT: the other threads wait, not nest
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.db.lock.release()
+            raise
 
     def __exit__(self, kind: object, *_: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.db.lock.release()
