@@ -24,28 +24,19 @@ def _nix_offline() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The data cache (XDG_CACHE_HOME) of the tests is theirs, never the user's."""
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+def _private_xdg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The data cache (XDG_CACHE_HOME) and the project's signing key (XDG_CONFIG_HOME) of the tests
+    are theirs, never the user's: a real key there would sign the tests' records."""
+    names = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+    old = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(tmp_path_factory.mktemp(name.lower()))
     yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """XDG_CONFIG_HOME (where the project's signing key may live) is the tests', never the user's:
-    a real key there would sign the tests' records."""
-    old = os.environ.get("XDG_CONFIG_HOME")
-    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
-    yield
-    if old is None:
-        os.environ.pop("XDG_CONFIG_HOME", None)
-    else:
-        os.environ["XDG_CONFIG_HOME"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
