@@ -15,7 +15,6 @@ LD_LIBRARY_PATH entries that hide libraries of the closure, or hold the host's l
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from .closure import StorePathInfo
 from .errors import RefusedError
+from .fsutil import sha256_file
 from .host import HostInfo
 from .record import BuildFacts, CudaInfo, Shadowing
 
@@ -153,14 +153,10 @@ def find_shadowing(closure: Sequence[StorePathInfo], dirs: Sequence[str]) -> lis
 
 def _sha256(path: Path) -> str | None:
     """In chunks (a driver library is tens of MB); None when it cannot be read after all."""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def collect(closure: Sequence[StorePathInfo], host: HostInfo, environ: Mapping[str, str],

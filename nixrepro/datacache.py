@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .datastore import DataIntegrityError, DataStoreError
+from .fsutil import sha256_file as sha256_file  # re-exported for callers of datacache
 
 HASH_THREADS = 4
 _SCHEMA = """
@@ -61,21 +61,6 @@ CREATE TABLE IF NOT EXISTS uploaded (
   pending_id INTEGER NOT NULL, rel TEXT NOT NULL, version_id TEXT, size INTEGER,
   PRIMARY KEY (pending_id, rel));
 """
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file at OpenSSL's speed: hashlib is OpenSSL, fed 1 MiB at a time from one
-    reused buffer (no per-block allocation)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(1024 * 1024)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DataConfig
-from .datacache import DataCache, sha256_file
+from .datacache import DataCache
 from .datastore import (
     VERSIONS_DIR,
     DataIntegrityError,
@@ -34,6 +34,7 @@ from .datastore import (
     open_store,
 )
 from .errors import NixreproError, UsageError
+from .fsutil import sha256_file
 from .record import DataVersion
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NixreproError, RunNotFoundError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, sha256_file
 from .record import (
     RecordError,
     RunRecord,
@@ -366,18 +366,10 @@ def file_hashes(run_dir: Path) -> dict[str, str]:
     RunStore.save calls it when it first saves a record that is no longer running; a runner that
     builds its final record itself needs nothing else: ``files`` is filled in there.
     """
-    import hashlib
-
     hashes = {}
     for name in RUN_FILES:
-        try:
-            with open(run_dir / name, "rb") as file:
-                digest = hashlib.sha256()
-                while chunk := file.read(1 << 20):
-                    digest.update(chunk)
-        except FileNotFoundError:
-            continue
-        hashes[name] = digest.hexdigest()
+        with contextlib.suppress(FileNotFoundError):
+            hashes[name] = sha256_file(run_dir / name)
     return hashes
 
 
