@@ -194,8 +194,9 @@ class Redactor:
 
 _WHITESPACE = b" \t\n\r\f\v"  # what bytes regexes call \s: no credential spans one
 _SCHEME_CHARS = b"".join(bytes([c]) for c in range(256) if re.fullmatch(rb"[\w+.-]", bytes([c])))
-_URL_CREDENTIALS_B = re.compile(rb"(?<![\w+.-])([+.-]*\w[\w+.-]*://)[^/\s@:]+:[^/\s@]+@")
-_QUERY_SECRET_B = re.compile(rb"([?&])([^=&#?\s]+)=([^&#?\s]*)")
+# the text patterns above, for the byte streams: one spelling of each, so the two cannot drift
+_URL_CREDENTIALS_B = re.compile(_URL_CREDENTIALS.pattern.encode())
+_QUERY_SECRET_B = re.compile(_QUERY_SECRET.pattern.encode())
 
 
 def _run_start(buffer: bytes) -> int:
