@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -113,6 +114,13 @@ class DataCache:
         tmp = self.temp_path(sha256)
         shutil.copyfile(path, tmp)
         return self.commit_temp(tmp, sha256)
+
+    def add_bytes(self, data: bytes) -> tuple[str, Path]:
+        """Keep ``data`` as an object (a manifest); returns its sha256 and the object's path."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        tmp = self.temp_path(sha256)
+        tmp.write_bytes(data)
+        return sha256, self.commit_temp(tmp, sha256)
 
     def temp_path(self, sha256: str) -> Path:
         """A private temporary file next to the object it will become (same file system)."""

@@ -157,11 +157,7 @@ class Data:
         return PutResult(_record(uri, version, manifest.size), len(sent), False)
 
     def _put_manifest(self, uri: DataURI, manifest: Manifest) -> ObjectVersion:
-        data = manifest.to_bytes()
-        sha = _sha(data)
-        tmp = self.cache.temp_path(sha)
-        tmp.write_bytes(data)
-        path = self.cache.commit_temp(tmp, sha)
+        sha, path = self.cache.add_bytes(manifest.to_bytes())
         version = self.store(uri).put_file(uri, path, sha, kind="manifest")
         self.cache.remember(uri.store, uri.key, version.version_id, sha, version.size, "manifest")
         return version

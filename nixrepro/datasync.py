@@ -119,13 +119,7 @@ def _upload(data: Data, item: Pending) -> DataVersion:
         sent = _put_once(data, item, rel, uri.child(rel), path, sha, "file", progress)
         entries[rel] = {"version_id": sent.version_id, "sha256": sha, "size": sent.size}
     final = Manifest(dict(sorted(entries.items())))
-    blob = final.to_bytes()
-    import hashlib
-
-    sha = hashlib.sha256(blob).hexdigest()
-    tmp = data.cache.temp_path(sha)
-    tmp.write_bytes(blob)
-    path = data.cache.commit_temp(tmp, sha)
+    sha, path = data.cache.add_bytes(final.to_bytes())
     stored = _put_once(data, item, ITEM, uri, path, sha, "manifest", progress)
     data.cache.remember(uri.store, uri.key, stored.version_id, sha, stored.size, "manifest")
     return _record(uri, stored, final.size)
