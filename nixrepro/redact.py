@@ -103,12 +103,28 @@ _URL_PASSWORD = re.compile(r"\w[\w+.-]*://[^/\s@:]+:([^/\s@]+)@")
 _QUERY_SECRET = re.compile(r"([?&])([^=&#?\s]+)=([^&#?\s]*)")
 
 
+# Over http(s) a token is often given as the user name alone (https://ghp_xxx@github.com/o/r);
+# a real account name (hg@hg.sr.ht, alice@) says what the URL names and stays.
+_HTTP_TOKEN_USER = re.compile(r"(?<![\w+.-])([+.-]*(?:\w[\w+.-]*\+)?https?://)([^/\s@:]+)@")
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "gldt-", "hf_")
+
+
+def _token_like(user: str) -> bool:
+    """A forge's token prefix, or 20+ characters of letters and digits mixed: no one's login."""
+    if user.startswith(_TOKEN_PREFIXES):
+        return True
+    return (len(user) >= 20 and any(c.isdigit() for c in user) and any(c.isalpha() for c in user)
+            and user != REDACTED)
+
+
 def scrub_url(url: str) -> str:
-    """A URL without its credentials: ``user:password@`` and secret-named query values go, the
-    rest (``git@`` of an ssh url, ``?ref=main``) stays, so the URL still says what it names.
-    Any text may be passed: every URL in it is scrubbed."""
+    """A URL without its credentials: ``user:password@``, a token given as the user name over
+    http(s) and secret-named query values go, the rest (``git@`` of an ssh url, ``?ref=main``) stays, so the
+    URL still says what it names. Any text may be passed: every URL in it is scrubbed."""
     if "@" in url:  # the checks first: a 200-input flake.lock passes every url through here
         url = _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", url)
+        url = _HTTP_TOKEN_USER.sub(lambda m: m[1] + REDACTED + "@" if _token_like(m[2]) else m[0],
+                                   url)
     if "=" not in url:
         return url
 

@@ -229,3 +229,17 @@ def test_long_unbroken_lines_are_scrubbed_in_linear_time() -> None:
     writer.close()
     assert time.process_time() - started < 10  # about 0.4 s; the quadratic scan: minutes
     assert sink.getvalue() == (b"A" * 10_000 + b"\n") * 400 + b"url https://<redacted>@host/x\n"
+
+
+@pytest.mark.parametrize(("url", "scrubbed"), [
+    ("https://ghp_abc123def456@github.com/o/r", "https://<redacted>@github.com/o/r"),
+    ("git+https://glpat-Xy12Ab34@gitlab.com/o/r?ref=main", "git+https://<redacted>@gitlab.com/o/r?ref=main"),
+    ("git+ssh://git@github.com/o/r", "git+ssh://git@github.com/o/r"),  # the account, not a secret
+    ("hg+https://hg@hg.sr.ht/~o/r", "hg+https://hg@hg.sr.ht/~o/r"),  # from a real public lock
+    ("https://a1b2c3d4e5f6a7b8c9d0e1f2@host/x", "https://<redacted>@host/x"),
+    ("https://user:pw@host/x", "https://<redacted>@host/x"),
+])
+def test_a_token_given_as_the_user_name_of_an_https_url_is_scrubbed(url: str, scrubbed: str) -> None:
+    from nixrepro.redact import scrub_url
+
+    assert scrub_url(url) == scrubbed
