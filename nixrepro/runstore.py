@@ -43,7 +43,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ def is_group_ref(ref: str) -> bool:
 @dataclass(frozen=True)
 class RunStore:
     root: Path
+    # the project's signing key, looked up once per store (a run's final record may be saved twice:
+    # before and after its trackers end)
+    _key: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def for_repo(cls, repo_root: Path) -> RunStore:
@@ -173,7 +176,9 @@ class RunStore:
             from .archive import project_key
             from .signing import sign
 
-            key = project_key(self.root.parent)
+            if not self._key:
+                self._key.append(project_key(self.root.parent))
+            key = self._key[0]
             if key is not None:
                 self._write_signature(run_id, digest, sign(key.secret_file.read_text(), digest))
         except (NixreproError, OSError, UnicodeDecodeError) as exc:
