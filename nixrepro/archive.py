@@ -74,9 +74,11 @@ def existing_key(config: ArchiveConfig) -> SigningKey | None:
 
     The public key is the secret's second half (libsodium keeps it there), so no nix is called.
     """
+    secret_file, _ = key_files(config)
+    if not secret_file.exists():  # the usual case as a run ends: nothing to import or read
+        return None
     from .signing import SigningError, public_of
 
-    secret_file, _ = key_files(config)
     try:
         secret = secret_file.read_text()
     except FileNotFoundError:

@@ -6,7 +6,9 @@ prints is parsed into dataclasses at this boundary.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,9 +18,15 @@ from typing import TextIO
 from . import proc
 from .closure import Closure, PathInfoParseError, StorePathInfo, json_format_args, parse_path_info
 from .errors import NixCommandError, RefusedError
+from .fsutil import atomic_write
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _INSTALL_HINT = "install Nix (Debian: `apt-get install nix-bin`) or put it on PATH"
+
+
+def _version_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nixrepro" / "nix-version.json"
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,29 @@ class Nix:
         The last version in the line, because a distribution names its own first:
         ``nix (Determinate Nix 3.4.1) 2.28.2`` is Nix 2.28.2.
         """
+        binary = proc.which(self.executable, self.env)
+        try:  # keyed by the binary itself: an upgrade (another path, size or mtime) asks again
+            real = os.path.realpath(binary) if binary else None
+            st = os.stat(real) if real else None
+        except OSError:
+            real = st = None
+        key = f"{real}:{st.st_size}:{st.st_mtime_ns}" if real and st else None
+        cache = _version_cache()
+        if key is not None:
+            try:
+                known = json.loads(cache.read_text())
+                if isinstance(known, dict) and isinstance(known.get(key), str):
+                    return str(known[key])  # a stat and a read: `nix --version` costs 20 ms a run
+            except (OSError, ValueError):
+                pass
         out = self.run(["--version"]).strip()
         found = re.findall(r"\d+\.\d+[\w.+-]*", out)
-        return found[-1] if found else out
+        version = found[-1] if found else out
+        if key is not None:
+            with contextlib.suppress(OSError):  # a read-only home only costs the call next time
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(cache, json.dumps({key: version}) + "\n")
+        return version
 
     def closure(self, store_path: str, nix_version: str | None = None) -> Closure:
         """The runtime closure of ``store_path`` with NAR hashes; refuses a path not in the store.

@@ -145,13 +145,13 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     store = RunStore.for_repo(repo.root)
     snapshot = Background(repo.snapshot)
     remote = Background(repo.remote_url)
-    version = Background(nix.version)
+    version = Background(nix.version)  # a cached answer (nix.py): ready at once but the first time
     host_info = Background(host.collect)
     flake_dir = _flake_dir(repo, request, config)
     lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
     tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
-    # nix 2.33+ wants --json-format, chosen from the version (a ~20 ms wait, no extra process)
+    # nix 2.33+ wants --json-format, chosen from the version (cached: no wait but the first time)
     closure = Background(lambda: nix.closure(env_path, version.result())) if env_path else None
 
     head = snapshot.result().commit

@@ -303,3 +303,23 @@ def test_closure_refuses_a_path_inside_the_env_which_nix_answers_for_the_env(sma
 def test_path_infos_of_the_real_store_answer_for_every_path(small_env: str) -> None:
     valid, invalid = Nix().path_infos([small_env, MISSING], nix_version=Nix().version())
     assert [info.path for info in valid] == [small_env] and invalid == [MISSING]
+
+
+def test_the_nix_version_is_asked_once_per_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nix --version` costs ~20 ms a run and the closure waits for it: it is cached, keyed by the
+    binary's path, size and mtime, so an upgraded nix is asked again."""
+    from nixrepro.nix import Nix
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "nix"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'nix (Nix) 2.33.1'\n")
+    fake.chmod(0o755)
+    nix = Nix(executable=str(fake))
+    assert nix.version() == nix.version() == "2.33.1"
+    assert calls.read_text().count("x") == 1
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'nix (Nix) 2.34.0 upgraded'\n")
+    os.utime(fake, ns=(0, 10**9))  # another binary: another size and mtime
+    assert nix.version() == "2.34.0"
+    assert calls.read_text().count("x") == 2
