@@ -74,6 +74,17 @@ def closure_hash(infos: Iterable[StorePathInfo]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def nix32_encode(data: bytes) -> str:
+    """Nix's base-32 (libutil's ``Base32`` / ``Nix32``): its alphabet, least significant last."""
+    length = (len(data) * 8 - 1) // 5 + 1
+    digits = []
+    for n in range(length - 1, -1, -1):
+        i, j = divmod(n * 5, 8)
+        value = data[i] >> j | ((data[i + 1] << (8 - j)) if i + 1 < len(data) else 0)
+        digits.append(_NIX32_ALPHABET[value & 0x1F])
+    return "".join(digits)
+
+
 def nix32_decode(text: str) -> bytes:
     """Decode Nix's base-32 (its own alphabet, least significant digit last)."""
     length = len(text) * 5 // 8

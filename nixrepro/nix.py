@@ -7,6 +7,7 @@ prints is parsed into dataclasses at this boundary.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -16,12 +17,28 @@ from pathlib import Path
 from typing import TextIO
 
 from . import proc
-from .closure import Closure, PathInfoParseError, StorePathInfo, json_format_args, parse_path_info
+from .closure import (
+    Closure,
+    PathInfoParseError,
+    StorePathInfo,
+    json_format_args,
+    nix32_encode,
+    parse_path_info,
+)
 from .errors import NixCommandError, RefusedError
 from .fsutil import atomic_write
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _INSTALL_HINT = "install Nix (Debian: `apt-get install nix-bin`) or put it on PATH"
+
+
+def _replace_symlink(path: Path, target: str) -> None:
+    """``path`` -> ``target``, atomically (a reader sees the old link or the new one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
 
 
 def _version_cache() -> Path:
@@ -165,9 +182,23 @@ class Nix:
             raise
 
     def add_gc_root(self, store_path: str, link: Path) -> None:
-        """Make ``link`` an (indirect) GC root for ``store_path``."""
+        """Make ``link`` an (indirect) GC root for ``store_path``.
+
+        What ``nix-store --add-root --indirect`` writes (LocalStore::addIndirectRoot): ``link`` ->
+        the store path, and ``<state>/gcroots/auto/<nix32 sha1 of link>`` -> ``link``, which is how
+        the collector finds it. Written directly, without a nix process (0.1 s a run), where that
+        directory is writable (root, a single-user install); through nix elsewhere (the daemon).
+        """
         link.parent.mkdir(parents=True, exist_ok=True)
-        self.run(["build", "--out-link", str(link), store_path])
+        link = Path(os.path.abspath(link))
+        state = Path(os.environ.get("NIX_STATE_DIR") or "/nix/var/nix")
+        auto = state / "gcroots" / "auto"
+        name = nix32_encode(hashlib.sha1(str(link).encode()).digest())
+        try:
+            _replace_symlink(link, store_path)
+            _replace_symlink(auto / name, str(link))
+        except OSError:  # not ours to write: ask nix (and its daemon) for the same two links
+            self.run(["build", "--out-link", str(link), store_path])
 
     # --- binary caches: archive and rebuild ---------------------------------------------------------
 

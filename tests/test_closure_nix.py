@@ -323,3 +323,35 @@ def test_the_nix_version_is_asked_once_per_binary(tmp_path: Path, monkeypatch: p
     os.utime(fake, ns=(0, 10**9))  # another binary: another size and mtime
     assert nix.version() == "2.34.0"
     assert calls.read_text().count("x") == 2
+
+
+def test_a_gc_root_is_the_two_links_nix_store_add_root_indirect_writes(tmp_path: Path) -> None:
+    """The run's GC root is written without a nix process, exactly as nix writes one: the collector
+    lists it and will not delete the path; a removed link frees it again."""
+    import hashlib
+
+    from nixrepro.closure import nix32_encode
+    from nixrepro.nix import Nix
+
+    source = tmp_path / "payload"
+    source.write_text(f"gc root test {tmp_path.name}\n")
+    path = subprocess.run(["nix-store", "--add", str(source)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    ours, theirs = tmp_path / "run" / "gcroot", tmp_path / "nix" / "gcroot"
+    Nix().add_gc_root(path, ours)
+    theirs.parent.mkdir()
+    subprocess.run(["nix-store", "--add-root", str(theirs), "--indirect", "--realise", path],
+                   capture_output=True, check=True)
+    auto = Path("/nix/var/nix/gcroots/auto")
+    for link in (ours, theirs):  # nix's own link and ours have the same shape and naming
+        entry = auto / nix32_encode(hashlib.sha1(str(link).encode()).digest())
+        assert os.readlink(entry) == str(link) and os.readlink(link) == path
+    roots = subprocess.run(["nix-store", "--gc", "--print-roots"], capture_output=True, text=True,
+                           check=True).stdout
+    assert f"{ours} -> {path}" in roots.splitlines()
+    theirs.unlink()
+    kept = subprocess.run(["nix-store", "--delete", path], capture_output=True, text=True)
+    assert kept.returncode != 0 and Path(path).exists()  # our root keeps it alive
+    ours.unlink()
+    freed = subprocess.run(["nix-store", "--delete", path], capture_output=True, text=True)
+    assert freed.returncode == 0, freed.stderr
