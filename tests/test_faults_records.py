@@ -16,6 +16,7 @@ import pytest
 from nixrepro.record import RunRecord, record_sha256, summary_sha256
 from nixrepro.runstore import SUMMARY_FILE, RunStore
 from tests.helpers import Project, run_cli, sh
+from tests.test_runstore import make_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
 
@@ -42,14 +43,8 @@ def _repo_store(tmp_path: Path, count: int = 3) -> tuple[Path, RunStore, list[Ru
     root = tmp_path / "repo"
     root.mkdir()
     sh(["git", "init", "-q", "-b", "main"], cwd=root)
-    store = RunStore.for_repo(root)
-    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
-    saved = []
-    for i in range(count):
-        run_id, _ = store.new_run_dir()
-        record = base.replace(id=run_id, started_at=f"2026-11-22T13:5{i}:00+00:00", metrics={"loss": i})
-        store.save(record)
-        saved.append(record)
+    store, saved = make_store(root, count)  # RunStore(root / ".nixrepro"): the repository's store
+    assert store == RunStore.for_repo(root)
     return root, store, saved
 
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,20 @@ def execute(block: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
                           text=True, timeout=600, check=False)
 
 
+def template_blocks(checkout: Path, template: str, base: Path) -> Iterator[tuple[str, Path, str]]:
+    """For the template's welcomeText and its README: (which, a fresh `nix flake init` project,
+    the first ```sh block as written)."""
+    welcome = nix("eval", "--raw", f"path:{checkout}#templates.{template}.welcomeText", cwd=base)
+    assert welcome.returncode == 0, welcome.stderr
+    for source in ("welcomeText", "README.md"):
+        project = base / source
+        project.mkdir()
+        init = nix("flake", "init", "-t", f"path:{checkout}#{template}", cwd=project)
+        assert init.returncode == 0, init.stderr
+        yield source, project, sh_block(
+            welcome.stdout if source == "welcomeText" else (project / "README.md").read_text())
+
+
 def assert_clean_first_run(project: Path, listing: str) -> dict:
     record = last_record(project)
     head = sh(["git", "rev-parse", "HEAD"], cwd=project).strip()
@@ -274,15 +289,7 @@ def test_the_readme_quick_start_works_as_written(tmp_path: Path, inputs: tuple[P
 
 def test_the_minimal_template_welcome_text_and_readme_work_as_written(
         tmp_path: Path, inputs: tuple[Path, Path], user_env: dict[str, str]) -> None:
-    _, checkout = inputs
-    welcome = nix("eval", "--raw", f"path:{checkout}#templates.minimal.welcomeText", cwd=tmp_path)
-    assert welcome.returncode == 0, welcome.stderr
-    for source in ("welcomeText", "README.md"):
-        project = tmp_path / source
-        project.mkdir()
-        init = nix("flake", "init", "-t", f"path:{checkout}#minimal", cwd=project)
-        assert init.returncode == 0, init.stderr
-        block = sh_block(welcome.stdout if source == "welcomeText" else (project / "README.md").read_text())
+    for source, project, block in template_blocks(inputs[1], "minimal", tmp_path):
         result = execute(block, project, user_env)
         assert result.returncode == 0, (source, result.stderr)
         assert_clean_first_run(project, result.stdout)
@@ -294,16 +301,8 @@ def test_the_cuda_template_welcome_text_and_readme_work_as_written(
         tmp_path: Path, inputs: tuple[Path, Path], user_env: dict[str, str]) -> None:
     """The stand-in nixpkgs has no torch the interpreter can import, so the experiment itself fails;
     what is tested is that nixrepro records that first run clean, with the CUDA build's facts."""
-    _, checkout = inputs
     fake_gpu = {**user_env, "PATH": f"{ROOT / 'tests' / 'fixtures' / 'bin-fake-nvidia'}:{user_env['PATH']}"}
-    welcome = nix("eval", "--raw", f"path:{checkout}#templates.pytorch-cuda.welcomeText", cwd=tmp_path)
-    assert welcome.returncode == 0, welcome.stderr
-    for source in ("welcomeText", "README.md"):
-        project = tmp_path / source
-        project.mkdir()
-        init = nix("flake", "init", "-t", f"path:{checkout}#pytorch-cuda", cwd=project)
-        assert init.returncode == 0, init.stderr
-        block = sh_block(welcome.stdout if source == "welcomeText" else (project / "README.md").read_text())
+    for source, project, block in template_blocks(inputs[1], "pytorch-cuda", tmp_path):
         for line in filter(str.strip, block.splitlines()):
             result = subprocess.run(["bash", "-c", line], cwd=project, env=fake_gpu,
                                     capture_output=True, text=True, timeout=600, check=False)
