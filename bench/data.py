@@ -31,9 +31,9 @@ from pathlib import Path
 from _common import compile_bytecode  # (importing _common also puts the project on sys.path)
 
 from nixrepro.config import DataConfig
-from nixrepro.datacache import sha256_file
-from nixrepro.dataops import Data
 from nixrepro.datastore import DataURI
+from nixrepro.datastore.cache import sha256_file
+from nixrepro.datastore.ops import Data
 from tests.s3server import S3Server
 
 

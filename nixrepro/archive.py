@@ -258,7 +258,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# --- s3: a local file:// cache, mirrored with boto3 (nixrepro.s3) ----------------------------------
+# --- s3: a local file:// cache, mirrored with boto3 (nixrepro.datastore.s3) ---
 
 
 def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int]:
@@ -266,13 +266,13 @@ def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int
 
     Returns (uploaded, skipped). ``nix-cache-info`` is always rewritten (it is tiny).
     """
-    from .s3 import mirror_upload
+    from .datastore.s3 import mirror_upload
 
     return mirror_upload(local, url, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})
 
 
 def download(url: str, local: Path, *, endpoint_url: str | None) -> int:
     """Mirror the archive at ``url`` into ``local``; files already there are kept. Returns the count."""
-    from .s3 import mirror_download
+    from .datastore.s3 import mirror_download
 
     return mirror_download(url, local, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})

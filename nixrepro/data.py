@@ -21,7 +21,7 @@ from . import datalog
 from .experiment import run_dir
 
 if TYPE_CHECKING:
-    from .dataops import Data
+    from .datastore.ops import Data
     from .record import DataVersion
 
 SETTINGS_VARIABLE = "NIXREPRO_DATA_CONFIG"  # the [data] section, as JSON, set by `nixrepro run`
@@ -32,7 +32,7 @@ def _ops() -> Data:
     """One Data per process, configured like the run that started it (or the project's config)."""
     if not _data:
         from .config import DataConfig
-        from .dataops import Data, project_settings
+        from .datastore.ops import Data, project_settings
 
         raw = os.environ.get(SETTINGS_VARIABLE)
         settings = DataConfig(**json.loads(raw)) if raw else project_settings()

@@ -15,9 +15,9 @@ from .config import Config
 from .errors import UsageError
 from .groups import new_group_id
 from .nix import Nix
-from .observers import RunObserver
 from .record import RunRecord
 from .runner import RunRequest, run
+from .trackers import RunObserver
 
 SEED_MAX = 2**32 - 1  # PYTHONHASHSEED's range is 0..SEED_MAX: a Python child refuses any other
 

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, cuda, datalog, determinism, facts, host, rundata, rundir
+from . import __version__, cuda, datalog, determinism, facts, host, rundir
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
+from .datastore import flags as rundata
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
 from .lock import FlakeLock, LockedInput
 from .nix import Nix
-from .observers import MetricsTail, Observers, RunObserver
 from .parallel import Background
 from .record import (
     BuildFacts,
@@ -47,6 +47,7 @@ from .record import (
 from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Interrupted, Outcome, StopSignals, supervise
+from .trackers import MetricsTail, Observers, RunObserver
 
 DEV_PATCH = "code.patch"
 
@@ -460,7 +461,7 @@ def _run_and_record(
     """Run the command and write the final record, whatever happens in between.
 
     A signal before the command starts keeps it from starting; one while outputs are stored stops
-    that upload (nixrepro.rundata). Nothing stops the final record from being written.
+    that upload (nixrepro.datastore.flags). Nothing stops the final record from being written.
     """
     request, store = prepared.request, prepared.store
     outcome: Outcome | None = None

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import wandb_sink
 from .errors import NixreproError
+from .trackers import wandb as wandb_sink
 
 SyncStep = Callable[[Path, bool], tuple[list[str], list[str]]]
 
@@ -28,7 +28,7 @@ def _wandb_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
 
 
 def _data_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
-    from .dataops import Data, project_settings
+    from .datastore.ops import Data, project_settings
 
     report = Data(project_settings()).sync_pending(dry_run=dry_run)
     return report.done, report.failed
@@ -61,7 +61,7 @@ def sync(store_root: Path, dry_run: bool = False) -> list[StepResult]:
 
 def discard(items: list[str]) -> list[str]:
     """``sync --discard``: drop pending data items by id or URI (their runs keep them pending)."""
-    from .dataops import Data, project_settings
+    from .datastore.ops import Data, project_settings
 
     data = Data(project_settings())
     return [line for item in items for line in data.discard_pending(item)]

@@ -265,8 +265,8 @@ def check_data(record: RunRecord, settings: DataConfig | None, contents: bool) -
     pending = [v.uri for v in versions if v.pending or not v.version_id]
     if pending:
         return Check("data", "fail", f"{_some(pending)} not uploaded yet; `nixrepro sync` uploads them")
-    from .dataops import Data
     from .datastore import DataStoreError, DataURI
+    from .datastore.ops import Data
 
     data = Data(settings)
     problems = []

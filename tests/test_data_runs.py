@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nixrepro.config import DataConfig
-from nixrepro.dataops import Data
+from nixrepro.datastore.ops import Data
 from nixrepro.record import record_sha256
 from tests.helpers import Project, git_commit
 from tests.s3server import S3Server, store_base

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nixrepro import datacache
 from nixrepro.config import DataConfig
-from nixrepro.dataops import Data
 from nixrepro.datastore import DataIntegrityError, DataStoreError, DataURI, FileStore, NoSuchObject
+from nixrepro.datastore import cache as datacache
+from nixrepro.datastore.ops import Data
 from nixrepro.errors import UsageError
 from tests.s3server import S3Server
 
@@ -227,7 +227,7 @@ def test_several_processes_share_one_cache(data: Data, base: str, tmp_path: Path
     uri = f"{base}/shared.bin"
     put = data.put(write(tmp_path / "shared.bin", "x" * 100_000), uri)
     script = ("import sys; from pathlib import Path; from nixrepro.config import DataConfig; "
-              "from nixrepro.dataops import Data; "
+              "from nixrepro.datastore.ops import Data; "
               "d = Data(DataConfig(cache_dir=sys.argv[1])); print(d.fetch(sys.argv[2], sys.argv[3]).path)")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), uri,
                                put.version.version_id], stdout=subprocess.PIPE, text=True)

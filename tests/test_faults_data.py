@@ -24,8 +24,6 @@ from pathlib import Path
 import pytest
 
 from nixrepro.config import DataConfig
-from nixrepro.datacache import DataCache, sha256_file
-from nixrepro.dataops import Data
 from nixrepro.datastore import (
     VERSIONS_DIR,
     DataIntegrityError,
@@ -33,6 +31,8 @@ from nixrepro.datastore import (
     DataURI,
     FileStore,
 )
+from nixrepro.datastore.cache import DataCache, sha256_file
+from nixrepro.datastore.ops import Data
 from tests.helpers import GIT_ID, run_cli
 from tests.s3server import S3Server
 
@@ -117,7 +117,7 @@ def test_prune_never_deletes_a_file_a_pending_directory_needs(data: Data, tmp_pa
 def test_prune_waits_for_an_output_being_kept(data: Data, tmp_path: Path) -> None:
     """An object added for a pending item whose row is not written yet is never pruned: prune
     (another process) waits for the lock that keep_pending holds."""
-    script = ("import sys; from nixrepro.config import DataConfig; from nixrepro.dataops import Data; "
+    script = ("import sys; from nixrepro.config import DataConfig; from nixrepro.datastore.ops import Data; "
               "print(Data(DataConfig(cache_dir=sys.argv[1])).cache.prune())")
     with data.cache.keeping():
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache")],

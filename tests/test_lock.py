@@ -305,7 +305,7 @@ def test_the_nixpkgs_rev_that_wandb_and_diff_read_survives_a_root_follows() -> N
     import dataclasses
 
     from nixrepro.record import RunRecord
-    from nixrepro.wandb_sink import nixpkgs_rev
+    from nixrepro.trackers.wandb import nixpkgs_rev
 
     record = json.loads((Path(__file__).parent / "fixtures" / "record-minimal.json").read_text())
     base = RunRecord.from_dict(record)

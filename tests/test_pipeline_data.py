@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nixrepro.config import DataConfig
-from nixrepro.dataops import Data
+from nixrepro.datastore.ops import Data
 from tests.helpers import Project, env_flake
 from tests.s3server import store_base
 

@@ -11,7 +11,7 @@ from . import CONTEXT, cli, echo_json
 
 
 def _data() -> Any:
-    from ..dataops import Data, project_settings
+    from ..datastore.ops import Data, project_settings
 
     return Data(project_settings())
 

@@ -93,7 +93,7 @@ def verify(run_ref: str, contents: bool, as_json: bool) -> None:
       nixrepro verify @latest --contents
     """
     from ..archive import trusted_keys
-    from ..dataops import project_settings
+    from ..datastore.ops import project_settings
     from ..git import GitRepo
     from ..nix import Nix
     from ..verify import to_json, verify_run

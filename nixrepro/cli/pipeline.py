@@ -43,7 +43,7 @@ class _LatestVersion:
     """The pipeline's resolver: an external input's latest version, asked of its store."""
 
     def __init__(self, settings: Any) -> None:
-        from ..dataops import Data
+        from ..datastore.ops import Data
 
         self.data = Data(settings)
 

@@ -102,7 +102,7 @@ def _trackers(config: Any, repo_root: Path) -> list[Any]:
     if config.tracker.kind != "wandb":  # (the config is validated when it is read)
         return []
     from ..runstore import RunStore
-    from ..wandb_sink import WandbSink
+    from ..trackers.wandb import WandbSink
 
     sink = WandbSink(config.tracker, RunStore.for_repo(repo_root).root, default_project=repo_root.name)
     return [] if sink.mode == "disabled" else [sink]

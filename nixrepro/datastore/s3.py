@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import DataConfig
-from .datastore import (
+from ..config import DataConfig
+from ..redact import scrub_url
+from . import (
     DataStoreError,
     DataStoreUnreachable,
     DataURI,
@@ -27,7 +28,6 @@ from .datastore import (
     NoSuchObject,
     ObjectVersion,
 )
-from .redact import scrub_url
 
 # Measured on loopback SeaweedFS with 2 cores (bench/data.py): uploads, 8 MiB parts 10 in flight
 # beat bigger parts and more threads (which only contend for the GIL). Downloads: fewer, bigger

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DataConfig
-from .datacache import DataCache
-from .datastore import (
+from ..config import DataConfig
+from ..errors import NixreproError, UsageError
+from ..fsutil import sha256_file
+from ..record import DataVersion
+from . import (
     VERSIONS_DIR,
     DataIntegrityError,
     DataRef,
@@ -33,15 +35,13 @@ from .datastore import (
     ObjectVersion,
     open_store,
 )
-from .errors import NixreproError, UsageError
-from .fsutil import sha256_file
-from .record import DataVersion
+from .cache import DataCache
 
 if TYPE_CHECKING:
-    from .datasync import SyncReport
+    from .sync import SyncReport
 
 MANIFEST_SCHEMA = "nixrepro.manifest/1"
-UPLOAD_THREADS = 32  # small objects in flight (nixrepro.s3 pools as many connections)
+UPLOAD_THREADS = 32  # small objects in flight (nixrepro.datastore.s3 pools as many connections)
 DOWNLOAD_ATTEMPTS = 3
 RETRY_PAUSE = 0.5  # seconds before the second attempt of a download the server broke off; doubled
 
@@ -423,22 +423,22 @@ class Data:
 
     def sync_pending(self, dry_run: bool = False) -> SyncReport:
         """Upload every pending output; fill in the version ids of the runs that produced them.
-        One broken item is reported and the others go on (nixrepro.datasync)."""
-        from .datasync import sync_pending
+        One broken item is reported and the others go on (nixrepro.datastore.sync)."""
+        from .sync import sync_pending
 
         return sync_pending(self, dry_run)
 
     def discard_pending(self, item: str) -> list[str]:
-        from .datasync import discard
+        from .sync import discard
 
         return discard(self, item)
 
 
 def project_settings() -> DataConfig:
     """The ``[data]`` section of the project around the current directory (defaults outside one)."""
-    from .config import load
-    from .errors import RefusedError
-    from .git import GitRepo
+    from ..config import load
+    from ..errors import RefusedError
+    from ..git import GitRepo
 
     try:
         root = GitRepo.discover(Path.cwd()).root

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .datacache import Pending
-from .datastore import DataStoreError, DataStoreUnreachable, DataURI, Kind, ObjectVersion
-from .errors import NixreproError, UsageError
-from .record import DataVersion
+from ..errors import NixreproError, UsageError
+from ..record import DataVersion
+from . import DataStoreError, DataStoreUnreachable, DataURI, Kind, ObjectVersion
+from .cache import Pending
 
 if TYPE_CHECKING:
-    from .dataops import Data
+    from .ops import Data
 
 ITEM = ""  # the `uploaded` row of the item itself (a file, or a directory's final manifest)
 
@@ -99,7 +99,7 @@ def _store_name(uri: str) -> str:
 
 
 def _upload(data: Data, item: Pending) -> DataVersion:
-    from .dataops import Manifest, _record
+    from .ops import Manifest, _record
 
     try:
         uri = DataURI.parse(item.uri).require_object()
@@ -161,9 +161,9 @@ def _fill_in_run(item: Pending, version: DataVersion) -> None:
     fills it in and uploads nothing again."""
     if not item.run_dir:
         return
-    from . import datalog
-    from .rundir import fold
-    from .runstore import RunStore
+    from .. import datalog
+    from ..rundir import fold
+    from ..runstore import RunStore
 
     run_dir = Path(item.run_dir)
     if not run_dir.is_dir():

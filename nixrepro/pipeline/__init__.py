@@ -26,14 +26,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .config import Config, StageConfig
-from .errors import ConfigError, NixreproError, RefusedError
+from ..config import Config, StageConfig
+from ..errors import ConfigError, NixreproError, RefusedError
+from ..fsutil import atomic_write
+from ..git import GitRepo, format_dirty
+from ..nix import Nix
+from ..record import RunRecord, StageInfo
+from ..runstore import RunStore
 from .forward import SignalForwarder
-from .fsutil import atomic_write
-from .git import GitRepo, format_dirty
-from .nix import Nix
-from .record import RunRecord, StageInfo
-from .runstore import RunStore
 
 State = Literal["ran", "skipped", "failed", "interrupted", "not run"]
 CACHE_DIR = "stage-cache"

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .metrics import METRICS_FILE, MetricPoint, parse_point
-from .record import RunRecord
+from ..metrics import METRICS_FILE, MetricPoint, parse_point
+from ..record import RunRecord
 
 POLL_INTERVAL_S = 0.5
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import TRACKER_MODES, TrackerConfig
-from .errors import NixreproError
-from .metrics import MetricPoint
-from .parallel import Background
-from .record import DataVersion, RunRecord
+from ..config import TRACKER_MODES, TrackerConfig
+from ..errors import NixreproError
+from ..metrics import MetricPoint
+from ..parallel import Background
+from ..record import DataVersion, RunRecord
 
 WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
 ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.jsonl", "code.patch")
@@ -429,7 +429,7 @@ def pending_offline_runs(store_root: Path) -> list[Path]:
 
 def sync_offline_runs(store_root: Path, dry_run: bool = False) -> list[Path]:
     """Run `wandb sync` on every pending offline run; returns the run directories it synced."""
-    from . import proc
+    from .. import proc
 
     pending = pending_offline_runs(store_root)
     if pending and not dry_run:

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .datastore import DataIntegrityError, DataStoreError
-from .fsutil import sha256_file as sha256_file  # re-exported for callers of datacache
+from ..fsutil import sha256_file as sha256_file  # re-exported for callers of datacache
+from . import DataIntegrityError, DataStoreError
 
 HASH_THREADS = 4
 _SCHEMA = """

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .config import DataConfig
-from .errors import NixreproError, UsageError
+from ..config import DataConfig
+from ..errors import NixreproError, UsageError
 
 Kind = Literal["file", "manifest"]
 VERSIONS_DIR = ".nixrepro-versions"

@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import datalog, rundir
-from .config import DataConfig
-from .datastore import VERSIONS_DIR, DataStoreError
-from .errors import UsageError
-from .record import OutputResult
-from .supervise import Interrupted, StopSignals
+from .. import datalog, rundir
+from ..config import DataConfig
+from ..errors import UsageError
+from ..record import OutputResult
+from ..supervise import Interrupted, StopSignals
+from . import VERSIONS_DIR, DataStoreError
 
 if TYPE_CHECKING:
-    from .dataops import Data, Fetched
+    from .ops import Data, Fetched
 
 INPUTS_VARIABLE = "NIXREPRO_INPUTS"
 
@@ -42,7 +42,7 @@ def check_flags(inputs: Sequence[str], outputs: Sequence[str]) -> None:
     """Refuse malformed --input/--output before anything runs."""
     if not inputs and not outputs:
         return
-    from .datastore import DataRef, DataURI
+    from . import DataRef, DataURI
 
     for text in inputs:
         DataURI.parse(DataRef.parse(text).uri)
@@ -53,8 +53,8 @@ def check_flags(inputs: Sequence[str], outputs: Sequence[str]) -> None:
 def fetch_inputs(inputs: Sequence[str], settings: DataConfig, pins: dict[str, str]) -> list[Fetched]:
     if not inputs:
         return []
-    from .dataops import Data
-    from .datastore import DataRef
+    from . import DataRef
+    from .ops import Data
 
     data = Data(settings)
     fetched = []
@@ -90,7 +90,7 @@ def store_outputs(outputs: Sequence[str], cwd: Path, settings: DataConfig, run_d
     the upload in progress; that output and the ones after it are then kept in the local cache
     for ``nixrepro sync`` (a copy, no network), and a second signal stops that too.
     """
-    from .dataops import Data
+    from .ops import Data
 
     stops = stops or StopSignals()
     data = Data(settings)
