@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from nixrepro.config import DataConfig
-from nixrepro.datastore import DataIntegrityError, DataStoreError, DataURI, FileStore, NoSuchObject
+from nixrepro.datastore import DataIntegrityError, DataStoreError, DataURI, NoSuchObject
 from nixrepro.datastore import cache as datacache
+from nixrepro.datastore.file import FileStore
 from nixrepro.datastore.ops import Data
 from nixrepro.errors import UsageError
 from tests.s3server import S3Server

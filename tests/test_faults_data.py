@@ -29,9 +29,9 @@ from nixrepro.datastore import (
     DataIntegrityError,
     DataStoreError,
     DataURI,
-    FileStore,
 )
 from nixrepro.datastore.cache import DataCache, sha256_file
+from nixrepro.datastore.file import FileStore
 from nixrepro.datastore.ops import Data
 from tests.helpers import GIT_ID, run_cli
 from tests.s3server import S3Server

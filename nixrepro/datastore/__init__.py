@@ -1,26 +1,22 @@
-"""Versioned data stores: one interface, two backends (``s3://bucket/key`` and ``file:///dir/name``).
+"""Versioned data stores: one interface, one backend module per URI scheme.
 
-Both keep every version of an object: each put makes a new version id, old versions stay
-readable. Every object carries the sha256 of its bytes and a kind: a ``file``, or a ``manifest``,
-the JSON list of a directory's files with their version ids, so that one manifest version pins a
-whole directory (docs/data.md).
+Every backend keeps every version of an object: each put makes a new version id, old versions
+stay readable. Every object carries the sha256 of its bytes and a kind: a ``file``, or a
+``manifest``, the JSON list of a directory's files with their version ids, so that one manifest
+version pins a whole directory (docs/data.md).
 
-The file backend keeps the versions of ``/dir/name`` under ``/dir/.nixrepro-versions/name/``: a
-read-only copy per version and a small JSON of its metadata, written after the copy so that a
-version is visible only when complete. Version ids sort by time.
+A backend is a module of this package named in :data:`BACKENDS` by its scheme. It defines
+``parse_location(text, rest) -> (bucket, key)`` (validating what follows ``scheme://``) and
+``open_backend(settings) -> DataStore``. It is imported only when a URI of its scheme is used, so
+``s3://`` alone pays for botocore. Adding a backend (``gs://``, say) is one module and one line here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import secrets
-import shutil
-import time
-from collections.abc import Iterator
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal, Protocol
 
 from ..config import DataConfig
@@ -28,7 +24,8 @@ from ..errors import NixreproError, UsageError
 
 Kind = Literal["file", "manifest"]
 VERSIONS_DIR = ".nixrepro-versions"
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+# scheme -> the module of this package that implements it
+BACKENDS: dict[str, str] = {"file": "file", "s3": "s3"}
 
 
 class DataStoreError(NixreproError):
@@ -51,32 +48,17 @@ class DataIntegrityError(DataStoreError):
 class DataURI:
     """``s3://bucket/key`` or ``file:///absolute/path``; validated when parsed."""
 
-    scheme: Literal["s3", "file"]
-    bucket: str  # "" for file://
-    key: str  # the S3 key, or the absolute path for file://
+    scheme: str  # a key of BACKENDS
+    bucket: str  # the bucket, or "" where the backend has none (file://)
+    key: str  # the key in the bucket, or the absolute path for file://
 
     @classmethod
     def parse(cls, text: str) -> DataURI:
-        if text.startswith("s3://"):
-            bucket, _, key = text[5:].partition("/")
-            if not _BUCKET.fullmatch(bucket):
-                raise UsageError(f"{text}: {bucket!r} is not a valid S3 bucket name; use s3://bucket/key.")
-            if key.startswith("/"):
-                raise UsageError(f"{text}: the key is an absolute path; write s3://{bucket}/{key.lstrip('/')}.")
-            _check_segments(text, key)
-            return cls("s3", bucket, key.rstrip("/"))
-        if text.startswith("file://"):
-            path = text[7:]
-            if not path.startswith("/"):
-                raise UsageError(f"{text}: a file URI needs an absolute path, as in file:///data/train.csv.")
-            if not path.strip("/"):
-                # a store at / would keep its versions in /.nixrepro-versions and `ls` would walk
-                # the whole file system
-                raise UsageError(f"{text} is the file system root, not a store; name a directory, as "
-                                 "in file:///data/train.csv.")
-            _check_segments(text, path.strip("/"))
-            return cls("file", "", "/" + path.strip("/"))
-        raise UsageError(f"{text!r} is not a data URI; use s3://bucket/key or file:///dir/name.")
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme not in BACKENDS:
+            raise UsageError(f"{text!r} is not a data URI; use {_EXAMPLES}.")
+        bucket, key = backend(scheme).parse_location(text, rest)
+        return cls(scheme, bucket, key)
 
     def require_object(self) -> DataURI:
         """This URI, if it names an object (a bucket alone is a prefix for `data ls` only)."""
@@ -88,15 +70,15 @@ class DataURI:
     @property
     def store(self) -> str:
         """The store this object lives in, as the cache index names it."""
-        return f"s3://{self.bucket}" if self.scheme == "s3" else "file://"
+        return f"{self.scheme}://{self.bucket}"
 
     def child(self, relative: str) -> DataURI:
-        _check_segments(f"{self}/{relative}", relative)
+        check_segments(f"{self}/{relative}", relative)
         joined = f"{self.key}/{relative}" if self.key else relative
         return DataURI(self.scheme, self.bucket, joined)
 
     def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
+        return f"{self.scheme}://{self.bucket}/{self.key}" if self.bucket else f"{self.scheme}://{self.key}"
 
 
 @dataclass(frozen=True)
@@ -130,7 +112,8 @@ class DataRef:
 
 
 
-def _check_segments(text: str, key: str) -> None:
+def check_segments(text: str, key: str) -> None:
+    """Refuse ``.`` and ``..`` path segments, which stores would resolve differently."""
     parts = key.split("/") if key else []
     if any(part in ("..", ".") for part in parts):
         raise UsageError(f"{text}: '..' and '.' are not allowed in a data key; name the object directly.")
@@ -159,124 +142,23 @@ class DataStore(Protocol):
 
     def head(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion: ...
 
-    def download(self, uri: DataURI, version_id: str, dest: Path) -> None: ...
+    def download(self, uri: DataURI, version_id: str, dest: Path, size: int | None = None) -> None:
+        """Write the version's bytes to ``dest``; ``size``, when known, spares a HEAD."""
 
     def versions(self, uri: DataURI) -> list[ObjectVersion]: ...
 
     def listing(self, uri: DataURI) -> list[ObjectVersion]: ...
 
 
-class FileStore:
-    """The embedded default: versions kept next to the object, in a hidden directory."""
-
-    def _dir(self, uri: DataURI) -> Path:
-        path = Path(uri.key)
-        return path.parent / VERSIONS_DIR / path.name
-
-    def put_file(self, uri: DataURI, path: Path, sha256: str, kind: Kind = "file") -> ObjectVersion:
-        directory = self._dir(uri)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            version_id = f"{time.time_ns():016x}{secrets.token_hex(3)}"
-            tmp = directory / f".{version_id}.tmp"
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, directory / version_id)
-            size = (directory / version_id).stat().st_size
-            meta = {"sha256": sha256, "size": size, "kind": kind,
-                    "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            meta_tmp = directory / f".{version_id}.json.tmp"
-            meta_tmp.write_text(json.dumps(meta))
-            os.replace(meta_tmp, directory / f"{version_id}.json")
-        except OSError as exc:
-            raise DataStoreError(
-                f"cannot write {uri} ({exc.strerror}); check the directory's permissions."
-            ) from exc
-        return self.head(uri, version_id)
-
-    def head(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion:
-        ids = self._ids(uri)
-        if not ids:
-            raise NoSuchObject(f"there is no object at {uri}; `nixrepro data ls` lists what is there.")
-        chosen = version_id or ids[-1]
-        if chosen not in ids:
-            raise DataStoreError(
-                f"{uri} has no version {chosen}; `nixrepro data versions {uri}` lists them."
-            )
-        return self._version(uri, chosen, latest=chosen == ids[-1])
-
-    def download(self, uri: DataURI, version_id: str, dest: Path) -> None:
-        try:
-            shutil.copyfile(self._dir(uri) / version_id, dest)
-        except FileNotFoundError as exc:
-            raise DataStoreError(
-                f"{uri} has no version {version_id}; `nixrepro data versions {uri}` lists them."
-            ) from exc
-        except OSError as exc:  # unreadable in the store, or no room in the cache
-            raise DataStoreError(f"cannot copy {uri}@{version_id} ({exc.strerror}); check the store's "
-                                 "permissions and the free space of the data cache.") from None
-
-    def versions(self, uri: DataURI) -> list[ObjectVersion]:
-        ids = self._ids(uri)
-        return [self._version(uri, v, latest=v == ids[-1]) for v in reversed(ids)]
-
-    def listing(self, uri: DataURI) -> list[ObjectVersion]:
-        found = []
-        for base in _walk_stores(Path(uri.key)):
-            try:
-                entries = sorted((base / VERSIONS_DIR).iterdir())
-            except OSError as exc:
-                raise DataStoreError(f"cannot list {base / VERSIONS_DIR} ({exc.strerror}); check its "
-                                     "permissions.") from None
-            for entry in entries:
-                child = DataURI("file", "", str(base / entry.name))
-                ids = self._ids(child)
-                if ids:
-                    found.append(self._version(child, ids[-1], latest=True))
-        return found
-
-    def _ids(self, uri: DataURI) -> list[str]:
-        directory = self._dir(uri)
-        if not directory.is_dir():
-            return []
-        try:
-            return sorted(p.name[:-5] for p in directory.iterdir()
-                          if p.name.endswith(".json") and not p.name.startswith("."))
-        except OSError as exc:
-            raise DataStoreError(f"cannot list the versions of {uri} ({exc.strerror}); check the "
-                                 f"permissions of {directory}.") from None
-
-    def _version(self, uri: DataURI, version_id: str, latest: bool) -> ObjectVersion:
-        path = self._dir(uri) / f"{version_id}.json"
-        try:
-            meta = json.loads(path.read_bytes())
-            sha, kind, modified = meta.get("sha256"), meta.get("kind", "file"), meta.get("modified")
-            if not (sha is None or isinstance(sha, str)) or kind not in ("file", "manifest"):
-                raise ValueError("wrong-typed fields")
-            return ObjectVersion(str(uri), version_id, sha, int(meta["size"]), kind,
-                                 modified if isinstance(modified, str) else None, latest)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-            raise DataStoreError(
-                f"the metadata of {uri}@{version_id} ({path}) is damaged ({reason}); restore it from "
-                "a backup, or delete it and the version file next to it to drop that version."
-            ) from None
+_EXAMPLES = "s3://bucket/key or file:///dir/name"
 
 
-def _walk_stores(root: Path) -> Iterator[Path]:
-    """Every directory at or below ``root`` that holds versioned objects."""
-    if not root.is_dir():
-        return
-    for directory, subdirs, _files in os.walk(root):
-        if VERSIONS_DIR in subdirs:
-            subdirs.remove(VERSIONS_DIR)
-            yield Path(directory)
+def backend(scheme: str) -> ModuleType:
+    """The module implementing ``scheme`` (imported on first use)."""
+    return importlib.import_module(f"{__name__}.{BACKENDS[scheme]}")
 
 
 def open_store(uri: DataURI, settings: DataConfig) -> DataStore:
-    if uri.scheme == "file":
-        return FileStore()
-    from .s3 import S3Store  # boto3 is imported only when an s3:// URI is used
-
-    store: DataStore = S3Store(settings)
+    """The store that keeps ``uri``'s objects."""
+    store: DataStore = backend(uri.scheme).open_backend(settings)
     return store

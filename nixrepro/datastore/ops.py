@@ -255,7 +255,7 @@ class Data:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             tmp = self.cache.temp_path(version.sha256 or "unknown")
             try:
-                store.download(uri, version.version_id, tmp)
+                store.download(uri, version.version_id, tmp, size=version.size)
                 sha = version.sha256 or sha256_file(tmp)  # an object another tool wrote has no sha
                 path = self.cache.commit_temp(tmp, sha)
             except DataIntegrityError as exc:
@@ -363,7 +363,7 @@ class Data:
         that hashes right says nothing about the bytes of the files it names."""
         tmp = self.cache.temp_path("verify-manifest")
         try:
-            self.store(uri).download(uri, version.version_id, tmp)
+            self.store(uri).download(uri, version.version_id, tmp, size=version.size)
             manifest = Manifest.from_bytes(tmp.read_bytes(), ref_text)
         finally:
             tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ manager does not return it). Large downloads are parallel ranged GETs written in
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DataConfig
+from ..errors import UsageError
 from ..redact import scrub_url
 from . import (
     DataStoreError,
@@ -27,6 +29,7 @@ from . import (
     Kind,
     NoSuchObject,
     ObjectVersion,
+    check_segments,
 )
 
 # Measured on loopback SeaweedFS with 2 cores (bench/data.py): uploads, 8 MiB parts 10 in flight
@@ -45,6 +48,24 @@ KIND_KEY = "nixrepro-kind"
 T = TypeVar("T")
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                      "ExpiredToken", "403"}
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+
+
+def parse_location(text: str, rest: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ("bucket", "key"); checked here, before botocore is imported."""
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise UsageError(f"{text}: {bucket!r} is not a valid S3 bucket name; use s3://bucket/key.")
+    if key.startswith("/"):
+        raise UsageError(f"{text}: the key is an absolute path; write s3://{bucket}/{key.lstrip('/')}.")
+    check_segments(text, key)
+    return bucket, key.rstrip("/")
+
+
+def open_backend(settings: DataConfig) -> S3Store:
+    return S3Store(settings)
 
 
 def range_size(size: int) -> int:
