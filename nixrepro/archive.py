@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import quote, urlparse
 
 from .config import ArchiveConfig, DataConfig
-from .errors import NixreproError, UsageError
+from .errors import ArchiveError, UsageError
 from .fsutil import atomic_write
 from .git import GitRepo
 from .nix import Nix
@@ -35,10 +35,6 @@ from .runstore import RunStore
 
 ARCHIVES_FILE = "archives.json"
 LEVELS = ("runtime", "sources", "build-deps")
-
-
-class ArchiveError(NixreproError):
-    """An archive could not be written or read."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,8 @@ def existing_key(config: ArchiveConfig) -> SigningKey | None:
     secret_file, _ = key_files(config)
     if not secret_file.exists():  # the usual case as a run ends: nothing to import or read
         return None
-    from .signing import SigningError, public_of
+    from .errors import SigningError
+    from .signing import public_of
 
     try:
         secret = secret_file.read_text()

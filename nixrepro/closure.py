@@ -21,14 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NixreproError
+from .errors import PathInfoParseError
 
 DEFAULT_STORE_DIR = "/nix/store"
 _NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
-
-
-class PathInfoParseError(NixreproError):
-    """`nix path-info --json` printed something this version of nixrepro cannot read."""
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,75 @@ class GitCommandError(CommandError):
     """A ``git`` invocation failed."""
 
     tool = "git"
+
+
+# --- Records and locks ---
+
+
+class RecordError(NixreproError):
+    """A record file could not be read."""
+
+
+class LockError(NixreproError):
+    """flake.lock is malformed or of an unknown version."""
+
+
+class PathInfoParseError(NixreproError):
+    """`nix path-info --json` printed something this version of nixrepro cannot read."""
+
+
+class SigningError(NixreproError):
+    """A signing key or a signature could not be read."""
+
+
+# --- Data stores (nixrepro.datastore) ---
+
+
+class DataStoreError(NixreproError):
+    """A data store refused or failed an operation (missing bucket, key, version...)."""
+
+
+class DataStoreUnreachable(DataStoreError):
+    """The store cannot be reached right now; outputs wait in the pending queue (`nixrepro sync`)."""
+
+
+class NoSuchObject(DataStoreError):
+    """Nothing was ever stored at this URI."""
+
+
+class DataIntegrityError(DataStoreError):
+    """Downloaded bytes did not hash to the recorded sha256."""
+
+
+class ItemError(NixreproError):
+    """One pending item cannot be uploaded now; the others go on."""
+
+
+class SyncError(NixreproError):
+    """Some pending items or steps could not be uploaded (each is listed); the rest were."""
+
+
+# --- Environments kept and brought back ---
+
+
+class ArchiveError(NixreproError):
+    """An archive could not be written or read."""
+
+
+class RebuildError(NixreproError):
+    """The recorded environment could not be built again."""
+
+
+# --- Pipelines and trackers ---
+
+
+class PipelineError(NixreproError):
+    """The pipeline stopped on an error inside nixrepro (not a stage that failed)."""
+
+
+class TrackerError(NixreproError):
+    """A tracker (W&B) failed; the run goes on without it."""
+
+
+class WandbSyncError(NixreproError):
+    """`wandb sync` failed."""

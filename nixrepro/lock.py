@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from .errors import NixreproError
+from .errors import LockError
 from .redact import scrub_url
 
 SUPPORTED_VERSIONS = (5, 6, 7)
@@ -40,10 +40,6 @@ _STRING_ATTRS = frozenset({"type", "rev", "narHash", "url", "owner", "repo", "re
                            "dir", "id", "dirtyRev", "dirtyShortRev"})
 # Far beyond any real lock (the deepest of 34 public ones: 11), well within Python's stack.
 _MAX_FOLLOWS = 200
-
-
-class LockError(NixreproError):
-    """flake.lock is malformed or of an unknown version."""
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from typing import TextIO
 from . import proc
 from .closure import (
     Closure,
-    PathInfoParseError,
     StorePathInfo,
     json_format_args,
     nix32_encode,
     parse_path_info,
 )
-from .errors import NixCommandError, RefusedError
+from .errors import NixCommandError, PathInfoParseError, RefusedError
 from .fsutil import atomic_write
 
 NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")

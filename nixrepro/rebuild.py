@@ -24,15 +24,11 @@ from . import archive
 from .closure import Closure
 from .config import Config
 from .diff import MetricChange, RunDiff, diff_metrics, diff_runs
-from .errors import NixCommandError, NixreproError, RefusedError, UsageError
+from .errors import NixCommandError, NixreproError, RebuildError, RefusedError, UsageError
 from .git import GitRepo
 from .nix import Nix
 from .record import RunRecord
 from .runstore import RunStore
-
-
-class RebuildError(NixreproError):
-    """The recorded environment could not be built again."""
 
 
 @dataclass(frozen=True)

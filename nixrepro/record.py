@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from .closure import StorePathInfo
-from .errors import NixreproError
+from .errors import RecordError
 from .host import HostInfo
 from .lock import LockedInput
 
@@ -26,10 +26,6 @@ SCHEMA = "nixrepro.run/1"
 Status = Literal["running", "succeeded", "failed", "interrupted", "crashed"]
 STATUSES: tuple[str, ...] = typing.get_args(Status)
 Scalar = int | float | bool | str | None
-
-
-class RecordError(NixreproError):
-    """A record file could not be read."""
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NixreproError, RunNotFoundError
+from .errors import NixreproError, RecordError, RunNotFoundError
 from .fsutil import atomic_write, sha256_file
 from .record import (
-    RecordError,
     RunRecord,
     document_json,
     read_head,

@@ -24,14 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import NixreproError
+from .errors import SigningError
 
 PREFIX = "nixrepro.run/1;"
 Verdict = Literal["good", "bad", "unknown"]
-
-
-class SigningError(NixreproError):
-    """A signing key or a signature could not be read."""
 
 
 @dataclass(frozen=True)

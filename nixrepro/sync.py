@@ -18,10 +18,6 @@ from .trackers import wandb as wandb_sink
 SyncStep = Callable[[Path, bool], tuple[list[str], list[str]]]
 
 
-class SyncError(NixreproError):
-    """Some pending items or steps could not be uploaded (each is listed); the rest were."""
-
-
 def _wandb_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
     return [str(p.relative_to(store_root.parent))
             for p in wandb_sink.sync_offline_runs(store_root, dry_run=dry_run)], []

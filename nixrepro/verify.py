@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from .closure import closure_hash, normalize_nar_hash
 from .config import DataConfig
+from .errors import RecordError
 from .git import GitRepo
 from .nix import Nix
-from .record import RecordError, RunRecord, record_sha256, summary_sha256
+from .record import RunRecord, record_sha256, summary_sha256
 from .runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, SUMMARY_FILE, RunStore, file_hashes
 
 Result = Literal["pass", "fail", "skip"]
@@ -109,7 +110,8 @@ def check_signature(doc: dict[str, Any], sig: dict[str, Any] | None,
     """What ``record.sig`` proves; an unsigned record is a skip (record_sha256 alone proves only
     that nobody edited the record without recomputing it), a bad signature a failure. The
     signature is checked against the record's hash as recomputed, never as the record claims it."""
-    from .signing import SigningError, check
+    from .errors import SigningError
+    from .signing import check
 
     if sig is None:
         why = "still running" if doc.get("status") == "running" else "no signing key when it ended"

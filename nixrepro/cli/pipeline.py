@@ -92,7 +92,7 @@ def pipeline_run(stages: tuple[str, ...], force: bool, jobs: int, dev: bool, as_
     Example:
       nixrepro pipeline run train -j 2
     """
-    from ..pipeline import PipelineError
+    from ..errors import PipelineError
 
     runner = _runner(dev=dev, force=force, quiet_stdout=as_json)
     outcomes = runner.run(list(stages), jobs=jobs)

@@ -28,7 +28,7 @@ def sync(dry_run: bool, discard: tuple[str, ...], as_json: bool) -> None:
       nixrepro sync
       nixrepro sync --discard 3
     """
-    from ..sync import SyncError
+    from ..errors import SyncError
     from ..sync import discard as discard_items
     from ..sync import sync as sync_all
 

@@ -20,28 +20,16 @@ from types import ModuleType
 from typing import Literal, Protocol
 
 from ..config import DataConfig
-from ..errors import NixreproError, UsageError
+from ..errors import DataIntegrityError as DataIntegrityError  # the data-store errors, re-exported
+from ..errors import DataStoreError as DataStoreError
+from ..errors import DataStoreUnreachable as DataStoreUnreachable
+from ..errors import NoSuchObject as NoSuchObject
+from ..errors import UsageError
 
 Kind = Literal["file", "manifest"]
 VERSIONS_DIR = ".nixrepro-versions"
 # scheme -> the module of this package that implements it
 BACKENDS: dict[str, str] = {"file": "file", "s3": "s3"}
-
-
-class DataStoreError(NixreproError):
-    """A data store refused or failed an operation (missing bucket, key, version...)."""
-
-
-class DataStoreUnreachable(DataStoreError):
-    """The store cannot be reached right now; outputs wait in the pending queue (`nixrepro sync`)."""
-
-
-class NoSuchObject(DataStoreError):
-    """Nothing was ever stored at this URI."""
-
-
-class DataIntegrityError(DataStoreError):
-    """Downloaded bytes did not hash to the recorded sha256."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NixreproError, UsageError
+from ..errors import ItemError, NixreproError, UsageError
 from ..record import DataVersion
 from . import DataStoreError, DataStoreUnreachable, DataURI, Kind, ObjectVersion
 from .cache import Pending
@@ -34,10 +34,6 @@ ITEM = ""  # the `uploaded` row of the item itself (a file, or a directory's fin
 class SyncReport:
     done: list[str] = field(default_factory=list)  # "#ID URI@VERSION", or "#ID URI (N bytes)" in a dry run
     failed: list[str] = field(default_factory=list)  # "#ID URI: why; the remedy"
-
-
-class ItemError(NixreproError):
-    """One pending item cannot be uploaded now; the others go on."""
 
 
 def sync_pending(data: Data, dry_run: bool = False) -> SyncReport:

@@ -42,10 +42,6 @@ LAST_FILE = "pipeline-last.json"
 POLL_S = 0.1
 
 
-class PipelineError(NixreproError):
-    """The pipeline stopped on an error inside nixrepro (not a stage that failed)."""
-
-
 class DataResolver(Protocol):
     """What the pipeline needs of the data store: the current version of an input."""
 

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..config import TRACKER_MODES, TrackerConfig
-from ..errors import NixreproError
+from ..errors import TrackerError, WandbSyncError
 from ..metrics import MetricPoint
 from ..parallel import Background
 from ..record import DataVersion, RunRecord
@@ -38,14 +38,6 @@ ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.js
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 2.0
 TAG_MAX = 64  # W&B refuses longer tags
-
-
-class TrackerError(NixreproError):
-    """A tracker (W&B) failed; the run goes on without it."""
-
-
-class WandbSyncError(NixreproError):
-    """`wandb sync` failed."""
 
 
 def resolve_mode(config: TrackerConfig, environ: Mapping[str, str]) -> str:
