@@ -219,15 +219,6 @@ def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def walk(node: LineageNode) -> Iterator[LineageNode]:
-    """Every node of the tree, depth first."""
-    todo = [node]
-    while todo:
-        current = todo.pop()
-        yield current
-        todo.extend(reversed(current.inputs))
-
-
 def json_text(doc: Any) -> str:
     """``doc`` as ``json.dumps(doc, indent=2, sort_keys=True)`` writes it, at any depth.
 

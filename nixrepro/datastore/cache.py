@@ -95,9 +95,6 @@ class DataCache:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
 
-    def close(self) -> None:
-        self.db.close()
-
     # --- objects --------------------------------------------------------------------------------
 
     def object_path(self, sha256: str) -> Path:
@@ -397,10 +394,6 @@ class _SerialConnection:
     def executescript(self, script: str) -> None:
         with self.lock:
             self.connection.executescript(script)
-
-    def close(self) -> None:
-        with self.lock:
-            self.connection.close()
 
 
 @dataclass

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -507,7 +506,3 @@ def _walk_files(root: Path) -> dict[str, Path]:
     if not found:
         raise UsageError(f"{root} has no files to put; put a file, or a directory with files in it.")
     return dict(sorted(found.items()))
-
-
-def warn(message: str) -> None:
-    print(f"nixrepro: warning: {message}", file=sys.stderr)
