@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .closure import StorePathInfo, normalize_nar_hash
 from .determinism import determinism_note
+from .host import scheduler_fields
 from .lock import LockedInput
 from .record import RunRecord, Scalar, to_plain
 
@@ -370,6 +371,10 @@ def diff_host(a: RunRecord, b: RunRecord) -> list[FieldChange]:
         ("cpu_count", old.cpu_count, new.cpu_count),
         ("memory_bytes", old.memory_bytes, new.memory_bytes),
         ("hostname", old.hostname, new.hostname),
+        ("user", old.user, new.user),
+        # which job of a cluster: two tasks of one array job differ in array_task_id
+        *((name, before, after) for (name, before), (_, after)
+          in zip(scheduler_fields(old), scheduler_fields(new), strict=True)),
         ("gpus", [_gpu(g) for g in old.gpus], [_gpu(g) for g in new.gpus]),
         ("nvidia_driver", old.nvidia_driver, new.nvidia_driver),
         ("cuda_driver", old.cuda_driver, new.cuda_driver),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from .host import where as who_and_where
 from .record import RunRecord
 
 
@@ -119,6 +120,7 @@ def run_summary(record: RunRecord) -> str:
         lines.append(f"    {name:<20} {inp.url}{rev}" + (f"  ({', '.join(marks)})" if marks else ""))
     gpus = ", ".join(g.name for g in host.gpus) or "none"
     lines += [
+        f"  where      {who_and_where(host)}",
         f"  host       {host.os}, kernel {host.kernel}, {host.arch}, {host.cpu_count} cpus, "
         f"{human_bytes(host.memory_bytes)}",
         f"  gpu        {gpus}"

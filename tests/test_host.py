@@ -7,6 +7,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +247,112 @@ def test_collect_reports_gpus_driver_and_cuda_from_nvidia_smi(monkeypatch: pytes
     assert info.gpus == expected_gpus
     assert info.nvidia_driver == expected_driver
     assert info.cuda_driver == header_value(captured("nvidia-smi.txt"), "CUDA Version")
+
+
+# --- who and where: the user and the scheduler's job ----------------------------------------------
+
+SLURM_ARRAY_TASK = {
+    "SLURM_JOB_ID": "4242", "SLURM_ARRAY_JOB_ID": "4235", "SLURM_ARRAY_TASK_ID": "7",
+    "SLURM_JOB_NODELIST": "gpu-[03-04]", "SLURM_JOB_PARTITION": "gpu",
+}
+SECRETS = {"SLURM_JOB_ACCOUNT_TOKEN": "tok-s3cr3t-value", "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t-value",
+           "KUBERNETES_SERVICE_ACCOUNT_TOKEN": "k8s-s3cr3t-value"}
+
+
+def test_a_slurm_array_task_is_recorded_by_its_job_array_and_task(tmp_path: Path) -> None:
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ={**SLURM_ARRAY_TASK, **SECRETS})
+    assert info.slurm == host.SlurmJob(job_id="4242", array_job_id="4235", array_task_id="7",
+                                       node_list="gpu-[03-04]", partition="gpu")
+    assert info.kubernetes is None
+    assert host.where(info) == (f"{info.user}@{info.hostname}, slurm job 4235_7 (job id 4242, "
+                                "partition gpu, nodes gpu-[03-04])")
+    assert "s3cr3t" not in repr(info)  # only the named variables reach the record
+
+
+def test_a_plain_slurm_job_has_no_array_fields(tmp_path: Path) -> None:
+    info = host.collect(proc_root=tmp_path, etc=tmp_path,
+                        environ={"SLURM_JOB_ID": "99", "SLURM_JOB_PARTITION": " debug \n"})
+    assert info.slurm == host.SlurmJob(job_id="99", partition="debug")
+    assert host.where(info).endswith(", slurm job 99 (partition debug)")
+
+
+def test_slurm_variables_without_a_job_id_are_no_job(tmp_path: Path) -> None:
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ={"SLURM_JOB_PARTITION": "gpu"})
+    assert info.slurm is None
+
+
+def test_a_kubernetes_pod_is_named_by_its_host_name(tmp_path: Path) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "train-7f9c-x2", **SECRETS}
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ=environ)
+    assert info.kubernetes == host.KubernetesPod(pod="train-7f9c-x2")
+    assert info.slurm is None
+    assert "s3cr3t" not in repr(info)
+
+
+def test_downward_api_variables_and_an_indexed_job(tmp_path: Path) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "ignored", "POD_NAME": "sweep-3-abcde",
+               "POD_NAMESPACE": "ml", "NODE_NAME": "node-a", "JOB_COMPLETION_INDEX": "3"}
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ=environ)
+    assert info.kubernetes == host.KubernetesPod(pod="sweep-3-abcde", namespace="ml", node="node-a",
+                                                 completion_index="3")
+    assert host.where(info).endswith(", pod sweep-3-abcde (namespace ml, node node-a, index 3)")
+
+
+def test_outside_any_scheduler_there_is_no_job(tmp_path: Path) -> None:
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ={"HOSTNAME": "laptop", **SECRETS})
+    assert (info.slurm, info.kubernetes) == (None, None)
+    assert host.where(info) == f"{info.user}@{info.hostname}"
+
+
+def test_the_user_is_the_account_the_process_runs_as(tmp_path: Path) -> None:
+    import pwd
+
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ={"USER": "someone-else"})
+    assert info.user == pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_a_scheduler_fact_is_cut_to_a_bounded_length(tmp_path: Path) -> None:
+    info = host.collect(proc_root=tmp_path, etc=tmp_path, environ={"SLURM_JOB_ID": "1",
+                                                                   "SLURM_JOB_NODELIST": "n" * 10_000})
+    assert info.slurm is not None and info.slurm.node_list == "n" * host.MAX_VALUE
+
+
+def test_a_record_written_before_the_who_and_where_fields_still_loads() -> None:
+    import json
+
+    from nixrepro.record import RunRecord
+
+    doc = json.loads((FIXTURES / "record-minimal.json").read_text())
+    assert "user" not in doc["host"]
+    record = RunRecord.from_dict(doc)
+    assert (record.host.user, record.host.slurm, record.host.kubernetes) == ("", None, None)
+    assert host.where(record.host) == f"?@{record.host.hostname}"
+
+
+def test_two_tasks_of_one_array_job_are_told_apart_by_show_and_diff(project: Any) -> None:
+    import json
+    import sys
+
+    runs = []
+    for task in ("1", "2"):
+        env = {**os.environ, **SLURM_ARRAY_TASK, "SLURM_JOB_ID": f"50{task}", "SLURM_ARRAY_TASK_ID": task,
+               **SECRETS}
+        result = project.nixrepro("run", "--flake", ".#env", "--", sys.executable, "-c", "pass", env=env)
+        assert result.returncode == 0, result.stderr
+        shown = project.nixrepro("show", "@latest", "--json")
+        runs.append(json.loads(shown.stdout))
+    first, second = runs
+    assert first["host"]["slurm"] == {"job_id": "501", "array_job_id": "4235", "array_task_id": "1",
+                                      "node_list": "gpu-[03-04]", "partition": "gpu"}
+    assert second["host"]["slurm"]["array_task_id"] == "2"
+    assert first["host"]["user"] and first["host"]["kubernetes"] is None
+    text = project.nixrepro("show", "@latest").stdout
+    assert f"  where      {first['host']['user']}@{first['host']['hostname']}, slurm job 4235_2 " in text
+    diff = json.loads(project.nixrepro("diff", "@latest~1", "@latest", "--json").stdout)
+    assert diff["sections"]["host"]["changes"] == [
+        {"field": "slurm.job_id", "old": "501", "new": "502"},
+        {"field": "slurm.array_task_id", "old": "1", "new": "2"},
+    ]
+    assert "slurm.array_task_id" in project.nixrepro("diff", "@latest~1", "@latest").stdout
+    for run in runs:  # no variable but the named ones reaches the record
+        assert "s3cr3t" not in (project.runs_dir / run["id"] / "record.json").read_text()
