@@ -12,8 +12,11 @@ from pathlib import Path
 from . import proc
 from .errors import GitCommandError, RefusedError
 
+# The run store's directory at the repository root (nixrepro.runstore uses this name), defined
+# here because git must treat it as ignored, and this module stays light (no record classes).
+STORE_DIR = ".nixrepro"
+
 _HINT = "install git (Debian: `apt-get install git`)"
-STORE_DIR_NAME = ".nixrepro"
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class GitRepo:
     def is_dirt(self, rel_path: str) -> bool:
         """False for nixrepro's own store and for ``result`` links that ``nix build`` leaves."""
         first = rel_path.split("/", 1)[0]
-        if first == STORE_DIR_NAME:
+        if first == STORE_DIR:
             return False
         base = rel_path.rstrip("/").rsplit("/", 1)[-1]
         if base == "result" or base.startswith("result-"):
@@ -154,9 +157,9 @@ class GitRepo:
             self.git("read-tree", "HEAD", env=env)
             # The run store never goes into the patch. Naming it in an exclude pathspec when a
             # .gitignore already ignores it makes `git add` fail, so exclude it only when needed.
-            ignored = proc.run(["git", "-C", str(self.root), "check-ignore", "-q", STORE_DIR_NAME],
+            ignored = proc.run(["git", "-C", str(self.root), "check-ignore", "-q", STORE_DIR],
                                check=False).returncode == 0
-            excluded = [] if ignored or prefix else [f":(exclude){STORE_DIR_NAME}"]
+            excluded = [] if ignored or prefix else [f":(exclude){STORE_DIR}"]
             self.git("add", "-A", "--", ".", *excluded, env=env)
             diff = proc.run(
                 ["git", "-C", str(self.root), "diff", "--cached", "--binary",

@@ -23,6 +23,12 @@ from .fsutil import append_line
 from .metrics import METRICS_FILE, last_values
 from .record import DataRecord, OutputResult, RunRecord
 
+# The files of a run directory that are not the store's own (record.json, summary.json, record.sig,
+# lock, gcroot: nixrepro.runstore), nor written by the experiment (metrics.jsonl: nixrepro.metrics;
+# data.jsonl: nixrepro.datalog; seeded.json: nixrepro.determinism).
+STDOUT_LOG = "stdout.log"
+STDERR_LOG = "stderr.log"
+DEV_PATCH = "code.patch"  # a --dev run's diff against its commit (code.diff_sha256)
 OUTPUTS_FILE = "outputs.jsonl"
 SETTLED = ("stored", "pending", "failed", "missing")
 # Written while the run lives; a crashed run's output still in one of these was never settled.

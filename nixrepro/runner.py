@@ -49,8 +49,6 @@ from .runstore import GC_ROOT, RunStore
 from .supervise import Interrupted, Outcome, StopSignals, supervise
 from .trackers import MetricsTail, Observers, RunObserver
 
-DEV_PATCH = "code.patch"
-
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -409,7 +407,7 @@ def execute(
             cuda=prepared.cuda,
         )
         if patch is not None:
-            (run_dir / DEV_PATCH).write_bytes(patch)
+            (run_dir / rundir.DEV_PATCH).write_bytes(patch)
         rundata.declare_outputs(request.outputs, run_dir)
         store.save(record)
         rundir.reserve(run_dir, record)
@@ -528,8 +526,8 @@ def _start(
             prepared.request.argv,
             env=env,
             cwd=prepared.request.cwd,
-            stdout_log=run_dir / "stdout.log",
-            stderr_log=run_dir / "stderr.log",
+            stdout_log=run_dir / rundir.STDOUT_LOG,
+            stderr_log=run_dir / rundir.STDERR_LOG,
             redactor=prepared.redactor,
             stdout=stdout,
             stderr=stderr,
@@ -540,7 +538,7 @@ def _start(
         reason = {FileNotFoundError: "not found", PermissionError: "not executable"}.get(
             type(exc), f"cannot be started ({exc.strerror or exc})")
         message = f"nixrepro: {shown}: command {reason} (PATH starts with the env's bin)\n"
-        with open(run_dir / "stderr.log", "ab") as log:
+        with open(run_dir / rundir.STDERR_LOG, "ab") as log:
             log.write(message.encode(errors="backslashreplace"))
         _warn(stderr, message.strip().removeprefix("nixrepro: "))
         return Outcome(exit_code=127 if reason == "not found" else 126, signal=None,

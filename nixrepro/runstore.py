@@ -49,6 +49,7 @@ from typing import Any
 
 from .errors import NixreproError, RecordError, RunNotFoundError
 from .fsutil import atomic_write, sha256_file
+from .git import STORE_DIR as STORE_DIR  # .nixrepro
 from .record import (
     RunRecord,
     document_json,
@@ -59,7 +60,6 @@ from .record import (
     without_closure,
 )
 
-STORE_DIR = ".nixrepro"
 RECORD_FILE = "record.json"
 SUMMARY_FILE = "summary.json"
 # The record's signature: beside the record, never in it, so that signing a record that ended

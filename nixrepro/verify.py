@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import rundir
 from .closure import closure_hash, normalize_nar_hash
 from .config import DataConfig
 from .errors import RecordError
@@ -33,7 +34,6 @@ from .record import RunRecord, record_sha256, summary_sha256
 from .runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, SUMMARY_FILE, RunStore, file_hashes
 
 Result = Literal["pass", "fail", "skip"]
-DEV_PATCH = "code.patch"
 
 
 @dataclass(frozen=True)
@@ -249,14 +249,14 @@ def check_dev_patch(store: RunStore, record: RunRecord) -> Check:
     expected = record.code.diff_sha256
     if expected is None:
         return Check("dev patch", "skip", "not a dev run")
-    path = store.run_dir(record.id) / DEV_PATCH
+    path = store.run_dir(record.id) / rundir.DEV_PATCH
     try:
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return Check("dev patch", "fail", f"{path} is missing")
     if actual != expected:
-        return Check("dev patch", "fail", f"{DEV_PATCH} does not hash to code.diff_sha256")
-    return Check("dev patch", "pass", f"{DEV_PATCH} matches code.diff_sha256")
+        return Check("dev patch", "fail", f"{rundir.DEV_PATCH} does not hash to code.diff_sha256")
+    return Check("dev patch", "pass", f"{rundir.DEV_PATCH} matches code.diff_sha256")
 
 
 def check_data(record: RunRecord, settings: DataConfig | None, contents: bool) -> Check:
