@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from nixrepro.closure import closure_hash, parse_path_info
-from nixrepro.host import Gpu, HostInfo
+from nixrepro.host import Gpu, HostInfo, KubernetesPod, SlurmJob
 from nixrepro.lock import FlakeLock
 from nixrepro.record import (
     SCHEMA,
@@ -92,6 +92,11 @@ def full_record() -> RunRecord:
             ],
             nvidia_driver="550.54.15",
             cuda_driver="12.4",
+            user="alice",
+            slurm=SlurmJob(job_id="4242", array_job_id="4235", array_task_id="7",
+                           node_list="gpu-[01-02]", partition="gpu"),
+            kubernetes=KubernetesPod(pod="train-0", namespace="ml", node="node-a",
+                                     completion_index="0"),
         ),
         recorder=Recorder(version="0.1.0", pid=4242, hostname="gpu-01"),
         data=DataRecord(
