@@ -29,7 +29,7 @@ from .config import ArchiveConfig, DataConfig
 from .errors import ArchiveError, UsageError
 from .fsutil import atomic_write
 from .git import GitRepo
-from .nix import Nix
+from .nix import FlakeRef, Nix
 from .record import RunRecord
 from .runstore import RunStore
 
@@ -211,9 +211,8 @@ def recorded_flake(record: RunRecord, repo: GitRepo) -> str | None:
     env = record.environment
     if env.flake_ref is None and env.flake_lock_path is None:
         return None
-    if env.flake_ref is not None and ":" in env.flake_ref.split("#", 1)[0] and not \
-            env.flake_ref.startswith(("path:", "git+file:")):
-        return env.flake_ref.split("#", 1)[0]  # a remote flake (github:...): itself
+    if env.flake_ref is not None and FlakeRef.parse(env.flake_ref).local_path is None:
+        return FlakeRef.parse(env.flake_ref).source  # a remote flake (github:...): itself
     ref = f"git+file://{repo.root}?rev={record.code.commit}"
     subdir = flake_subdir(record, repo)
     return ref + (f"&dir={quote(subdir)}" if subdir else "")
@@ -224,8 +223,8 @@ def flake_subdir(record: RunRecord, repo: GitRepo) -> str:
     env = record.environment
     if env.flake_lock_path:
         return os.path.dirname(env.flake_lock_path)
-    local = (env.flake_ref or ".").split("#", 1)[0].removeprefix("path:").removeprefix("git+file://")
-    candidate = (Path(record.command.cwd) / (local or ".")).resolve()
+    local = FlakeRef.parse(env.flake_ref or ".").local_path or "."
+    candidate = (Path(record.command.cwd) / local).resolve()
     try:
         rel = candidate.relative_to(repo.root.resolve()).as_posix()
     except ValueError:

@@ -31,6 +31,35 @@ NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _INSTALL_HINT = "install Nix (Debian: `apt-get install nix-bin`) or put it on PATH"
 
 
+@dataclass(frozen=True)
+class FlakeRef:
+    """An installable as nix reads it, ``SOURCE#ATTR``: the flake and the output in it.
+
+    The one parser of flake references: ``FlakeRef.parse(".#env")`` -> source ".", attr "env".
+    """
+
+    source: str  # ".", "./sub", "/abs", "path:/abs", "git+file:///abs?rev=...", "github:owner/repo"
+    attr: str | None  # None: no "#" (nix then builds the flake's default package)
+
+    @classmethod
+    def parse(cls, text: str) -> FlakeRef:
+        source, sep, attr = text.partition("#")
+        return cls(source, attr if sep else None)
+
+    @property
+    def local_path(self) -> str | None:
+        """The flake's directory on this file system as written (".", "sub", "/abs"), without a
+        ``path:``/``git+file:`` scheme or query; None for a flake fetched from elsewhere (github:...)."""
+        source = self.source
+        if source.startswith("path:"):
+            return source[len("path:"):].split("?", 1)[0] or "."
+        if source.startswith("git+file:"):
+            return source[len("git+file:"):].removeprefix("//").split("?", 1)[0] or "."
+        if ":" in source:
+            return None
+        return source or "."
+
+
 def _replace_symlink(path: Path, target: str) -> None:
     """``path`` -> ``target``, atomically (a reader sees the old link or the new one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -26,7 +26,7 @@ from .config import Config
 from .diff import MetricChange, RunDiff, diff_metrics, diff_runs
 from .errors import NixCommandError, NixreproError, RebuildError, RefusedError, UsageError
 from .git import GitRepo
-from .nix import Nix
+from .nix import FlakeRef, Nix
 from .record import RunRecord
 from .runstore import RunStore
 
@@ -113,7 +113,8 @@ def _installable(record: RunRecord, repo: GitRepo) -> str | None:
     ref = record.environment.flake_ref
     if ref is None:
         return None
-    flake, _, attr = ref.partition("#")
+    parsed = FlakeRef.parse(ref)
+    flake, attr = parsed.source, parsed.attr
     if archive.recorded_flake(record, repo) == flake:  # a remote flake: not in this repository
         raise RebuildError(f"run {record.short_id} used the remote flake {ref}; rebuild it with "
                            f"`nix build {ref}` (nixrepro rebuilds flakes of this repository).")

@@ -31,7 +31,7 @@ from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
 from .lock import FlakeLock, LockedInput
-from .nix import Nix
+from .nix import FlakeRef, Nix
 from .parallel import Background
 from .record import (
     BuildFacts,
@@ -265,9 +265,9 @@ def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | Non
     """The project's flake: the --flake path if local, else the nearest flake.nix up to the root."""
     ref = request.flake or (None if request.env_path else config.run.flake)
     if ref is not None:
-        local = ref.split("#", 1)[0].removeprefix("path:").removeprefix("git+file://")
-        if local in ("", ".") or local.startswith(("/", ".")):
-            candidate = (request.cwd / (local or ".")).resolve()
+        local = FlakeRef.parse(ref).local_path
+        if local is not None and local.startswith(("/", ".")):
+            candidate = (request.cwd / local).resolve()
             if (candidate / "flake.nix").is_file():
                 return candidate
     here = request.cwd.resolve()
