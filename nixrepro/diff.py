@@ -78,7 +78,7 @@ class PackageChange:
 
 
 @dataclass(frozen=True)
-class Rebuilt:
+class RebuiltPackage:
     """Same name and version on both sides, but a different store path or NAR hash."""
 
     name: str
@@ -137,7 +137,7 @@ class EnvironmentDiff:
     new_size: int
     changes: list[FieldChange]  # closure_hash, env_path, flake_lock_sha256, system, nix_version
     packages: list[PackageChange]
-    rebuilt: list[Rebuilt]
+    rebuilt: list[RebuiltPackage]
     different_bits: list[BitsChange]
 
     @property
@@ -318,11 +318,11 @@ def group_closure(closure: Iterable[StorePathInfo]) -> Grouped:
 
 def diff_closures(
     old: Sequence[StorePathInfo], new: Sequence[StorePathInfo]
-) -> tuple[list[PackageChange], list[Rebuilt], list[BitsChange]]:
+) -> tuple[list[PackageChange], list[RebuiltPackage], list[BitsChange]]:
     """Package version changes, same-version rebuilds, and same paths with different bits."""
     before, after = group_closure(old), group_closure(new)
     packages: list[PackageChange] = []
-    rebuilt: list[Rebuilt] = []
+    rebuilt: list[RebuiltPackage] = []
     for name in sorted(set(before) | set(after)):
         old_versions, new_versions = before.get(name, {}), after.get(name, {})
         if set(old_versions) != set(new_versions):
@@ -346,7 +346,7 @@ def diff_closures(
                 "different store path" if paths_before != paths_after
                 else "same store path, different NAR hash"
             )
-            rebuilt.append(Rebuilt(name, version, paths_before, paths_after, reason))
+            rebuilt.append(RebuiltPackage(name, version, paths_before, paths_after, reason))
     # Compare the recorded strings first and normalise only on a mismatch (nix versions differ
     # in hash encoding): normalising 2,000 hashes would dominate the diff.
     old_hashes = {info.path: info.narHash for info in old}
