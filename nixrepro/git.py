@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import proc
 from .errors import GitCommandError, RefusedError
+from .redact import strip_credentials
 
 # The run store's directory at the repository root (nixrepro.runstore uses this name), defined
 # here because git must treat it as ignored, and this module stays light (no record classes).
@@ -57,13 +58,14 @@ class GitRepo:
         return cls(Path(result.stdout.strip()))
 
     def git(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-        return proc.run(
-            ["git", "-C", str(self.root), *args],
-            error=GitCommandError,
-            env=env,
-            check=check,
-            missing_hint=_HINT,
-        ).stdout
+        """``git -C <root> ARGS``'s stdout; a failure raises GitCommandError (unless not ``check``)."""
+        return self.call(*args, env=env, check=check).stdout
+
+    def call(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The one way this module runs git: in this repository, argv only, errors as GitCommandError."""
+        return proc.run(["git", "-C", str(self.root), *args], error=GitCommandError, env=env,
+                        input=input, check=check, missing_hint=_HINT)
 
     def snapshot(self) -> Snapshot:
         """HEAD, branch and changed files in one ``git status`` call; refuses a repo with no commit."""
@@ -98,7 +100,7 @@ class GitRepo:
         out = self.git("config", "--get-regexp", r"^remote\..*\.url$", check=False)
         urls = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
         url = urls.get("remote.origin.url") or next(iter(urls.values()), None)
-        return strip_credentials(url) if url else None
+        return strip_credentials(url) if url else None  # (nixrepro.redact)
 
     def is_dirt(self, rel_path: str) -> bool:
         """False for nixrepro's own store and for ``result`` links that ``nix build`` leaves."""
@@ -119,13 +121,11 @@ class GitRepo:
         """
         wanted = paths or ["."]
         args = [f"HEAD:{p.strip('/') or ''}" if p not in (".", "") else "HEAD^{tree}" for p in wanted]
-        result = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", *args],
-                          check=False, missing_hint=_HINT)
+        result = self.call("rev-parse", "--verify", "-q", *args, check=False)
         ids = result.stdout.split()
         if result.returncode != 0 or len(ids) != len(wanted):
             for path, arg in zip(wanted, args, strict=False):
-                single = proc.run(["git", "-C", str(self.root), "rev-parse", "--verify", "-q", arg],
-                                  check=False, missing_hint=_HINT)
+                single = self.call("rev-parse", "--verify", "-q", arg, check=False)
                 if single.returncode != 0:
                     raise RefusedError(
                         f"{path!r} is not in the commit {self.root.name} is at; commit it or fix the "
@@ -134,12 +134,7 @@ class GitRepo:
         return dict(zip(wanted, ids, strict=True))
 
     def is_tracked(self, rel_path: str) -> bool:
-        result = proc.run(
-            ["git", "-C", str(self.root), "ls-files", "--error-unmatch", "--", rel_path],
-            check=False,
-            missing_hint=_HINT,
-        )
-        return result.returncode == 0
+        return self.call("ls-files", "--error-unmatch", "--", rel_path, check=False).returncode == 0
 
     def diff_with_untracked(self) -> bytes:
         """The full diff of the work tree against HEAD, untracked files included, as a patch.
@@ -157,16 +152,11 @@ class GitRepo:
             self.git("read-tree", "HEAD", env=env)
             # The run store never goes into the patch. Naming it in an exclude pathspec when a
             # .gitignore already ignores it makes `git add` fail, so exclude it only when needed.
-            ignored = proc.run(["git", "-C", str(self.root), "check-ignore", "-q", STORE_DIR],
-                               check=False).returncode == 0
+            ignored = self.call("check-ignore", "-q", STORE_DIR, check=False).returncode == 0
             excluded = [] if ignored or prefix else [f":(exclude){STORE_DIR}"]
             self.git("add", "-A", "--", ".", *excluded, env=env)
-            diff = proc.run(
-                ["git", "-C", str(self.root), "diff", "--cached", "--binary",
-                 f"--src-prefix=a/{prefix}", f"--dst-prefix=b/{prefix}", "HEAD"],
-                error=GitCommandError,
-                env=env,
-            ).stdout
+            diff = self.git("diff", "--cached", "--binary", f"--src-prefix=a/{prefix}",
+                            f"--dst-prefix=b/{prefix}", "HEAD", env=env)
         patch = diff.encode(errors="surrogateescape")  # a latin-1 file's bytes, exactly
         for path in self._submodules():
             patch += GitRepo(self.root / path)._diff_tree(f"{prefix}{path}/")
@@ -181,26 +171,19 @@ class GitRepo:
 
     def show_file(self, commit: str, rel_path: str) -> bytes | None:
         """The content of ``rel_path`` at ``commit``, or None when it is not there."""
-        result = proc.run(
-            ["git", "-C", str(self.root), "show", f"{commit}:{rel_path}"],
-            check=False,
-            missing_hint=_HINT,
-        )
+        result = self.call("show", f"{commit}:{rel_path}", check=False)
         return result.stdout.encode(errors="surrogateescape") if result.returncode == 0 else None
 
     def has_commits(self, *commits: str) -> bool:
         """True when every one of ``commits`` is a commit in this repository."""
-        result = proc.run(
-            ["git", "-C", str(self.root), "cat-file", "--batch-check"],
-            input="".join(f"{c}^{{commit}}\n" for c in commits), check=False, missing_hint=_HINT,
-        )
+        result = self.call("cat-file", "--batch-check", check=False,
+                           input="".join(f"{c}^{{commit}}\n" for c in commits))
         return result.returncode == 0 and "missing" not in result.stdout
 
     def commits_between(self, old: str, new: str) -> list[str] | None:
         """``"<short sha> <subject>"`` of the commits in ``new`` but not ``old``, oldest first;
         None when either commit is not in this repository (one git call, no separate check)."""
-        result = proc.run(["git", "-C", str(self.root), "log", "--reverse", "--format=%h %s",
-                           f"{old}..{new}", "--"], check=False, missing_hint=_HINT)
+        result = self.call("log", "--reverse", "--format=%h %s", f"{old}..{new}", "--", check=False)
         return result.stdout.splitlines() if result.returncode == 0 else None
 
     def diff_stat(self, old: str, new: str) -> str:
@@ -216,11 +199,6 @@ class GitRepo:
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root.resolve()).as_posix()
-
-
-def strip_credentials(url: str) -> str:
-    """``https://user:token@host/x`` -> ``https://host/x``; scp-like ``git@host:x`` is kept."""
-    return re.sub(r"^(\w[\w+.-]*://)[^/@]+@", r"\1", url)
 
 
 def format_dirty(entries: Sequence[FileStatus], limit: int = 10) -> str:

@@ -117,6 +117,15 @@ def _token_like(user: str) -> bool:
             and user != REDACTED)
 
 
+def strip_credentials(url: str) -> str:
+    """A URL as a record keeps it: ``https://user:token@host/x?token=s`` -> ``https://host/x?token=***``.
+
+    The whole user part goes (a record names the repository, not who fetched it), scp-like
+    ``git@host:x`` is kept, and secret-named query values are scrubbed as :func:`scrub_url` does.
+    """
+    return scrub_url(re.sub(r"^(\w[\w+.-]*://)[^/@]+@", r"\1", url))
+
+
 def scrub_url(url: str) -> str:
     """A URL without its credentials: ``user:password@``, a token given as the user name over
     http(s) and secret-named query values go, the rest (``git@`` of an ssh url, ``?ref=main``) stays, so the
