@@ -134,7 +134,12 @@ def cache() -> None:
 
 @cache.command("verify", context_settings=CONTEXT)
 def cache_verify() -> None:
-    """Re-hash every cached object; remove the corrupt ones (they are fetched again when needed)."""
+    """Re-hash every cached object; remove the corrupt ones (they are fetched again when needed).
+
+    \b
+    Example:
+      nixrepro data cache verify
+    """
     result = _data().cache.verify()
     click.echo(f"{result.checked} objects checked, {len(result.corrupt)} corrupt removed")
     for sha in result.corrupt:
@@ -147,6 +152,10 @@ def cache_prune() -> None:
 
     A pending directory keeps its manifest and every file it lists; drop a pending item first
     with `nixrepro sync --discard ID` to let its bytes go.
+
+    \b
+    Example:
+      nixrepro data cache prune
     """
     count, size = _data().cache.prune()
     click.echo(f"removed {count} objects ({size} bytes)")
