@@ -1,6 +1,6 @@
 """``nixrepro archive``: keep a run's environment in a signed Nix binary cache.
 
-Levels (DESIGN.md): ``runtime`` (the env's closure, ``nix copy``) restores the environment bit for
+Levels (docs/archive.md): ``runtime`` (the env's closure, ``nix copy``) restores the environment bit for
 bit; ``sources`` (``nix flake archive``) keeps the flake's and every locked input's source, so the
 flake still evaluates after an input repository is gone; ``build-deps`` (``nix-store -qR
 --include-outputs <drv>``) adds the build-time closure with every fixed-output source, for a

@@ -1,6 +1,6 @@
 """A Nix closure: the store paths an environment needs, each with its NAR hash, and one hash of all.
 
-The closure hash (DESIGN.md) is the sha256, in hex, of the lines ``"<store path> <narHash>\\n"``
+The closure hash (docs/record.md, docs/architecture.md) is the sha256, in hex, of the lines ``"<store path> <narHash>\\n"``
 for every path of the closure, sorted by path (C locale), narHash in SRI form. Anyone can
 recompute it with ``nix path-info`` and ``jq``: README.md, "The closure hash: check it without
 nixrepro", gives the line for each Nix version, and tests/test_closure.py runs those lines.
@@ -65,7 +65,7 @@ class Closure:
 
 
 def closure_hash(infos: Iterable[StorePathInfo]) -> str:
-    """sha256 hex of ``"<path> <narHash>\\n"`` lines sorted by path (DESIGN.md)."""
+    """sha256 hex of ``"<path> <narHash>\\n"`` lines sorted by path (docs/record.md)."""
     lines = sorted(f"{info.path} {normalize_nar_hash(info.narHash)}\n" for info in infos)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 

@@ -1,6 +1,6 @@
 """Builders for the self-contained projects the tests (and bench/) run nixrepro on.
 
-No nixpkgs here: environments are derivations with ``builder = "/bin/sh"`` (DESIGN.md "Testing"),
+No nixpkgs here: environments are derivations with ``builder = "/bin/sh"`` (docs/architecture.md, "Tests"),
 flake inputs are local ``git+file://`` repositories. Everything is real git and the real Nix store.
 """
 

@@ -1,4 +1,4 @@
-"""The paths every run record must have (DESIGN.md, "The run record"), for any test to check.
+"""The paths every run record must have (docs/record.md), for any test to check.
 
     from tests.record_paths import missing_paths
     assert missing_paths(json.loads(record_file.read_text())) == []

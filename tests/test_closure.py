@@ -1,6 +1,6 @@
 """nixrepro.closure: reading `nix path-info --json` of any Nix version, and the closure hash.
 
-The closure hash is a contract with users (DESIGN.md): anyone must be able to recompute it from
+The closure hash is a contract with users (docs/record.md): anyone must be able to recompute it from
 `nix path-info` with standard tools, so the tests recompute it independently with hashlib and run
 the README's own recomputation lines. A shape Nix never printed is refused, never read as an empty
 closure (whose hash would be the sha256 of nothing).
@@ -338,7 +338,7 @@ def test_a_list_of_non_objects_is_refused(text: str) -> None:
 
 
 def independent_closure_hash(entries: list[tuple[str, str]]) -> str:
-    """DESIGN.md, written out: sha256 hex of "<path> <narHash>\\n" lines sorted by path."""
+    """docs/record.md, written out: sha256 hex of "<path> <narHash>\\n" lines sorted by path."""
     lines = sorted(f"{path} {nar_hash}\n" for path, nar_hash in entries)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 

@@ -326,7 +326,7 @@ def test_a_record_missing_a_required_field_is_a_record_error(required: str) -> N
         RunRecord.from_dict(doc)
 
 
-# --- the required paths of DESIGN.md -------------------------------------------------------------
+# --- the required paths of docs/record.md -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("make", [full_record, minimal_record])

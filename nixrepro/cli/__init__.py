@@ -1,7 +1,8 @@
-"""The ``nixrepro`` command line: a thin click layer over the library.
+"""The ``nixrepro`` command line: click commands over the library.
 
 One module per area registers its commands on :data:`cli` (``run.py``: run, runs, show,
-gc-roots). Only this package turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
+gc-roots). A command parses its options, calls the library and prints; what it computes belongs
+in the library, so that every command works from Python too (docs/architecture.md). Only this package turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
 into exit code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
 """
 
@@ -120,3 +121,4 @@ from . import lineage as _lineage  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401
 from . import run as _run  # noqa: E402, F401
 from . import sync as _sync  # noqa: E402, F401
+from . import ui as _ui  # noqa: E402, F401
