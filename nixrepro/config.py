@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, NixreproError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,6 +49,9 @@ class ArchiveConfig:
     to: str | None = None  # file:///dir or s3://bucket/prefix
     key_file: str | None = None  # secret signing key; default ~/.config/nixrepro/archive-key.sec
     endpoint_url: str | None = None  # S3-compatible service (SeaweedFS, MinIO); None: AWS
+    # public keys ("name:base64") trusted besides the project key's: a team's keys, committed here,
+    # check records and archives on every machine (nixrepro.archive.trusted_keys)
+    trusted_keys: list[str] = field(default_factory=list)
 
 
 TRACKER_MODES = ("online", "offline", "disabled")
@@ -88,6 +91,21 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class RunsConfig:
+    """``[runs]``: the team's remote run store, where every run is also pushed (docs/teams.md).
+
+    Credentials, region and profile are ``[data]``'s (the standard AWS chain): only the endpoint
+    may differ, for a run store on another S3-compatible service than the data.
+    """
+
+    remote: str | None = None  # s3://bucket/prefix or file:///shared/dir; None: runs stay local
+    endpoint_url: str | None = None  # default: [data] endpoint_url, then AWS_ENDPOINT_URL(_S3)
+    # public keys (name:base64, `nix key convert-secret-to-public`) whose record signatures a pull
+    # accepts, besides the project key: the team's other machines
+    trusted_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """``[stages.NAME]``: one step of a pipeline (docs/pipelines.md)."""
 
@@ -107,6 +125,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     source: str | None = None  # the file it was read from, for messages
 
@@ -165,6 +184,7 @@ def parse(table: Any, source: str = CONFIG_FILE) -> Config:
     config = _section(Config, dict(table), source, "", sections)
     _check_tracker(config.tracker, source)
     _check_locations(config, source)
+    _check_runs(config.runs, source)
     for name in config.stages:
         if not name.strip():
             raise ConfigError(f"{source}: a stage has an empty name ([stages.\"{name}\"]); "
@@ -196,6 +216,23 @@ def _check_locations(config: Config, source: str) -> None:
         if value is not None and not _is_http_url(value):
             raise ConfigError(f"{source}: {key!r} must be an http:// or https:// URL with a host, "
                               f"not {value!r}; for example \"http://localhost:8333\".")
+
+
+def _check_runs(runs: RunsConfig, source: str) -> None:
+    """``[runs]``: a remote that is no run store URL, or an endpoint that is no http(s) URL, is
+    named here rather than when the first run ends and its push fails."""
+    if runs.remote is not None:
+        from .remote import RemoteURL
+
+        try:
+            RemoteURL.parse(runs.remote)
+        except ConfigError:
+            raise
+        except NixreproError as exc:
+            raise ConfigError(f"{source}: 'runs.remote': {exc}") from None
+    if runs.endpoint_url is not None and not _is_http_url(runs.endpoint_url):
+        raise ConfigError(f"{source}: 'runs.endpoint_url' must be an http:// or https:// URL with a "
+                          f"host, not {runs.endpoint_url!r}; for example \"http://localhost:8333\".")
 
 
 def _is_http_url(value: str) -> bool:
