@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 NIX_CONFIG = "\n".join(
     ["experimental-features = nix-command flakes", "substituters =", "build-users-group ="]
@@ -22,9 +23,14 @@ GIT_ID = {
 }
 
 
-def sh(argv: list[str], cwd: Path | None = None, check: bool = True, **kw: object) -> str:
-    env = {**os.environ, **GIT_ID}
-    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+def sh(argv: list[str], cwd: Path | None = None, check: bool = True, *,
+       env: dict[str, str] | None = None, input: str | None = None) -> str:
+    """Run ``argv`` (a test's git or nix call) and return its stdout; a failure is an AssertionError.
+
+    Keyword-only and closed: a misspelt option is a TypeError, not silently dropped."""
+    env = {**os.environ, **GIT_ID, **(env or {})}
+    result = subprocess.run(argv, cwd=cwd, env=env, input=input, capture_output=True, text=True,
+                            check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
     return result.stdout
@@ -97,6 +103,17 @@ class Project:
     @property
     def runs_dir(self) -> Path:
         return self.root / ".nixrepro" / "runs"
+
+    def record(self, ref: str = "@latest") -> dict[str, Any]:
+        """The record of ``ref`` as a user reads it, ``nixrepro show REF --json``."""
+        return shown_record(self.root, ref)
+
+
+def shown_record(cwd: Path, ref: str = "@latest") -> dict[str, Any]:
+    """``nixrepro show REF --json`` in ``cwd``, which must succeed: the one way tests read a record."""
+    result = run_cli(["show", ref, "--json"], cwd=cwd)
+    assert result.returncode == 0, f"nixrepro show {ref} failed: {result.stderr}"
+    return dict(json.loads(result.stdout))
 
 
 def set_env(project: Project, *, label: str, extra_paths: int = 0, version: str = "1.0",

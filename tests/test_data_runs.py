@@ -42,7 +42,7 @@ def project_with_data(project: Project, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def record_of(project: Project, ref: str = "@latest") -> dict:
-    return json.loads(project.nixrepro("show", ref, "--json").stdout)
+    return project.record(ref)
 
 
 @pytest.mark.parametrize("backend", ["file", "s3"])

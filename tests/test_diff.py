@@ -112,9 +112,7 @@ def test_inputs_of_real_lock_revisions_devenv_follows_and_new_inputs() -> None:
 # --- real runs ------------------------------------------------------------------------------------
 
 def _record(project: Project, ref: str) -> dict[str, Any]:
-    result = project.nixrepro("show", ref, "--json")
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+    return project.record(ref)
 
 
 def _run(project: Project, *args: str) -> dict[str, Any]:

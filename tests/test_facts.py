@@ -105,7 +105,7 @@ def test_a_file_that_is_not_facts_is_a_usage_error(project: Project, tmp_path: P
 
 
 def record_of(project: Project) -> dict:
-    return dict(json.loads(project.nixrepro("show", "@latest", "--json").stdout))
+    return project.record()
 
 
 def test_an_overridden_input_is_refused_and_recorded_as_overridden_with_dev(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import GIT_ID, git_commit, sh
+from tests.helpers import GIT_ID, git_commit, sh, shown_record
 
 pytestmark = pytest.mark.nix
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,9 +88,7 @@ def new_project(base: Path, inputs: tuple[Path, Path], template: str = "minimal"
 
 
 def last_record(project: Path) -> dict:
-    shown = subprocess.run([sys.executable, "-m", "nixrepro", "show", "@latest", "--json"], cwd=project,
-                           capture_output=True, text=True, check=True)
-    return dict(json.loads(shown.stdout))
+    return shown_record(project)
 
 
 @pytest.fixture(scope="module")

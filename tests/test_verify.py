@@ -24,7 +24,7 @@ def _no_signing_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _recorded(project: Project) -> dict[str, Any]:
     result = project.nixrepro("run", "--flake", ".#env", "--", "true")
     assert result.returncode == 0, result.stderr
-    return dict(json.loads(project.nixrepro("show", "@latest", "--json").stdout))
+    return project.record()
 
 
 def _checks(project: Project, *args: str, run: str = "@latest") -> tuple[int, dict[str, str]]:
