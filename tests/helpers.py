@@ -155,6 +155,31 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
     )
 
 
+def cli_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``nixrepro ARGS`` through the console entry point, in this process: for behaviour that is
+    the command line's own (option parsing, config errors, the error line and exit code), ~0.3 s
+    quicker than a subprocess. Runs that start processes or handle signals use :func:`run_cli`."""
+    import contextlib
+    import io
+
+    from nixrepro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    before = Path.cwd()
+    code: int | str | None = 0
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        os.chdir(before)
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(["nixrepro", *args], returncode, out.getvalue(), err.getvalue())
+
+
 def make_project(base: Path, *, label: str = "env", extra_paths: int = 0,
                  greeting: str = "hello", input_name: str = "dep") -> Project:
     """``greeting`` other than "hello" gives the dep input a source of its own in the store."""

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nixrepro.config import load
-from tests.helpers import Project, git_commit, make_project, run_cli, sh
+from tests.helpers import Project, cli_in_process, git_commit, make_project, run_cli, sh
 
 BIG = 10**400  # an integer metric no 64-bit float holds
 
@@ -75,7 +75,7 @@ CONFIGS: dict[str, tuple[bytes, str]] = {
 def test_a_malformed_config_is_one_sentence_naming_the_file(repo: Path, case: str) -> None:
     content, expected = CONFIGS[case]
     (repo / "nixrepro.toml").write_bytes(content)
-    line = one_sentence(run_cli(["pipeline", "graph"], cwd=repo))
+    line = one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))
     assert line.startswith(f"Error: {repo / 'nixrepro.toml'}"), line
     assert expected in line, line
 
@@ -83,18 +83,18 @@ def test_a_malformed_config_is_one_sentence_naming_the_file(repo: Path, case: st
 def test_a_config_that_is_a_directory_or_a_dangling_link_is_refused_not_ignored(repo: Path) -> None:
     config = repo / "nixrepro.toml"
     config.mkdir()
-    line = one_sentence(run_cli(["pipeline", "graph"], cwd=repo))
+    line = one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))
     assert line == f"Error: {config} is a directory; make it a readable TOML file, or remove it."
     config.rmdir()
     config.symlink_to(repo / "gone.toml")
-    line = one_sentence(run_cli(["pipeline", "graph"], cwd=repo))
+    line = one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))
     assert line == (f"Error: {config} cannot be read (No such file or directory); make it a readable "
                     "TOML file, or remove it.")
 
 
 def test_a_byte_order_mark_is_not_a_syntax_error(repo: Path) -> None:
     (repo / "nixrepro.toml").write_bytes("\ufeff[run]\nflake = 1\n".encode())
-    line = one_sentence(run_cli(["pipeline", "graph"], cwd=repo))  # read past the mark to the key
+    line = one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))  # read past the mark to the key
     assert line.endswith("nixrepro.toml: 'run.flake' must be a string, not an integer."), line
 
 
@@ -106,12 +106,12 @@ def test_a_byte_order_mark_is_not_a_syntax_error(repo: Path) -> None:
 def test_a_wrong_typed_tool_table_in_pyproject_is_one_sentence(repo: Path, content: str,
                                                                expected: str) -> None:
     (repo / "pyproject.toml").write_text(content)
-    assert expected in one_sentence(run_cli(["pipeline", "graph"], cwd=repo))
+    assert expected in one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))
 
 
 def test_a_non_utf8_pyproject_is_one_sentence(repo: Path) -> None:
     (repo / "pyproject.toml").write_bytes(b"\xff[tool.nixrepro]\n")
-    assert "pyproject.toml is not UTF-8 text" in one_sentence(run_cli(["pipeline", "graph"], cwd=repo))
+    assert "pyproject.toml is not UTF-8 text" in one_sentence(cli_in_process(["pipeline", "graph"], cwd=repo))
 
 
 # --- nixrepro init ------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_a_non_utf8_pyproject_is_one_sentence(repo: Path) -> None:
 
 @pytest.mark.parametrize("flake", ['.#a"b', ".#a\\b", '.#"""\U0001f4a5'])
 def test_init_writes_any_flake_ref_as_toml_that_reads_back(repo: Path, flake: str) -> None:
-    result = run_cli(["init", "--flake", flake], cwd=repo)
+    result = cli_in_process(["init", "--flake", flake], cwd=repo)
     assert result.returncode == 0, result.stderr
     assert load(repo).run.flake == flake
 
@@ -129,26 +129,26 @@ def test_init_writes_any_flake_ref_as_toml_that_reads_back(repo: Path, flake: st
     (".#a\nb", "holds a control character"), (".#\x7f", "holds a control character"),
 ])
 def test_init_refuses_a_flake_ref_it_cannot_write(repo: Path, flake: str, expected: str) -> None:
-    assert expected in one_sentence(run_cli(["init", "--flake", flake], cwd=repo))
+    assert expected in one_sentence(cli_in_process(["init", "--flake", flake], cwd=repo))
     assert not (repo / "nixrepro.toml").exists()
 
 
 def test_init_refuses_a_gitignore_it_cannot_read_and_writes_nothing(repo: Path) -> None:
     (repo / ".gitignore").mkdir()
-    line = one_sentence(run_cli(["init"], cwd=repo))
+    line = one_sentence(cli_in_process(["init"], cwd=repo))
     assert line.startswith(f"Error: {repo / '.gitignore'} cannot be read (Is a directory)"), line
     assert not (repo / "nixrepro.toml").exists()
 
 
 def test_init_keeps_a_gitignore_that_is_not_utf8_byte_for_byte(repo: Path) -> None:
     (repo / ".gitignore").write_bytes(b"caf\xe9/\n")
-    assert run_cli(["init"], cwd=repo).returncode == 0
+    assert cli_in_process(["init"], cwd=repo).returncode == 0
     assert (repo / ".gitignore").read_bytes() == b"caf\xe9/\n.nixrepro/\nresult\n"
 
 
 def test_init_over_a_config_directory_is_one_sentence(repo: Path) -> None:
     (repo / "nixrepro.toml").mkdir()
-    line = one_sentence(run_cli(["init", "--force"], cwd=repo))
+    line = one_sentence(cli_in_process(["init", "--force"], cwd=repo))
     assert line == (f"Error: {repo / 'nixrepro.toml'} is a directory; move it away, then run "
                     "`nixrepro init` again.")
 
