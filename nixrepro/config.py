@@ -100,9 +100,6 @@ class RunsConfig:
 
     remote: str | None = None  # s3://bucket/prefix or file:///shared/dir; None: runs stay local
     endpoint_url: str | None = None  # default: [data] endpoint_url, then AWS_ENDPOINT_URL(_S3)
-    # public keys (name:base64, `nix key convert-secret-to-public`) whose record signatures a pull
-    # accepts, besides the project key: the team's other machines
-    trusted_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -141,3 +141,27 @@ class TrackerError(NixreproError):
 
 class WandbSyncError(NixreproError):
     """`wandb sync` failed."""
+
+
+# --- The remote run store (nixrepro.remote) ---
+
+
+class RemoteError(NixreproError):
+    """The remote run store refused or failed an operation; nothing local is changed by it."""
+
+
+class RemoteUnreachable(RemoteError):
+    """The remote run store cannot be reached now; pushes wait in the queue (`nixrepro sync`)."""
+
+
+class NoSuchKey(RemoteError):
+    """The remote run store has no object under this key."""
+
+
+class RemoteConflict(RemoteError):
+    """An object of the remote run store holds other bytes than the one being pushed: runs are
+    immutable, so it is never overwritten."""
+
+
+class RemoteIntegrityError(RemoteError):
+    """A run in the remote store fails verification (hash, files or signature); it is not pulled."""

@@ -1,0 +1,260 @@
+"""The ``s3://`` remote: objects in a bucket under a prefix, through the botocore client of
+:mod:`nixrepro.datastore.s3` (same endpoint, region and credential chain as ``[data]``).
+
+``put_if_absent`` is a ``PutObject`` with ``If-None-Match: *`` (botocore's ``IfNoneMatch``): S3
+refuses it with 412 Precondition Failed when the key exists, and with 409 when another conditional
+write of the key is in flight (retried). SeaweedFS honours it too (tests/test_remote.py checks it).
+Where a service ignores the header, :meth:`probe_conditional_writes` finds that out once, when the
+store is created, and writes are then preceded by a HEAD (nixrepro.remote).
+
+Each object carries the sha256 of its bytes as ``x-amz-meta-sha256``, so that pushing a run again
+compares a HEAD, not a download. botocore's errors become one sentence naming the remedy; none
+quotes a credential, and the endpoint is scrubbed of any password in its URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import DataConfig
+from ..redact import scrub_url
+from . import NoSuchKey, ObjectInfo, RemoteError, RemoteUnreachable, RemoteURL
+
+T = TypeVar("T")
+SHA_KEY = "sha256"  # x-amz-meta-sha256, as the data store keeps it
+MAX_PUT = 5 * 1024**3  # one PutObject; a run's log beyond 5 GiB is refused with a sentence
+_WRONG_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                      "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
+_NO_CONDITIONS = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest"}
+
+
+def open_objects(url: RemoteURL, settings: DataConfig) -> S3Objects:
+    return S3Objects(url, settings)
+
+
+class S3Objects:
+    def __init__(self, url: RemoteURL, settings: DataConfig) -> None:
+        from ..datastore.s3 import make_client
+
+        self.url = url
+        self.settings = settings
+        # two attempts, not the data store's three: a push at a run's end that cannot reach the
+        # remote should give up quickly and leave the run in the queue for `nixrepro sync`
+        self.client = make_client(settings, retries=2)
+        self.conditional_writes = True
+        self._bucket_checked = False
+        self._lock = threading.Lock()
+
+    # --- the ObjectStore interface ------------------------------------------------------------
+
+    def put_if_absent(self, key: str, data: bytes | Path, sha256: str) -> bool:
+        full = self._key(key)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if size > MAX_PUT:
+            raise RemoteError(f"{key} is {size} bytes, more than one S3 PUT takes (5 GiB); it is "
+                              "kept locally only.")
+        for _attempt in range(4):
+            if not self.conditional_writes and self.head(key) is not None:
+                return False
+            conditions = {"IfNoneMatch": "*"} if self.conditional_writes else {}
+            try:
+                if isinstance(data, Path):
+                    with open(data, "rb") as body:
+                        self._put(full, body, sha256, conditions, f"write {key}")
+                else:
+                    self._put(full, data, sha256, conditions, f"write {key}")
+                return True
+            except _Precondition:
+                return False
+            except _InFlight:
+                continue  # another conditional write of this key was in flight: ask again
+            except _Unsupported:
+                self.conditional_writes = False  # a HEAD before each write from now on
+        if self.head(key) is not None:
+            return False
+        raise RemoteError(f"S3 kept answering that another write of {key} is in progress in the "
+                          f"remote run store {self.url}; retry (`nixrepro sync`).")
+
+    def get(self, key: str) -> bytes:
+        def read() -> bytes:
+            reply = self.client.get_object(Bucket=self.url.bucket, Key=self._key(key))
+            data: bytes = reply["Body"].read()
+            return data
+
+        return self._call(f"read {key}", read, missing=key)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            reply = self._call(f"read {key}", lambda: self.client.head_object(
+                Bucket=self.url.bucket, Key=self._key(key)), missing=key)
+        except NoSuchKey:
+            return None
+        return ObjectInfo(key, int(reply["ContentLength"]), reply.get("Metadata", {}).get(SHA_KEY))
+
+    def list(self, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
+        base = self._key("")
+        paginator = self.client.get_paginator("list_objects_v2")
+        options = {"PaginationConfig": {"MaxItems": limit, "PageSize": min(limit, 1000)}} if limit else {}
+
+        def pages() -> list[Any]:
+            return list(paginator.paginate(Bucket=self.url.bucket, Prefix=base + prefix, **options))
+
+        found = []
+        for page in self._call(f"list {prefix or 'the prefix'}", pages):
+            for item in page.get("Contents", []):
+                found.append(ObjectInfo(item["Key"][len(base):], int(item["Size"])))
+        return found
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", lambda: self.client.delete_object(
+            Bucket=self.url.bucket, Key=self._key(key)))
+
+    # --- creating a store -----------------------------------------------------------------------
+
+    def probe_conditional_writes(self) -> bool:
+        """Whether the service refuses a second ``If-None-Match: *`` write of one key (one probe
+        object, written twice and deleted): a service that ignores the header would overwrite."""
+        key = f".nixrepro-probe-{secrets.token_hex(8)}"
+        full = self._key(key)
+        try:
+            self._put(full, b"1", None, {"IfNoneMatch": "*"}, "write a probe object")
+        except _Unsupported:
+            return False
+        try:
+            self._put(full, b"2", None, {"IfNoneMatch": "*"}, "write a probe object")
+            honoured = False
+        except (_Precondition, _InFlight):
+            honoured = True
+        except _Unsupported:
+            honoured = False
+        with contextlib.suppress(RemoteError):  # a store that lets us write but not delete
+            self.delete(key)  # keeps one 1-byte probe
+        return honoured
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return f"{self.url.prefix}/{key}" if self.url.prefix else key
+
+    def _put(self, full: str, body: Any, sha256: str | None, conditions: dict[str, str],
+             what: str) -> None:
+        from botocore.exceptions import ClientError
+
+        metadata = {SHA_KEY: sha256} if sha256 else {}
+
+        def put() -> None:
+            try:
+                self.client.put_object(Bucket=self.url.bucket, Key=full, Body=body,
+                                       Metadata=metadata, **conditions)
+            except ClientError as exc:
+                code, status = _code(exc)
+                if conditions and (code == "PreconditionFailed" or status == 412):
+                    raise _Precondition() from None
+                if conditions and (code == "ConditionalRequestConflict" or status == 409):
+                    raise _InFlight() from None
+                if conditions and (code in _NO_CONDITIONS or status == 501):
+                    raise _Unsupported() from None
+                raise
+
+        self._call(what, put)
+
+    def _call(self, what: str, call: Callable[[], T], missing: str | None = None) -> T:
+        """One botocore call; its errors become one sentence naming the problem and the remedy."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            HTTPClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+        )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            return call()
+        except (_Precondition, _InFlight, _Unsupported):
+            raise
+        except ClientError as exc:
+            code, status = _code(exc)
+            if missing is not None and code in ("NoSuchKey", "404", "NotFound") \
+                    and self._bucket_exists():
+                raise NoSuchKey(f"{self.url} has no {missing}.") from None
+            raise RemoteError(self._explain(code, status, what)) from None
+        except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
+            raise RemoteUnreachable(
+                f"cannot reach S3 at {self._endpoint()} to {what} in the remote run store {self.url} "
+                f"({type(exc).__name__}); check the network and [runs] endpoint_url, then retry."
+            ) from None
+        except NoCredentialsError:
+            raise RemoteError(
+                f"no AWS credentials for the remote run store {self.url}; set AWS_ACCESS_KEY_ID "
+                "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or [data] profile in nixrepro.toml."
+            ) from None
+        except BotoCoreError as exc:
+            raise RemoteError(f"S3 failed to {what} in the remote run store {self.url} "
+                              f"({type(exc).__name__}); retry, or check the endpoint and "
+                              "credentials.") from None
+
+    def _explain(self, code: str, status: int, what: str) -> str:
+        bucket = self.url.bucket
+        if code == "NoSuchBucket" or (code in ("404", "NotFound") and not self._bucket_exists()):
+            return (f"the remote run store {self.url} does not exist: there is no bucket {bucket} at "
+                    f"{self._endpoint()}; create it (`aws s3 mb s3://{bucket}`) or fix [runs] remote "
+                    "in nixrepro.toml.")
+        if code in _WRONG_CREDENTIALS:
+            return (f"S3 at {self._endpoint()} refused the credentials for the remote run store "
+                    f"{self.url} ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                    "AWS_PROFILE.")
+        if code in _DENIED or status == 403:
+            shown = code if code not in ("403", "Forbidden") else "403 Forbidden"
+            return (f"the credentials have no permission to {what} in the remote run store "
+                    f"{self.url} ({shown}); ask for s3:GetObject, s3:PutObject and s3:ListBucket "
+                    f"on bucket {bucket}, or use credentials that have them.")
+        return (f"S3 refused to {what} in the remote run store {self.url} "
+                f"({code or status or 'unknown error'}); check the bucket and its permissions.")
+
+    def _bucket_exists(self) -> bool:
+        """Whether the bucket is there (a HEAD's 404 has no body: a missing bucket looks like a
+        missing key). Asked once; a bucket that exists does not go away mid-command."""
+        with self._lock:
+            if self._bucket_checked:
+                return True
+        try:
+            self.client.head_bucket(Bucket=self.url.bucket)
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            # another refusal (403...) is explained by the call that failed
+            return not (isinstance(exc, ClientError)
+                        and _code(exc)[0] in ("404", "NoSuchBucket", "NotFound"))
+        with self._lock:
+            self._bucket_checked = True
+        return True
+
+    def _endpoint(self) -> str:
+        return scrub_url(self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                         or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
+
+
+def _code(exc: Any) -> tuple[str, int]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return str(error.get("Code", "")), int(status)
+
+
+class _Precondition(Exception):
+    """412: the key exists (a conditional write refused)."""
+
+
+class _InFlight(Exception):
+    """409: another conditional write of the key is in progress."""
+
+
+class _Unsupported(Exception):
+    """The service does not take If-None-Match on PutObject."""

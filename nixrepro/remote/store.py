@@ -1,0 +1,460 @@
+"""The remote run store: runs as immutable objects under a prefix, and an index that lists ten
+thousand of them without reading one record.
+
+    <prefix>/
+      nixrepro-runstore.json      {"format": "nixrepro-runstore", "version": 1, ...}: written by
+                                  the first push; a prefix with objects but without it is refused
+      runs/<id>/record.json       the local record.json, byte for byte
+      runs/<id>/record.sig, stdout.log, stderr.log, metrics.jsonl, code.patch
+                                  what `nixrepro verify` checks, pushed before the record
+      index/<id>.json             the run's listing entry, written last: a run is listed once whole
+      pages/<n>-<sha>.json.gz     n listing entries in one object (compacted from index/)
+
+A push writes every object with ``put_if_absent``: an object that is already there is compared
+(its sha256), never replaced, so pushing a run twice is a no-op and a different run under the same
+id is refused. Only derived objects are ever deleted: a listing entry once a page holds it, a page
+once a bigger page holds it; never a run's object.
+
+Listing: a LIST of ``index/`` (few keys: compaction keeps them under :data:`COMPACT_AT`), a LIST of
+``pages/``, the pages and the loose entries fetched in parallel. A plain LIST of 10,000 keys takes
+2.4 s on SeaweedFS here, so one object per run listed by ListObjectsV2 alone would miss the 2 s
+target (bench/remote_listing.py measures both). Pages hold at most :data:`PAGE_RUNS` entries;
+compaction merges the loose entries and the pages that are not full into new pages and then
+deletes what it merged, so full pages are never rewritten. Readers list ``index/`` before
+``pages/`` and start again when an object they listed has gone (a compaction in between), so a
+listing never misses a run that was listed whole before it began.
+
+A listing entry is the record's summary (what ``summary.json`` holds locally) without its
+environment variables, which no listing shows and which make up half of it. A listing shows what
+the index says; a run is verified when it is pulled (:meth:`RemoteRunStore.pull`): its record's
+hashes, its signature where it has one, and its files' hashes, before anything is written locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import RecordError, RunNotFoundError
+from ..fsutil import sha256_file
+from ..record import RunRecord, without_closure
+from ..rundir import DEV_PATCH
+from ..runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
+from . import NoSuchKey, ObjectInfo, ObjectStore, RemoteConflict, RemoteError, RemoteIntegrityError
+
+MARKER = "nixrepro-runstore.json"
+FORMAT = "nixrepro-runstore"
+VERSION = 1
+RUNS, INDEX, PAGES = "runs/", "index/", "pages/"
+PAGE_SUFFIX = ".json.gz"
+PAGE_RUNS = 2000  # entries per full page (~1 MB gzipped); a full page is never rewritten
+COMPACT_AT = 64  # loose index entries that make a push compact them into pages
+THREADS = 16  # objects fetched at once (the S3 client keeps 32 connections)
+# The run's objects besides record.json, in the order they are pushed; the record comes after them
+# and the index entry last, so a run that can be found is whole.
+RUN_OBJECTS = (SIGNATURE_FILE, *RUN_FILES, DEV_PATCH)
+RUN_ID = re.compile(r"[0-9a-f]{8,64}")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class PushWaits(RemoteError):
+    """The run is not ready to push (still running, or a data output not yet uploaded): it stays
+    in the queue and ``nixrepro sync`` pushes it later."""
+
+
+@dataclass(frozen=True)
+class Pushed:
+    run_id: str
+    written: int  # objects written now
+    present: int  # objects that were there already with the same bytes
+
+
+class _Changed(Exception):
+    """An object listed a moment ago is gone: a compaction ran meanwhile; list again."""
+
+
+class RemoteRunStore:
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+        self._marker: dict[str, Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return str(self.objects.url)
+
+    # --- the marker -----------------------------------------------------------------------------
+
+    def is_run_store(self, *, create: bool) -> bool:
+        """Whether the prefix is a run store; ``create``: make an empty prefix one (first push).
+
+        An empty prefix without ``create`` is False (no run pushed yet); a prefix holding other
+        objects, or a marker of another format, is refused with a sentence.
+        """
+        if self._marker is not None:
+            return True
+        try:
+            self._marker = self._read_marker(self.objects.get(MARKER))
+        except NoSuchKey:
+            if self.objects.list("", limit=1):
+                raise RemoteError(
+                    f"{self.url} holds objects but no {MARKER}, so it is not a nixrepro run store; "
+                    "point [runs] remote in nixrepro.toml at an empty prefix (e.g. add /runs) or at "
+                    "an existing run store.") from None
+            if not create:
+                return False
+            self._marker = self._create_marker()
+        self.objects.conditional_writes = bool(self._marker.get("conditional_writes", True))
+        return True
+
+    def _read_marker(self, raw: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise RemoteError(f"{self.url}/{MARKER} is not a nixrepro run store marker, so the prefix "
+                              "is not a run store; point [runs] remote at an empty prefix or at a run "
+                              "store.")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise RemoteError(f"{self.url} is a run store of format version {version!r}, newer than "
+                              f"this nixrepro reads ({VERSION}); upgrade nixrepro.")
+        return doc
+
+    def _create_marker(self) -> dict[str, Any]:
+        probe = getattr(self.objects, "probe_conditional_writes", None)
+        conditional = bool(probe()) if probe is not None else True
+        self.objects.conditional_writes = conditional
+        # The same bytes from every machine (no host, no time): two first pushes at once that
+        # both find the prefix empty write identical markers, whichever lands.
+        doc = {"format": FORMAT, "version": VERSION, "conditional_writes": conditional}
+        data = (json.dumps(doc, sort_keys=True) + "\n").encode()
+        if not self.objects.put_if_absent(MARKER, data, _sha(data)):
+            return self._read_marker(self.objects.get(MARKER))
+        return doc
+
+    # --- push -----------------------------------------------------------------------------------
+
+    def push(self, local: RunStore, run_id: str) -> Pushed:
+        """Push one ended run: its files, then its record, then its listing entry.
+
+        Raises :class:`PushWaits` for a run that is not ready (it stays queued), RecordError for
+        a local record or file that was changed after the run ended (verify fails it: it is not
+        shared), :class:`RemoteConflict` when the remote holds a different run under this id.
+        """
+        run_dir = local.run_dir(run_id)
+        raw = (run_dir / RECORD_FILE).read_bytes()
+        doc = _json_object(raw, f"run {run_id}'s {RECORD_FILE}")
+        if doc.get("status") == "running":
+            raise PushWaits(f"run {run_id} is still running; it is pushed when it ends.")
+        if _pending_outputs(doc):
+            raise PushWaits(f"run {run_id} waits for its data outputs to be uploaded "
+                            "(`nixrepro sync` uploads them, then pushes the run).")
+        local._check_hashes(run_id, doc)
+        objects = [(name, run_dir / name) for name in RUN_OBJECTS if (run_dir / name).is_file()]
+        hashes = {name: sha256_file(path) for name, path in objects}
+        _check_files(run_id, doc, hashes)
+        self.is_run_store(create=True)
+        base = f"{RUNS}{run_id}/"
+        results = _parallel(lambda item: self._put(base + item[0], item[1], hashes[item[0]]), objects)
+        results.append(self._put(base + RECORD_FILE, raw, _sha(raw)))
+        entry = _entry_bytes(doc)
+        self.objects.put_if_absent(f"{INDEX}{run_id}.json", entry, _sha(entry))
+        return Pushed(run_id, results.count(True), results.count(False))
+
+    def _put(self, key: str, data: bytes | Path, sha256: str) -> bool:
+        """Write the object, or prove the one there holds the same bytes; True when written."""
+        if self.objects.put_if_absent(key, data, sha256):
+            return True
+        info = self.objects.head(key)
+        there = info.sha256 if info is not None and info.sha256 else _sha(self.objects.get(key))
+        if there == sha256:
+            return False
+        name = key.rsplit("/", 1)[-1]
+        run_id = key.split("/")[1]
+        if name == SIGNATURE_FILE:
+            return False  # signed again here since it was pushed: the remote keeps the first one
+        raise RemoteConflict(
+            f"run {run_id} in {self.url} holds a different {name} than the local run: the local run "
+            "was changed after it was pushed, or another machine recorded a run with this id; runs "
+            f"are immutable, so neither is overwritten (`nixrepro show {run_id}` shows the local one)."
+        )
+
+    def compact(self, loose: Sequence[ObjectInfo] | None = None) -> int:
+        """Fold the loose listing entries and the pages that are not full into full pages; returns
+        how many entries were folded. Safe with other compactions and pushes running at once: an
+        object is deleted only after a page holding all it held is written."""
+        loose = list(loose) if loose is not None else self._loose()
+        small = [p for p in self._pages() if _page_count(p.key) < PAGE_RUNS]
+        merged: dict[str, dict[str, Any]] = {}
+        read: list[str] = []
+        for page, doc in zip(small, _parallel(self._maybe(self._read_page), small), strict=True):
+            if doc is not None:
+                merged.update(doc)
+                read.append(page.key)
+        for item, found in zip(loose, _parallel(self._maybe(self._read_entry), loose), strict=True):
+            if found is not None:
+                merged.setdefault(found[0], found[1])
+                read.append(item.key)
+        if not merged:
+            return 0
+        ordered = sorted(merged.values(), key=lambda e: (str(e.get("started_at")), str(e.get("id"))))
+        written = set()
+        for start in range(0, len(ordered), PAGE_RUNS):
+            chunk = ordered[start:start + PAGE_RUNS]
+            data = gzip.compress(json.dumps({"format": FORMAT, "entries": chunk},
+                                            sort_keys=True).encode(), compresslevel=6, mtime=0)
+            key = f"{PAGES}{len(chunk):06d}-{_sha(data)[:32]}{PAGE_SUFFIX}"
+            self.objects.put_if_absent(key, data, _sha(data))
+            written.add(key)
+        for key in read:
+            if key not in written:
+                self.objects.delete(key)
+        return len(loose)
+
+    def maybe_compact(self) -> None:
+        """Compact when :data:`COMPACT_AT` loose entries have gathered (after a push)."""
+        loose = self._loose()
+        if len(loose) >= COMPACT_AT:
+            self.compact(loose)
+
+    # --- read -----------------------------------------------------------------------------------
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Every listed run's entry, by id."""
+        if not self.is_run_store(create=False):
+            return {}
+        for _attempt in range(5):
+            loose = self._loose()  # before the pages: an entry folded meanwhile is in a page
+            pages = self._pages()
+            try:
+                found: dict[str, dict[str, Any]] = {}
+                for doc in _parallel(self._read_page, pages):
+                    for run_id, entry in doc.items():
+                        found.setdefault(run_id, entry)
+                missing = [item for item in loose if _entry_id(item.key) not in found]
+                for run_id, entry in _parallel(self._read_entry, missing):
+                    found.setdefault(run_id, entry)
+                return found
+            except _Changed:
+                continue
+        raise RemoteError(f"the index of {self.url} kept changing while it was read (other machines "
+                          "compacting it); retry.")
+
+    def summaries(self) -> list[RunRecord]:
+        """Every listed run as a summary (no closure, no environment variables), newest first;
+        an entry that does not read as a record is left out with one warning."""
+        found = []
+        for run_id, entry in self.entries().items():
+            try:
+                found.append(RunRecord.from_dict(entry))
+            except RecordError as exc:
+                print(f"nixrepro: warning: run {run_id} of {self.url} is left out of the listing: "
+                      f"{exc}", file=sys.stderr)
+        return sorted(found, key=lambda r: (r.started_at, r.id), reverse=True)
+
+    def match(self, ref: str) -> list[str]:
+        """The ids of the remote's runs that start with ``ref`` (hex only: nothing else is an id)."""
+        if not re.fullmatch(r"[0-9a-f]+", ref) or not self.is_run_store(create=False):
+            return []
+        ids = {item.key.split("/")[1] for item in self.objects.list(RUNS + ref)
+               if item.key.endswith("/" + RECORD_FILE)}
+        return sorted(run_id for run_id in ids if run_id.startswith(ref) and RUN_ID.fullmatch(run_id))
+
+    def pull(self, local: RunStore, run_id: str, trusted_keys: Sequence[str]) -> RunRecord:
+        """Fetch one run, verify it, and only then write it into the local store (atomically:
+        a directory renamed into place). Raises :class:`RemoteIntegrityError` for a run that
+        fails verification; nothing local is written then."""
+        if not RUN_ID.fullmatch(run_id):
+            raise RunNotFoundError(f"{run_id!r} is not a run id.")
+        if (local.run_dir(run_id) / RECORD_FILE).is_file():
+            return local.load(run_id)
+        base = f"{RUNS}{run_id}/"
+        try:
+            raw = self.objects.get(base + RECORD_FILE)
+        except NoSuchKey:
+            raise RunNotFoundError(f"there is no run {run_id} in {self.url}; `nixrepro runs --remote` "
+                                   "lists its runs.") from None
+        doc = _json_object(raw, f"{self.url}'s record of run {run_id}", remote=True)
+        files = self._verified(run_id, doc, trusted_keys, base)
+        files[RECORD_FILE] = raw
+        local.ensure()
+        tmp = local.runs_dir / f".pull-{run_id}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            try:
+                os.rename(tmp, local.run_dir(run_id))
+            except OSError:
+                if not (local.run_dir(run_id) / RECORD_FILE).is_file():
+                    raise  # not a pull of the same run that won the race
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        local.summary(run_id)  # its summary.json, for listings
+        return local.load(run_id)
+
+    def _verified(self, run_id: str, doc: dict[str, Any], trusted_keys: Sequence[str],
+                  base: str) -> dict[str, bytes]:
+        """The run's files, each checked against the record; the record against its hashes and
+        signature. Everything is checked before anything is written."""
+        from ..verify import check_record, check_signature
+
+        def refuse(why: str) -> RemoteIntegrityError:
+            return RemoteIntegrityError(
+                f"run {run_id} in {self.url} fails verification ({why}), so it is not pulled; "
+                "nothing was written locally: ask whoever pushed it to check it with `nixrepro "
+                "verify`, and the store's owner to look at who wrote it.")
+
+        if doc.get("id") != run_id:
+            raise refuse(f"its record is of run {str(doc.get('id'))[:40]!r}")
+        if doc.get("status") == "running":
+            raise refuse("its record says it is still running, which no push writes")
+        record = check_record(doc)
+        if not record.ok:
+            raise refuse(record.detail)
+        found: dict[str, bytes] = {}
+        with contextlib.suppress(NoSuchKey):
+            found[SIGNATURE_FILE] = self.objects.get(base + SIGNATURE_FILE)
+        if SIGNATURE_FILE in found:
+            sig = _json_object(found[SIGNATURE_FILE], f"run {run_id}'s {SIGNATURE_FILE}", remote=True)
+            signature = check_signature(doc, sig, trusted_keys)
+            if not signature.ok:
+                raise refuse(signature.detail)
+        wanted = dict(doc.get("files") or {})
+        if not isinstance(doc.get("files") or {}, dict) or set(wanted) - set(RUN_FILES):
+            raise refuse("its record names files that no run writes")
+        code: dict[str, Any] = doc["code"] if isinstance(doc.get("code"), dict) else {}
+        if code.get("diff_sha256"):
+            wanted[DEV_PATCH] = code["diff_sha256"]
+        names = sorted(wanted)
+        try:
+            contents = _parallel(lambda name: self.objects.get(base + name), names)
+        except NoSuchKey as exc:
+            raise refuse(f"a file its record names is missing: {exc}") from None
+        for name, data in zip(names, contents, strict=True):
+            if _sha(data) != wanted[name]:
+                raise refuse(f"{name} does not hash to the sha256 its record holds")
+            found[name] = data
+        return found
+
+    def _loose(self) -> list[ObjectInfo]:
+        return [item for item in self.objects.list(INDEX) if _entry_id(item.key)]
+
+    def _pages(self) -> list[ObjectInfo]:
+        pages = [item for item in self.objects.list(PAGES) if item.key.endswith(PAGE_SUFFIX)]
+        return sorted(pages, key=lambda p: p.size, reverse=True)
+
+    def _read_page(self, page: ObjectInfo) -> dict[str, dict[str, Any]]:
+        try:
+            raw = self.objects.get(page.key)
+        except NoSuchKey:
+            raise _Changed() from None
+        try:
+            doc = json.loads(gzip.decompress(raw))
+            entries = doc["entries"]
+            return {str(entry["id"]): entry for entry in entries if isinstance(entry, dict)}
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            print(f"nixrepro: warning: {self.url}/{page.key} is not an index page; the runs it "
+                  "lists are left out (pushing them again lists them).", file=sys.stderr)
+            return {}
+
+    def _read_entry(self, item: ObjectInfo) -> tuple[str, dict[str, Any]]:
+        try:
+            raw = self.objects.get(item.key)
+        except NoSuchKey:
+            raise _Changed() from None
+        run_id = _entry_id(item.key)
+        try:
+            entry = json.loads(raw)
+            if not isinstance(entry, dict) or entry.get("id") != run_id:
+                raise ValueError("not the run's entry")
+        except ValueError:
+            entry = {"id": run_id}  # from_dict refuses it with a warning naming the run
+        return run_id, entry
+
+    @staticmethod
+    def _maybe(read: Callable[[T], R]) -> Callable[[T], R | None]:
+        def wrapped(item: T) -> R | None:
+            try:
+                return read(item)
+            except _Changed:
+                return None  # folded by another compaction meanwhile: its page holds it
+
+        return wrapped
+
+
+def _entry_bytes(doc: dict[str, Any]) -> bytes:
+    entry = {key: value for key, value in without_closure(doc).items() if key != "env_vars"}
+    return (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _entry_id(key: str) -> str:
+    name = key[len(INDEX):] if key.startswith(INDEX) else ""
+    run_id = name.removesuffix(".json")
+    return run_id if name.endswith(".json") and RUN_ID.fullmatch(run_id) else ""
+
+
+def _page_count(key: str) -> int:
+    try:
+        return int(key[len(PAGES):].split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _pending_outputs(doc: dict[str, Any]) -> bool:
+    data: dict[str, Any] = doc["data"] if isinstance(doc.get("data"), dict) else {}
+    outputs = data.get("outputs") or []
+    results = data.get("output_results") or []
+    return any(isinstance(v, dict) and v.get("pending") for v in outputs) or \
+        any(isinstance(r, dict) and r.get("state") == "pending" for r in results)
+
+
+def _check_files(run_id: str, doc: dict[str, Any], hashes: dict[str, str]) -> None:
+    """The local files are those the run ended with: an edited log is not shared."""
+    recorded = doc.get("files") or {}
+    for name in RUN_FILES:
+        if name in recorded and hashes.get(name) != recorded[name]:
+            raise RecordError(f"run {run_id}'s {name} was changed after the run ended, so it is not "
+                              f"pushed; `nixrepro verify {run_id}` shows the checks.")
+    patch = (doc.get("code") or {}).get("diff_sha256")
+    if patch and hashes.get(DEV_PATCH) != patch:
+        raise RecordError(f"run {run_id}'s {DEV_PATCH} does not hash to its record's diff_sha256, so "
+                          f"it is not pushed; `nixrepro verify {run_id}` shows the checks.")
+
+
+def _json_object(raw: bytes, what: str, remote: bool = False) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        error = RemoteIntegrityError if remote else RecordError
+        raise error(f"{what} is not a JSON object, so it is not {'pulled' if remote else 'pushed'}; "
+                    "nothing was written.")
+    return doc
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _parallel(call: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    todo = list(items)
+    if len(todo) <= 1:
+        return [call(item) for item in todo]
+    with ThreadPoolExecutor(min(THREADS, len(todo))) as pool:
+        return list(pool.map(call, todo))
