@@ -117,22 +117,77 @@ def _signal_number(name: str | None) -> int:
 @cli.command(context_settings=CONTEXT)
 @click.option("--status", type=click.Choice(["running", "succeeded", "failed", "interrupted",
                                               "crashed"]), help="Only runs with this status.")
+@click.option("-c", "--columns", "columns", multiple=True, metavar="COLS",
+              help="Columns after ID, comma-separated: status, started, duration, commit, name, "
+              "command, tags, seed, group, parent..., a param or metric (lr, params.lr, "
+              "metrics.acc) or a pattern (params.*). Default: the built-in ones with every param "
+              "and metric that varies across the listed runs.")
+@click.option("--where", "wheres", multiple=True, metavar="COND",
+              help="Only runs where NAME OP VALUE holds (OP: == != < <= > >= or ~ for "
+              "contains), e.g. 'acc>0.9' or 'name~base'. Repeatable: all must hold.")
+@click.option("--sort", "sort_by", metavar="COL",
+              help="Sort by this column (-COL or --desc: descending). Default: newest first.")
+@click.option("--desc", is_flag=True, help="Sort descending.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many runs.")
+@click.option("--tree", is_flag=True, help="Show each run under its --parent, every repeat too.")
+@click.option("--csv", "as_csv", is_flag=True, help="The table as CSV, one line per run.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def runs(status: str | None, limit: int | None, as_json: bool) -> None:
-    """List recorded runs, newest first. Dev and crashed runs are marked.
+def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], sort_by: str | None,
+         desc: bool, limit: int | None, tree: bool, as_csv: bool, as_json: bool) -> None:
+    """List recorded runs, newest first, with the params and metrics that vary across them.
+
+    Dev and crashed runs are marked; a repeat group is one line with its metrics' mean ± SEM.
 
     \b
     Example:
       nixrepro runs --status failed --limit 5
+      nixrepro runs -c lr,batch,acc --where 'acc>0.9' --sort -acc
+      nixrepro runs --csv > runs.csv
+      nixrepro runs --tree
     """
-    from ..groups import runs_listing
+    from ..errors import UsageError
+    from ..table import Columns, csv_columns, parse_where, render_text, sort_records, to_csv
 
-    records = [r for r in store().summaries() if status is None or r.status == status][:limit]
+    if as_csv and as_json:
+        raise UsageError("--csv and --json are two formats; give one of them.")
+    if tree and (as_csv or as_json):
+        raise UsageError("--tree draws the text table; --csv and --json carry each run's parent instead.")
+    everything = store().summaries()
+    known = Columns(everything)
+    conditions = [parse_where(text, known) for text in wheres]
+    order = None
+    if sort_by is not None:
+        descending = desc or sort_by.startswith("-")
+        found = known.resolve(sort_by[1:] if sort_by.startswith("-") else sort_by)
+        if len(found) != 1:
+            raise UsageError(f"--sort {sort_by} names {len(found)} columns; sort by one column.")
+        order = (found[0], descending)
+    elif desc:
+        raise UsageError("--desc sorts descending by the --sort column; give --sort COL too.")
+    records = [r for r in everything
+               if (status is None or r.status == status) and all(c(r) for c in conditions)]
+    if order is not None:
+        records = sort_records(records, *order)
+    records = records[:limit]
     if as_json:
         echo_json([_summary_dict(r) for r in records])
+        return
+    if columns:
+        chosen = known.resolve_all(["id", *columns])
+        left_out = 0
     else:
-        click.echo(runs_listing(records))
+        chosen, left_out = known.default(records)
+    if as_csv:
+        click.echo(to_csv(records, csv_columns(chosen)), nl=False)
+        return
+    if not records:
+        click.echo("No runs recorded yet. Start one with: nixrepro run -- CMD" if not everything
+                   else f"No run of the {len(everything)} recorded matches.")
+        return
+    click.echo(render_text(records, chosen, tree=tree))
+    if left_out:
+        click.echo(f"nixrepro: {left_out} more varying params and metrics are not shown; "
+                   "choose columns with -c (e.g. -c 'params.*').", err=True)
 
 
 def _summary_dict(record: Any) -> dict[str, Any]:
@@ -143,6 +198,7 @@ def _summary_dict(record: Any) -> dict[str, Any]:
         "closure_hash": record.environment.closure_hash, "argv": record.command.argv,
         "metrics": record.metrics, "group": record.group, "repeat_index": record.repeat_index,
         "seed": record.seed, "deterministic": record.deterministic,
+        "params": record.params, "parent": record.parent,
     }
 
 

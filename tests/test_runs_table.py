@@ -1,0 +1,224 @@
+"""`nixrepro runs` as an experiment table: params and metrics as columns (chosen, or those that vary),
+sorted by any column, filtered with --where, exported as CSV or JSON, drawn as the --parent tree;
+bad input is one sentence. The store is made of the fixture record (tests/test_runstore's way),
+the command runs in-process as a user types it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixrepro.cli import main
+from nixrepro.record import RunRecord
+from nixrepro.runstore import RunStore
+from nixrepro.table import Columns, compare, parse_where, sort_records, tree_order
+from tests.helpers import sh
+
+FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
+BIG = 10**400  # an integer metric beyond a float: listed, clipped, compared exactly
+
+
+def make_runs(root: Path) -> tuple[RunStore, dict[str, RunRecord]]:
+    """Five runs: a sweep over lr (one derived from another), a failed one, a dev one."""
+    store = RunStore.for_repo(root)
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    def row(name: str, lr: float, opt: str, metrics: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {"name": name, "params": {"lr": lr, "batch": 32, "opt": opt}, "metrics": metrics, **more}
+
+    specs = [
+        row("base", 0.1, "sgd", {"acc": 0.80, "loss": 0.5}),
+        row("faster", 0.5, "sgd", {"acc": 0.93, "loss": 0.2}, parent="base", tags=["sweep"]),
+        row("fastest", 2.0, "adam", {"acc": 0.95, "loss": 0.1}, parent="faster", tags=["sweep"]),
+        row("broken", 9.0, "sgd", {"loss": "nan"}, status="failed", exit_code=1),
+        row("tweak", 0.5, "sgd", {"acc": 0.91, "big": BIG}, dev=True, parent="base"),
+    ]
+    saved: dict[str, RunRecord] = {}
+    for i, spec in enumerate(specs):
+        run_id, _ = store.new_run_dir()
+        parent = spec.pop("parent", None)
+        record = base.replace(id=run_id, started_at=f"2026-11-22T13:5{i}:00+00:00",
+                              parent=saved[parent].id if parent else None, **spec)
+        store.save(record)
+        saved[record.name or ""] = record
+    return store, saved
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, RunRecord]]:
+    root = tmp_path_factory.mktemp("table") / "repo"
+    root.mkdir()
+    sh(["git", "init", "-q", "-b", "main"], cwd=root)
+    _, saved = make_runs(root)
+    return root, saved
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+@pytest.fixture
+def runs(project: tuple[Path, dict[str, RunRecord]], capsys: pytest.CaptureFixture[str],
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``runs(*args)``: `nixrepro runs ARGS` in the project, its exit code and output."""
+    monkeypatch.chdir(project[0])
+
+    def call(*args: str) -> Result:
+        capsys.readouterr()
+        code = 0
+        try:
+            main(["runs", *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    yield call
+
+
+def names_in(result: Result) -> list[str]:
+    """The NAME cell of each row, in order."""
+    header = result.lines[0]
+    at = header.index("NAME")
+    return [line[at:].split()[0] for line in result.lines[1:]]
+
+
+def one_sentence(result: Result, code: int = 2) -> str:
+    assert result.code == code, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err + result.out
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and lines[0].endswith("."), result.err
+    return lines[0]
+
+
+def test_the_default_table_has_the_params_and_metrics_that_vary(runs: Any) -> None:
+    result = runs()
+    assert result.code == 0, result.err
+    header = result.lines[0].split()
+    # batch is 32 everywhere: not a column; lr, opt, acc, big and loss vary
+    assert header == ["ID", "STATUS", "STARTED", "DURATION", "COMMIT", "NAME", "lr", "opt", "acc", "big",
+                      "loss", "COMMAND"]
+    assert names_in(result) == ["tweak", "broken", "fastest", "faster", "base"]  # newest first
+    tweak = result.lines[1]
+    assert "succeeded (dev)" in tweak and "0.91" in tweak and "1000000000000…" in tweak  # clipped
+    assert "failed" in result.lines[2] and "nan" in result.lines[2]
+    assert max(len(line) for line in result.lines) < 200
+
+
+def test_columns_are_chosen_by_name_prefix_or_pattern(runs: Any) -> None:
+    chosen = runs("-c", "lr,metrics.acc", "-c", "status")
+    assert chosen.lines[0].split() == ["ID", "lr", "acc", "STATUS"]
+    pattern = runs("-c", "params.*")
+    assert pattern.lines[0].split() == ["ID", "batch", "lr", "opt"]
+    assert all("32" in line for line in pattern.lines[1:])  # a column that does not vary, when asked
+
+
+def test_sort_by_any_column_ascending_or_descending_missing_values_last(runs: Any) -> None:
+    assert names_in(runs("--sort", "acc")) == ["base", "tweak", "faster", "fastest", "broken"]
+    assert names_in(runs("--sort", "-acc")) == ["fastest", "faster", "tweak", "base", "broken"]
+    assert names_in(runs("--sort", "acc", "--desc")) == ["fastest", "faster", "tweak", "base", "broken"]
+    assert names_in(runs("--sort", "name")) == ["base", "broken", "faster", "fastest", "tweak"]
+    assert names_in(runs("--sort", "-lr", "--limit", "2")) == ["broken", "fastest"]  # limit after sort
+
+
+def test_where_filters_numbers_text_and_several_at_once(runs: Any) -> None:
+    assert names_in(runs("--where", "acc>0.9")) == ["tweak", "fastest", "faster"]
+    assert names_in(runs("--where", "acc >= 0.93", "--where", "opt=sgd")) == ["faster"]
+    assert names_in(runs("--where", "name~fast")) == ["fastest", "faster"]
+    assert names_in(runs("--where", "status!=succeeded")) == ["broken"]
+    assert names_in(runs("--where", "dev==true")) == ["tweak"]
+    assert names_in(runs("--where", f"big=={BIG}")) == ["tweak"]  # exactly, not as a float
+    assert names_in(runs("--where", "tags~sweep", "--where", "lr<1")) == ["faster"]
+    none = runs("--where", "acc>2")
+    assert none.code == 0 and none.out.strip() == "No run of the 5 recorded matches."
+
+
+def test_csv_has_a_header_of_column_keys_and_raw_values(runs: Any, project: Any) -> None:
+    _, saved = project
+    result = runs("--csv", "--sort", "acc", "--where", "acc>0")
+    rows = list(csv.DictReader(io.StringIO(result.out)))
+    assert list(rows[0]) == ["id", "status", "dev", "started", "duration", "commit", "name", "params.lr",
+                             "params.opt", "metrics.acc", "metrics.big", "metrics.loss", "command"]
+    assert [r["name"] for r in rows] == ["base", "tweak", "faster", "fastest"]
+    assert rows[0]["id"] == saved["base"].id and rows[0]["started"] == saved["base"].started_at
+    assert rows[1]["dev"] == "true" and rows[1]["metrics.big"] == str(BIG)  # whole
+    assert rows[0]["metrics.big"] == ""  # a run without it
+    chosen = runs("--csv", "-c", "lr,acc")
+    assert chosen.lines[0] == "id,params.lr,metrics.acc"
+
+
+def test_json_lists_each_run_with_its_params_and_parent(runs: Any, project: Any) -> None:
+    _, saved = project
+    listed = json.loads(runs("--json", "--where", "acc>0.92", "--sort", "-acc").out)
+    assert [r["name"] for r in listed] == ["fastest", "faster"]
+    assert listed[0]["params"] == {"lr": 2.0, "batch": 32, "opt": "adam"}
+    assert listed[0]["parent"] == saved["faster"].id and listed[0]["metrics"]["acc"] == 0.95
+
+
+def test_tree_draws_each_run_under_its_parent(runs: Any, project: Any) -> None:
+    _, saved = project
+    result = runs("--tree", "-c", "name")
+    assert result.code == 0, result.err
+    short = {name: r.short_id for name, r in saved.items()}
+    assert [line[:14].rstrip() for line in result.lines[1:]] == [
+        short["broken"], short["base"], f"├─ {short['tweak']}", f"└─ {short['faster']}",
+        f"   └─ {short['fastest']}"]
+    assert [line.split()[-1] for line in result.lines[1:]] == ["broken", "base", "tweak", "faster", "fastest"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--where", "acc>>0.9"], "Error: --where 'acc>>0.9' is not NAME OP VALUE"),
+    (["--where", "acc"], "Error: --where 'acc' is not NAME OP VALUE"),
+    (["--where", "acc>"], "Error: --where 'acc>' is not NAME OP VALUE"),
+    (["--where", "nosuch>1"], "Error: no column 'nosuch' in the listed runs; the columns are id,"),
+    (["-c", "lr,nosuch"], "Error: no column 'nosuch' in the listed runs"),
+    (["-c", "metrics.zz*"], "Error: no param or metric matches 'metrics.zz*'"),
+    (["--sort", "nosuch"], "Error: no column 'nosuch'"),
+    (["--desc"], "Error: --desc sorts descending by the --sort column"),
+    (["--csv", "--json"], "Error: --csv and --json are two formats"),
+    (["--tree", "--csv"], "Error: --tree draws the text table"),
+])
+def test_bad_input_is_one_sentence_with_a_remedy(runs: Any, args: list[str], expected: str) -> None:
+    assert one_sentence(runs(*args)).startswith(expected)
+
+
+def test_a_name_that_is_a_param_and_a_metric_must_be_prefixed(tmp_path: Path) -> None:
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    records = [base.replace(id=f"{i:012x}", params={"x": i}, metrics={"x": -i}) for i in range(2)]
+    columns = Columns(records)
+    assert [c.header for c in columns.varying(records)] == ["params.x", "metrics.x"]
+    with pytest.raises(Exception, match=r"'x' is both a param and a metric; write params.x or metrics.x"):
+        columns.resolve("x")
+    assert parse_where("metrics.x<0", columns)(records[1])
+
+
+def test_compare_and_sort_keep_types_apart() -> None:
+    assert compare(1, "==", "1") and compare(1.0, "==", "1") and not compare(True, "==", "1")
+    assert compare(True, "==", "true") and compare(False, "!=", "true")
+    assert not compare("abc", ">", "1") and compare("b", ">", "a") and compare("1", "==", "1")
+    assert not compare("nan", ">", "0.5") and not compare("nan", "<", "0.5") and compare("nan", "!=", "1")
+    assert compare("inf", ">", "1e308") and compare("-inf", "<", "0")
+    assert compare(BIG, ">", "1e308") and not compare(BIG, "==", str(BIG + 1))
+    assert not compare(None, "!=", "x")  # a run without the value never matches
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    records = [base.replace(id=str(i), params={"v": v}) for i, v in enumerate([2, "a", None, True, 1.5])]
+    column = Columns(records).resolve("v")[0]
+    assert [r.params.get("v") for r in sort_records(records, column)] == [1.5, 2, True, "a", None]
+
+
+def test_a_long_chain_of_parents_is_a_tree_without_recursion() -> None:
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    chain = [base.replace(id=f"{i:012x}", parent=f"{i - 1:012x}" if i else None) for i in range(3000)]
+    order = tree_order(list(reversed(chain)))
+    assert [r.id for _, r in order] == [r.id for r in chain]
+    assert order[-1][0].endswith("└─ ") and len(order[-1][0]) == 3 * 2999
