@@ -1,0 +1,89 @@
+"""``ui`` and ``report``: the runs in a browser, served locally or as one HTML file.
+
+Neither is on the path of ``nixrepro run``: nixrepro.ui (and http.server) load only when one of
+these commands runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+import click
+
+from . import CONTEXT, cli, store
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The port; 0 picks a free one.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on. Anything but a loopback address shows every record "
+                   "to whoever can reach it.")
+@click.option("--verbose", is_flag=True, help="Log each request to stderr.")
+def ui(port: int, host: str, verbose: bool) -> None:
+    """Serve a read-only web viewer over this project's runs, until Ctrl-C.
+
+    Runs (filter, sort, paged), each run's record, curves and logs, the experiment table with
+    params against a metric, runs compared side by side with their diff and repeat groups' mean
+    ± SEM, and the lineage of data versions. Nothing it serves changes the store.
+
+    \b
+    Example:
+      nixrepro ui
+      nixrepro ui --port 0
+    """
+    from ..errors import UsageError
+    from ..ui.server import is_loopback, make_server
+
+    runs = store()
+    try:
+        server = make_server(runs.root, host=host, port=port, verbose=verbose)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is in use; pick another with --port N "
+                             "(--port 0 picks a free one).") from None
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host "
+                         "and --port.") from None
+    if not is_loopback(host):
+        click.echo(f"nixrepro: warning: listening on {host}: anyone who can reach it can read every "
+                   "record of this store.", err=True)
+    click.echo(f"nixrepro: serving {runs.root} at {server.url} (read only; Ctrl-C stops)", err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_refs", metavar="RUN...", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="report.html",
+              show_default=True, help="The HTML file to write ('-': standard output).")
+def report(run_refs: tuple[str, ...], output: Path) -> None:
+    """Write one self-contained HTML file about these runs: it opens offline, anywhere.
+
+    Each run's status, code, environment, host, data, params, metrics, curves and logs; for two
+    runs or more also their overlaid curves, their diff and each repeat group's mean ± SEM. RUN
+    is an id, a unique prefix, @latest, @latest~N or a repeat group (g...: all its runs).
+
+    \b
+    Example:
+      nixrepro report @latest~1 @latest -o report.html
+    """
+    from ..ui.html import encode
+    from ..ui.report import build_report, write_report
+
+    runs = store()
+    if str(output) == "-":
+        sys.stdout.buffer.write(encode(build_report(runs.root, list(run_refs))))
+        return
+    try:
+        size = write_report(runs.root, list(run_refs), output)
+    except OSError as exc:
+        from ..errors import UsageError
+
+        raise UsageError(f"cannot write {output} ({exc.strerror or exc}); choose another -o path.") from None
+    click.echo(f"nixrepro: wrote {output} ({size // 1024 or 1} KiB); it opens offline in any browser",
+               err=True)
