@@ -10,6 +10,10 @@ Every path is signed with the project key (``[archive] key_file``, generated on 
 nix has no ``s3://`` store, so an ``s3://bucket/prefix`` archive is written to a local ``file://``
 cache first and uploaded with boto3, skipping objects that are already there.
 
+The archive carries the records of the runs archived into it (``runs/<id>/``) and a README with
+the plain-nix commands that restore them, so it stands alone (nixrepro.archive_runs); an
+``s3://`` archive's mirror is nixrepro.archive_mirror.
+
 Where a run was archived is kept beside its record, in ``archives.json`` (a list of
 :class:`ArchiveEntry`), so adding an archive never changes the record or its ``record_sha256``.
 The same key signs the run's record (nixrepro.signing): a run that ended before the key existed is
@@ -18,15 +22,18 @@ signed when it is archived.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from .config import ArchiveConfig, DataConfig
-from .errors import ArchiveError, UsageError
+from . import archive_runs
+from .config import ArchiveConfig
+from .errors import ArchiveError, ConfigError, UsageError
 from .fsutil import atomic_write
 from .git import GitRepo
 from .nix import FlakeRef, Nix
@@ -98,18 +105,41 @@ def project_key(repo_root: Path) -> SigningKey | None:
 
 
 def trusted_keys(repo_root: Path) -> list[str]:
-    """The public keys whose record signatures ``verify`` accepts: the project key's, from its
-    secret, or from its ``.pub`` alone where only the public half is on this machine."""
+    """The public keys whose signatures ``verify`` and ``rebuild`` accept: the project key's, from
+    its secret, or from its ``.pub`` alone where only the public half is on this machine; and
+    ``[archive] trusted_keys`` (a team's keys, committed in nixrepro.toml)."""
     from . import config as config_module
 
-    config = config_module.load(repo_root).archive
+    loaded = config_module.load(repo_root)
+    config = loaded.archive
+    found: list[str] = []
     key = existing_key(config)
     if key is not None:
-        return [key.public_key]
+        found.append(key.public_key)
+    else:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found.append(key_files(config)[1].read_text().strip())
+    for index, extra in enumerate(config.trusted_keys):
+        if not _is_public_key(extra):
+            raise ConfigError(
+                f"{loaded.source}: 'archive.trusted_keys[{index}]' is {extra[:60]!r}, not a Nix public "
+                "key; give it as `nix key convert-secret-to-public` prints it (name:base64)."
+            )
+        if extra.strip() not in found:
+            found.append(extra.strip())
+    return found
+
+
+def _is_public_key(text: str) -> bool:
+    """``name:base64`` of 32 bytes, as Nix writes an ed25519 public key."""
+    import base64
+    import binascii
+
+    name, sep, encoded = text.strip().partition(":")
     try:
-        return [key_files(config)[1].read_text().strip()]
-    except (OSError, UnicodeDecodeError):
-        return []
+        return bool(name and sep) and len(base64.b64decode(encoded, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 def signing_key(config: ArchiveConfig, nix: Nix) -> SigningKey:
@@ -196,13 +226,22 @@ def archive_run(
         nix.copy_to(target, drvs + [info.path for info in present])
         levels.append("build-deps")
         count += len(set(requisites) - {info.path for info in env.closure})
-    if urlparse(url).scheme == "s3":
-        upload(local, url, endpoint_url=config.endpoint_url)
     entry = ArchiveEntry(url=url, public_key=key.public_key, archived_at=_now(), levels=levels,
                          paths=count)
     add_entry(store, record.id, entry)
     if record.status != "running":  # the archived record is signed by the key that signed its paths
         store.sign(record.id, key.secret_file.read_text())
+    s3 = urlparse(url).scheme == "s3"
+    if s3:  # the keys other machines archived with are kept in the list the README shows
+        from .archive_mirror import fetch_into, objects
+
+        fetch_into(objects(url, config.endpoint_url), local, [archive_runs.KEYS_FILE])
+    # the archive carries the run's record, so that it stands alone (nixrepro.archive_runs)
+    changed = archive_runs.carry(store, record.id, local, asdict(entry))
+    changed += archive_runs.write_front(local, url, key.public_key)
+    if s3:
+        rewritten = {*changed, archive_runs.CACHE_INFO}
+        upload(local, url, endpoint_url=config.endpoint_url, always=rewritten.__contains__)
     return entry
 
 
@@ -254,21 +293,24 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# --- s3: a local file:// cache, mirrored with boto3 (nixrepro.datastore.s3) ---
+# --- s3: a local file:// cache, mirrored (nixrepro.archive_mirror) ---
 
 
-def upload(local: Path, url: str, *, endpoint_url: str | None) -> tuple[int, int]:
-    """Upload the cache at ``local`` to ``url``; objects already there are skipped.
-
-    Returns (uploaded, skipped). ``nix-cache-info`` is always rewritten (it is tiny).
+def upload(local: Path, url: str, *, endpoint_url: str | None,
+           always: Callable[[str], bool] = lambda key: key == "nix-cache-info") -> tuple[int, int]:
+    """Upload the cache at ``local`` to ``url``; objects already there are skipped, but those
+    ``always`` accepts (relative keys: ``nix-cache-info``, a run's record). Returns (uploaded, skipped).
     """
-    from .datastore.s3 import mirror_upload
+    from . import archive_mirror
 
-    return mirror_upload(local, url, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})
+    return archive_mirror.upload(local, url, endpoint_url=endpoint_url, always=always)
 
 
 def download(url: str, local: Path, *, endpoint_url: str | None) -> int:
-    """Mirror the archive at ``url`` into ``local``; files already there are kept. Returns the count."""
-    from .datastore.s3 import mirror_download
+    """Mirror the binary cache at ``url`` into ``local``; files already there are kept, and the
+    records of runs are left out (``rebuild`` fetches the one it needs). Returns the count."""
+    from . import archive_mirror
 
-    return mirror_download(url, local, DataConfig(endpoint_url=endpoint_url), always={"nix-cache-info"})
+    return archive_mirror.download(
+        url, local, endpoint_url=endpoint_url, always=lambda key: key == archive_runs.CACHE_INFO,
+        skip=lambda key: key.startswith(archive_runs.RUNS_DIR + "/"))

@@ -15,16 +15,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import archive
+from . import archive, archive_runs
+from .archive_runs import ArchivedRun
 from .closure import Closure
 from .config import Config
 from .diff import MetricChange, RunDiff, diff_metrics, diff_runs
-from .errors import NixCommandError, NixreproError, RebuildError, RefusedError, UsageError
+from .errors import (
+    NixCommandError,
+    NixreproError,
+    RebuildError,
+    RefusedError,
+    RunNotFoundError,
+    UsageError,
+)
 from .git import GitRepo
 from .nix import FlakeRef, Nix
 from .record import RunRecord
@@ -44,37 +53,98 @@ class Rebuilt:
         return self.closure.hash == self.record.environment.closure_hash
 
 
+@dataclass(frozen=True)
+class Located:
+    """A run to rebuild, and where its record came from."""
+
+    record: RunRecord
+    archived: ArchivedRun | None = None  # found in an archive, not in the run store
+
+    @property
+    def found_in(self) -> str:
+        return self.archived.url if self.archived else "the run store"
+
+
+def locate(store: RunStore, ref: str, *, repo: GitRepo, config: Config,
+           from_url: str | None = None) -> Located:
+    """The run ``ref``: from the run store, else from the archive (``--from``, or ``[archive] to``)
+    whose copy of the record is verified first, so that no run store is needed at all."""
+    try:
+        return Located(store.resolve(ref))
+    except RunNotFoundError as missing:
+        url = from_url.rstrip("/") if from_url else config.archive.to
+        if url is None:
+            raise
+        try:
+            found = find_archived(url, ref, repo=repo, config=config)
+            return Located(found.record, found)
+        except RunNotFoundError:
+            if from_url:
+                raise
+            raise RunNotFoundError(f"{str(missing).split('; ')[0]}, nor in the archive {url} "
+                                   "([archive] to); `nixrepro runs` lists the runs.") from None
+
+
+def find_archived(url: str, ref: str, *, repo: GitRepo, config: Config) -> ArchivedRun:
+    """Run ``ref`` in the archive at ``url``, its record proven against the project's keys."""
+    return archive_runs.find(url, ref, archive.staging_dir(url),
+                             endpoint_url=config.archive.endpoint_url,
+                             trusted=archive.trusted_keys(repo.root))
+
+
 def substituter_for(
-    store: RunStore, record: RunRecord, from_url: str | None, config: Config, nix: Nix
+    store: RunStore, record: RunRecord, from_url: str | None, config: Config, repo: GitRepo,
+    archived: ArchivedRun | None = None,
 ) -> tuple[str, str] | None:
-    """(``file://`` cache URL, public key) of the archive to rebuild from, or None."""
-    known = archive.entries(store, record.id)
-    if from_url is None:
-        if not known:
+    """(``file://`` cache URL, the public keys it is trusted with) of the archive to rebuild from,
+    or None.
+
+    The archive is ``--from``, else the run's last ``archives.json`` entry, else ``[archive] to``
+    (where the record came from a remote or an archive: a fresh machine has no archives.json). Its
+    keys: the one archives.json recorded for it on this machine; else the project's trusted keys;
+    else, on a machine that trusts none, the keys the archive names (with a warning).
+    """
+    known = [] if archived else archive.entries(store, record.id)
+    optional = False  # the configured archive is tried, never required
+    if archived is not None:
+        url, keys = archived.url, archived.trusted_keys
+    elif from_url is None and known:
+        url, keys = known[-1].url, [known[-1].public_key]
+    elif from_url is None:
+        if not config.archive.to:
             return None
-        entry = known[-1]
-        url, public = entry.url, entry.public_key
+        url, keys, optional = config.archive.to.rstrip("/"), [], True
     else:
         url = from_url.rstrip("/")
-        match = [e for e in known if e.url == url]
-        public = match[-1].public_key if match else archive.signing_key(config.archive, nix).public_key
+        keys = [e.public_key for e in known if e.url == url][-1:]
     local = archive.staging_dir(url)
     if urlparse(url).scheme == "s3":
         local.mkdir(parents=True, exist_ok=True)
         archive.download(url, local, endpoint_url=config.archive.endpoint_url)
-    elif not (local / "nix-cache-info").is_file():
+    if not (local / archive_runs.CACHE_INFO).is_file():
+        if optional:
+            return None
         raise UsageError(f"{url} is not a binary cache (no nix-cache-info); give the URL that "
                          "`nixrepro archive` wrote to.")
-    return f"file://{local}", public
+    if not keys:
+        keys = archive.trusted_keys(repo.root)
+    if not keys:
+        keys = archive_runs.known_keys(local)
+        if keys:
+            print(f"nixrepro: warning: no trusted key on this machine; trusting the keys the archive "
+                  f"{url} names ({', '.join(k.split(':', 1)[0] for k in keys)}); pin them with "
+                  "[archive] trusted_keys in nixrepro.toml.", file=sys.stderr)
+    return f"file://{local}", " ".join(keys)
 
 
 def rebuild(
     store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
-    from_url: str | None = None,
+    from_url: str | None = None, archived: ArchivedRun | None = None,
 ) -> Rebuilt:
-    """Build ``record``'s environment again and compare its closure with the recorded one."""
+    """Build ``record``'s environment again and compare its closure with the recorded one.
+    ``archived``: the record came from that archive (:func:`locate`), which is then the substituter."""
     env = record.environment
-    substituter = substituter_for(store, record, from_url, config, nix)
+    substituter = substituter_for(store, record, from_url, config, repo, archived)
     options: dict[str, str] = {}
     if substituter is not None:
         options = {"extra-substituters": substituter[0],
@@ -178,7 +248,7 @@ def metric_within(change: MetricChange, rtol: float) -> bool:
 
 def reproduce(
     store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
-    from_url: str | None = None, rtol: float = 0.0,
+    from_url: str | None = None, rtol: float = 0.0, archived: ArchivedRun | None = None,
 ) -> Reproduced:
     """Rebuild, then run the recorded command again as a child run, and compare the metrics."""
     from .runner import RunRequest
@@ -195,17 +265,21 @@ def reproduce(
             f"run {record.short_id} was recorded at commit {record.code.commit[:12]} but HEAD is "
             f"{head[:12]}; check it out (`git checkout {record.code.commit[:12]}`) and reproduce again."
         )
-    rebuilt = rebuild(store, record, repo=repo, nix=nix, config=config, from_url=from_url)
+    rebuilt = rebuild(store, record, repo=repo, nix=nix, config=config, from_url=from_url,
+                      archived=archived)
     if not rebuilt.identical:
         raise RefusedError(
             f"the rebuilt environment of run {record.short_id} differs from the recorded one "
             f"({rebuilt.closure.hash[:16]}... instead of {record.environment.closure_hash[:16]}...); "
             f"`nixrepro rebuild {record.short_id}` shows how."
         )
-    cwd = Path(record.command.cwd)
+    cwd = Path(record.command.cwd).resolve()
+    root = repo.root.resolve()
     request = RunRequest(
         argv=list(record.command.argv),
-        cwd=cwd if cwd.is_dir() else repo.root,
+        # the recorded directory where it is in this checkout; on another machine (another
+        # checkout's path, perhaps existing here as something else) the repository's root
+        cwd=cwd if cwd.is_dir() and (cwd == root or root in cwd.parents) else repo.root,
         env_path=None if record.environment.flake_ref else rebuilt.env_path,
         flake=record.environment.flake_ref,
         name=record.name,
@@ -215,5 +289,7 @@ def reproduce(
         seed=record.seed,
         data_pins={d.uri: d.version_id for d in record.data.inputs if d.version_id},
     )
+    if archived is not None:  # the new run's parent, into the run store beside it
+        archive_runs.import_run(store, archived)
     new = run_request(request, config=config, nix=nix)
     return Reproduced(record, rebuilt, new, diff_metrics(record.metrics, new.metrics), rtol)

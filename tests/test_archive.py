@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import pytest
 
 from nixrepro.closure import StorePathInfo, closure_hash
-from nixrepro.record import record_sha256
-from tests.helpers import Project, delete_store_paths, make_project, sh
+from nixrepro.record import record_sha256, summary_sha256
+from tests.helpers import Project, delete_store_paths, make_project, run_cli, sh
 
 pytestmark = pytest.mark.nix
 
@@ -115,7 +116,10 @@ def test_a_substitute_must_be_signed_by_the_archive_key(
     assert project.nixrepro("archive", "@latest", "--to", f"file://{archive_dir}").returncode == 0
     (project.runs_dir / record["id"] / "archives.json").unlink()
     _forget_environment(project, record)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "someone-else"))  # another local key
+    other = tmp_path / "someone-else" / "nixrepro" / "archive-key.sec"  # another local key
+    other.parent.mkdir(parents=True)
+    other.write_text(sh(["nix", "key", "generate-secret", "--key-name", "someone-else-1"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "someone-else"))
     refused = project.nixrepro("rebuild", record["id"], "--from", f"file://{archive_dir}")
     assert refused.returncode == 1
     assert f"the substitute for '{env}' from 'file://{archive_dir}' is not signed" in refused.stderr
@@ -245,8 +249,12 @@ def test_an_s3_archive_brings_the_environment_back_on_a_machine_without_its_mirr
     assert again.returncode == 0, again.stderr
     rewritten = client.list_object_versions(Bucket=bucket, Prefix="nix/")["Versions"]
     counts = {key: sum(o["Key"] == key for o in rewritten) for key in {o["Key"] for o in rewritten}}
-    assert counts.pop("nix/nix-cache-info") == 2  # always rewritten; nothing else uploaded again
-    assert set(counts.values()) == {1}
+    # the cache's front and the run's record are rewritten; no narinfo or NAR is uploaded again
+    assert {key for key, count in counts.items() if count == 2} == {
+        "nix/nix-cache-info", "nix/README.md", "nix/public-keys.txt",
+        *(f"nix/runs/{record['id']}/{name}" for name in
+          ("record.json", "record.sig", "stdout.log", "stderr.log", "metrics.jsonl", "archive.json"))}
+    assert all(count == 1 for key, count in counts.items() if key.endswith((".narinfo", ".nar.zst")))
 
     shutil.rmtree(project.dep)
     _forget_environment(project, record)
@@ -254,3 +262,153 @@ def test_an_s3_archive_brings_the_environment_back_on_a_machine_without_its_mirr
     rebuilt = project.nixrepro("rebuild", record["id"])
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.startswith(f"identical: {record['environment']['env_path']}")
+
+
+# --- archives that stand alone ------------------------------------------------------------------------
+
+
+def _fresh_clone(project: Project, tmp_path: Path, name: str = "machine-b") -> Path:
+    """Another machine's checkout: the repository alone, no .nixrepro/."""
+    clone = tmp_path / name
+    sh(["git", "clone", "-q", str(project.root), str(clone)])
+    assert not (clone / ".nixrepro").exists()
+    return clone
+
+
+def _readme_block(readme: str, heading: str) -> str:
+    """The indented commands under ``## heading`` of the archive's README, as a shell script."""
+    section = readme.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines, started = [], False
+    for line in section.splitlines():
+        if line.startswith("    "):
+            lines.append(line[4:])
+            started = True
+        elif started and line.strip():
+            break
+    return "\n".join(lines) + "\n"
+
+
+def test_an_archive_carries_the_record_and_a_readme_that_restores_the_environment_with_plain_nix(
+    unique_project: Project, tmp_path: Path
+) -> None:
+    project = unique_project
+    record = _run(project)
+    archive_dir = tmp_path / "archive"
+    assert project.nixrepro("archive", record["id"], "--to", f"file://{archive_dir}").returncode == 0
+    run_dir, carried = project.runs_dir / record["id"], archive_dir / "runs" / record["id"]
+    for name in ("record.json", "record.sig", "stdout.log", "stderr.log", "metrics.jsonl"):
+        assert (carried / name).read_bytes() == (run_dir / name).read_bytes(), name
+    entry = json.loads((carried / "archive.json").read_text())
+    public_key = (tmp_path / "config" / "nixrepro" / "archive-key.pub").read_text().strip()
+    assert (entry["url"], entry["public_key"], entry["levels"]) == (
+        f"file://{archive_dir}", public_key, ["runtime", "sources"])
+    assert (archive_dir / "public-keys.txt").read_text() == public_key + "\n"
+    readme = (archive_dir / "README.md").read_text()
+    assert f"    {public_key}\n" in readme
+
+    # years later, nixrepro is not installed: the README's commands alone bring the closure back
+    shutil.rmtree(project.dep)
+    gone = _forget_environment(project, record)
+    script = _readme_block(readme, "Restore a run's environment").replace("<run id>", record["id"])
+    script += _readme_block(readme, "Check that it is the recorded closure")
+    plain = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    plain["PATH"] = "/usr/bin:/bin"  # nix and jq, no nixrepro
+    out = sh(["bash", "-euo", "pipefail", "-c", script], cwd=archive_dir, env=plain)
+    assert out.splitlines()[0] == record["id"]  # ls runs/
+    assert out.splitlines()[-1] == "identical"
+    closure = [p["path"] for p in record["environment"]["closure"]]
+    assert all(Path(p).exists() for p in closure) and set(closure) <= set(gone)
+    assert project.nixrepro("verify", record["id"]).returncode == 0  # the store agrees with the record
+
+
+def test_a_readme_copy_with_a_key_nix_does_not_trust_is_refused_by_nix(
+    unique_project: Project, tmp_path: Path
+) -> None:
+    project = unique_project
+    record = _run(project)
+    archive_dir = tmp_path / "archive"
+    assert project.nixrepro("archive", record["id"], "--to", f"file://{archive_dir}").returncode == 0
+    _forget_environment(project, record)
+    other = sh(["nix", "key", "convert-secret-to-public"],
+               input=sh(["nix", "key", "generate-secret", "--key-name", "mallory-1"]))
+    (archive_dir / "public-keys.txt").write_text(other)  # a key swapped in: nix refuses the paths
+    readme = (archive_dir / "README.md").read_text()
+    script = _readme_block(readme, "Restore a run's environment").replace("<run id>", record["id"])
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=archive_dir,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "signature" in result.stderr
+    assert not Path(record["environment"]["env_path"]).exists()
+
+
+def test_rebuild_from_an_archive_with_no_run_store_at_all(unique_project: Project, tmp_path: Path) -> None:
+    project = unique_project
+    record = _run(project)
+    archive_dir = tmp_path / "archive"
+    url = f"file://{archive_dir}"
+    assert project.nixrepro("archive", record["id"], "--to", url).returncode == 0
+    shutil.rmtree(project.dep)
+    _forget_environment(project, record)
+    clone = _fresh_clone(project, tmp_path)
+
+    rebuilt = run_cli(["rebuild", record["id"][:7], "--from", url], cwd=clone)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    key_name = (tmp_path / "config" / "nixrepro" / "archive-key.pub").read_text().split(":")[0]
+    assert rebuilt.stdout.splitlines() == [
+        f"run {record['id'][:8]}: record from the archive {url} (record_sha256 matches, signed by "
+        f"{key_name})",
+        f"identical: {record['environment']['env_path']} has the recorded closure hash "
+        f"{record['environment']['closure_hash']} ({len(record['environment']['closure'])} paths)",
+    ]
+    assert not (clone / ".nixrepro").exists()  # a rebuild reads; it writes no run store
+    as_json = json.loads(run_cli(["rebuild", record["id"], "--from", url, "--json"], cwd=clone).stdout)
+    assert (as_json["identical"], as_json["record_from"]) == (True, url)
+    missing = run_cli(["rebuild", "0123456789ab", "--from", url], cwd=clone)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"Error: no run matches '0123456789ab' in the archive {url}; ")
+
+
+def test_an_archived_record_that_fails_verification_is_refused(
+    unique_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = unique_project
+    record = _run(project)
+    archive_dir = tmp_path / "archive"
+    url = f"file://{archive_dir}"
+    assert project.nixrepro("archive", record["id"], "--to", url).returncode == 0
+    clone = _fresh_clone(project, tmp_path)
+    carried = archive_dir / "runs" / record["id"] / "record.json"
+    original = carried.read_bytes()
+
+    doc = json.loads(original)
+    doc["metrics"]["loss"] = 0.0001  # a better result, written in by hand
+    carried.write_text(json.dumps(doc))
+    edited = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
+    assert edited.returncode == 1
+    assert edited.stderr.startswith(
+        f"Error: run {record['id']}'s record in the archive {url} fails verification (record: "
+        "record_sha256 is ")
+    doc["summary_sha256"] = summary_sha256(doc)
+    doc["record_sha256"] = record_sha256(doc)  # the hashes recomputed: the signature catches it
+    carried.write_text(json.dumps(doc))
+    forged = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
+    assert forged.returncode == 1 and "fails verification (signature: the signature by" in forged.stderr
+
+    carried.write_bytes(original)
+    other = tmp_path / "other-config" / "nixrepro" / "archive-key.sec"
+    other.parent.mkdir(parents=True)
+    other.write_text(sh(["nix", "key", "generate-secret", "--key-name", "someone-else-1"]))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other-config"))  # a project key of its own
+    untrusted = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
+    assert untrusted.returncode == 1
+    assert "which this project does not trust (someone-else-1); if you trust it, add its public " \
+           "key (in public-keys.txt there) to [archive] trusted_keys in nixrepro.toml." in untrusted.stderr
+    public = (archive_dir / "public-keys.txt").read_text().strip()
+    (clone / "nixrepro.toml").write_text(f'[archive]\ntrusted_keys = ["{public}"]\n')
+    trusted = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
+    assert trusted.returncode == 0, trusted.stderr
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-keys"))  # a machine that trusts no key
+    (clone / "nixrepro.toml").unlink()
+    first_use = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
+    assert first_use.returncode == 0, first_use.stderr
+    assert "warning: no trusted key on this machine; trusting the key the archive names" in first_use.stderr

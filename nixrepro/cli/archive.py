@@ -54,14 +54,17 @@ def archive(run_ref: str, url: str | None, build_deps: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="RUN")
 @click.option("--from", "from_url", metavar="URL",
-              help="An archive to substitute from (default: the run's last archive, if any).")
+              help="An archive to substitute from, and to find the run's record in when no run "
+                   "store has it (default: the run's last archive, else [archive] to).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def rebuild(run_ref: str, from_url: str | None, as_json: bool) -> None:
     """Build a run's environment again from its recorded commit and lock; exit 1 if it differs.
 
     Checks out the recorded commit in a temporary git worktree and builds the recorded flake
     output with --no-update-lock-file. An archive (--from, or the one recorded by `nixrepro
-    archive`) is used as a substituter whose signatures must verify.
+    archive`, or [archive] to) is used as a substituter whose signatures must verify. A run that
+    is not in the run store is looked up in that archive, which carries its record: verified
+    (record_sha256, the signature) before it is used.
 
     \b
     Example:
@@ -70,22 +73,36 @@ def rebuild(run_ref: str, from_url: str | None, as_json: bool) -> None:
     """
     from ..diff import to_json
     from ..diffview import render_text
+    from ..rebuild import locate
     from ..rebuild import rebuild as rebuild_run
 
     runs, repo, nix, config = _context()
-    record = runs.resolve(run_ref)
-    result = rebuild_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url)
+    located = locate(runs, run_ref, repo=repo, config=config, from_url=from_url)
+    record = located.record
+    result = rebuild_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
+                         archived=located.archived)
     if as_json:
         echo_json({"run": record.id, "identical": result.identical, "env_path": result.env_path,
                    "closure_hash": result.closure.hash, "source": result.source,
+                   "record_from": located.archived.url if located.archived else None,
                    "diff": to_json(result.diff)})
-    elif result.identical:
-        click.echo(f"identical: {result.env_path} has the recorded closure hash "
-                   f"{result.closure.hash} ({len(result.closure)} paths)")
     else:
-        click.echo(render_text(result.diff, color=sys.stdout.isatty()))
+        _found(located)
+        click.echo(f"identical: {result.env_path} has the recorded closure hash "
+                   f"{result.closure.hash} ({len(result.closure)} paths)" if result.identical
+                   else render_text(result.diff, color=sys.stdout.isatty()))
     if not result.identical:
         sys.exit(1)
+
+
+def _found(located: Any) -> None:
+    """Say where a record that is not in the run store came from, and what proved it."""
+    archived = located.archived
+    if archived is None:
+        return
+    proof = f"signed by {archived.signed_by}" if archived.signed_by else "unsigned"
+    click.echo(f"run {archived.record.short_id}: record from the archive {archived.url} "
+               f"(record_sha256 matches, {proof})")
 
 
 def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -114,13 +131,16 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
       nixrepro reproduce @latest --rtol 1e-6
     """
     from ..determinism import determinism_note
-    from ..rebuild import metric_within
+    from ..rebuild import locate, metric_within
     from ..rebuild import reproduce as reproduce_run
 
     runs, repo, nix, config = _context()
-    record = runs.resolve(run_ref)
+    located = locate(runs, run_ref, repo=repo, config=config, from_url=from_url)
+    record = located.record
+    if not as_json:
+        _found(located)
     result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
-                           rtol=rtol)
+                           rtol=rtol, archived=located.archived)
     ok = result.within_tolerance and result.run.status == "succeeded"
     note = determinism_note(record)  # why metrics may legitimately differ
     if as_json:

@@ -196,6 +196,24 @@ class S3Store:
                                            "file", modified.isoformat() if modified else None, True))
         return found
 
+    # --- plain objects (the archive's mirror, nixrepro.archive_mirror) ---------------------------
+
+    def put_object(self, uri: DataURI, path: Path) -> None:
+        """Write ``path`` as the object ``uri``, replacing it: no versioning needed, no metadata
+        (a binary cache's files are checked by nix, against their narinfo's hashes)."""
+        with open(path, "rb") as body:
+            self._call(uri, lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body))
+
+    def get_object(self, uri: DataURI, dest: Path) -> None:
+        """Write the current bytes of ``uri`` to ``dest``; NoSuchObject when there is none."""
+        def whole() -> None:
+            reply = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
+            with open(dest, "wb") as out:
+                for chunk in reply["Body"].iter_chunks(1024 * 1024):
+                    out.write(chunk)
+
+        self._call(uri, whole)
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _with_meta(self, uri: DataURI, version: ObjectVersion) -> ObjectVersion:
@@ -306,62 +324,3 @@ class S3Store:
             return (f"S3 refused the credentials for bucket {uri.bucket} ({code}); check "
                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE.")
         return f"S3 refused the request for {uri} ({code or 'unknown error'}); check the URI and permissions."
-
-
-# --- mirroring a directory (the archive's binary cache) ---------------------------------------------
-
-
-def mirror_upload(local: Path, url: str, settings: DataConfig, always: set[str]) -> tuple[int, int]:
-    """Upload every file under ``local`` to ``url`` (s3://bucket/prefix) that is not there yet.
-
-    Files named in ``always`` are uploaded even when present. Returns (uploaded, skipped).
-    """
-    store = S3Store(settings)
-    base = DataURI.parse(url)
-    prefix = f"{base.key}/" if base.key else ""
-    existing = {v.uri for v in store.listing(base)}
-    uploaded = skipped = 0
-
-    def send(path: Path) -> None:
-        key = prefix + path.relative_to(local).as_posix()
-        target = DataURI(base.scheme, base.bucket, key)
-        with open(path, "rb") as body:
-            store._call(target, lambda: store.client.put_object(Bucket=base.bucket, Key=key, Body=body))
-
-    todo = []
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        uri = f"s3://{base.bucket}/{prefix}{path.relative_to(local).as_posix()}"
-        if uri in existing and path.name not in always:
-            skipped += 1
-        else:
-            todo.append(path)
-    with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(send, todo))
-    uploaded = len(todo)
-    return uploaded, skipped
-
-
-def mirror_download(url: str, local: Path, settings: DataConfig, always: set[str]) -> int:
-    """Download every object under ``url`` into ``local`` that is not there yet; returns the count."""
-    store = S3Store(settings)
-    base = DataURI.parse(url)
-    prefix = f"{base.key}/" if base.key else ""
-    todo = []
-    for version in store.listing(base):
-        key = version.uri[len(f"s3://{base.bucket}/"):]
-        target = local / key[len(prefix):]
-        if target.is_file() and target.name not in always:
-            continue
-        todo.append((DataURI(base.scheme, base.bucket, key), target))
-
-    def fetch(item: tuple[DataURI, Path]) -> None:
-        uri, target = item
-        target.parent.mkdir(parents=True, exist_ok=True)
-        reply = store._call(uri, lambda: store.client.get_object(Bucket=uri.bucket, Key=uri.key))
-        with open(target, "wb") as out:
-            for chunk in reply["Body"].iter_chunks(1024 * 1024):
-                out.write(chunk)
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(fetch, todo))
-    return len(todo)

@@ -1,0 +1,343 @@
+"""What an archive holds beside Nix's binary cache: the records of its runs and a README.
+
+An archive stands alone: years later, with no run store, no remote and no nixrepro, it still says
+which run each environment belongs to and how to restore it. Its root:
+
+    nix-cache-info, *.narinfo, nar/   the binary cache (nix copy --from reads it)
+    README.md                         the plain-nix commands that restore an environment
+    public-keys.txt                   the public keys that signed the paths and the records
+    runs/<id>/record.json, record.sig the run's record and its signature
+    runs/<id>/stdout.log ...          the files `verify` checks against the record's hashes
+    runs/<id>/archive.json            this archive's entry for the run (levels, key, date)
+
+``runs/<id>/`` is laid out as a run directory of the run store, so the archive's staging
+directory reads as a run store (:class:`nixrepro.runstore.RunStore`) and ``verify``'s own checks
+prove an archived record before ``rebuild --from`` uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ArchiveError, RunNotFoundError, UsageError
+from .fsutil import atomic_write
+from .record import RunRecord
+from .rundir import DEV_PATCH
+from .runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
+
+RUNS_DIR = "runs"
+KEYS_FILE = "public-keys.txt"
+README_FILE = "README.md"
+ENTRY_FILE = "archive.json"
+# the run's files an archive carries: the record, its signature, and what verify checks
+CARRIED = (RECORD_FILE, SIGNATURE_FILE, *RUN_FILES, DEV_PATCH)
+CACHE_INFO = "nix-cache-info"
+
+
+@dataclass(frozen=True)
+class ArchivedRun:
+    """A run found in an archive, its record proven (record_sha256, signature where signed)."""
+
+    record: RunRecord
+    url: str
+    local: Path  # the archive's local directory (the mirror of an s3:// archive)
+    public_key: str | None  # the key this archive names for the run's paths (archive.json)
+    trusted_keys: list[str]  # the keys the record's signature and the substitutes are checked with
+    signed_by: str | None  # the key name of a good signature; None: unsigned
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+
+def carry(store: RunStore, run_id: str, local: Path, entry: dict[str, object]) -> list[str]:
+    """Copy the run's record, signature and checked files into ``local/runs/<id>/`` with this
+    archive's ``entry``; returns the keys written (relative to ``local``). A file the run no longer
+    has (a signature replaced by a later save) is removed, never left to contradict the record."""
+    source, target = store.run_dir(run_id), local / RUNS_DIR / run_id
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in CARRIED:
+        if (source / name).is_file():
+            copy_atomic(source / name, target / name)
+            written.append(f"{RUNS_DIR}/{run_id}/{name}")
+        else:
+            (target / name).unlink(missing_ok=True)
+    atomic_write(target / ENTRY_FILE, json.dumps(entry, indent=2) + "\n")
+    written.append(f"{RUNS_DIR}/{run_id}/{ENTRY_FILE}")
+    return written
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """``source`` copied to ``target`` (a temporary file renamed into place: a log may be large,
+    and a reader sees the old file or the whole new one)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def known_keys(local: Path) -> list[str]:
+    """The public keys ``public-keys.txt`` lists, in order."""
+    try:
+        text = (local / KEYS_FILE).read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def write_front(local: Path, url: str, public_key: str) -> list[str]:
+    """Add ``public_key`` to ``public-keys.txt`` and write the README; returns the keys written."""
+    keys = known_keys(local)
+    if public_key not in keys:
+        keys.append(public_key)
+    atomic_write(local / KEYS_FILE, "".join(key + "\n" for key in keys))
+    atomic_write(local / README_FILE, readme(url, keys))
+    return [KEYS_FILE, README_FILE]
+
+
+def readme(url: str, keys: Sequence[str]) -> str:
+    """The archive's README.md: how to restore a run's environment with nix and jq alone."""
+    parsed = urlparse(url)
+    shown_keys = "\n".join(f"    {key}" for key in keys)
+    if parsed.scheme == "s3":
+        where = f"the S3 prefix `{url}`"
+        fetch = S3_FETCH.format(url=url, bucket=parsed.netloc, prefix=parsed.path.strip("/"))
+    else:
+        where = "this directory"
+        fetch = ""
+    return README.format(where=where, keys=shown_keys, fetch=fetch, url=url)
+
+
+README = """\
+# A signed Nix binary cache of nixrepro runs
+
+`nixrepro archive` wrote {where}: the Nix store paths of the environments of the runs archived
+into it, each signed, and each run's record. Restoring an environment needs only `nix` (2.4 or
+newer, with `--extra-experimental-features nix-command` where it is not enabled) and `jq`;
+nixrepro is not needed.
+
+    nix-cache-info, *.narinfo, nar/   the binary cache that `nix copy --from` reads
+    public-keys.txt                   the public keys that signed the paths and the records
+    runs/<run id>/record.json         the run record: command, commit, flake inputs, closure
+    runs/<run id>/record.sig          the record's signature, by one of those keys
+    runs/<run id>/archive.json        what was archived for the run (levels), when, by which key
+    runs/<run id>/stdout.log ...      the run's logs and metrics, as its record hashes them
+
+## The trusted public key
+
+The store paths here are signed by:
+
+{keys}
+
+Compare it with a copy you trust (the project's `archive-key.pub`, or `[archive] trusted_keys`
+in its nixrepro.toml): a key read from the archive itself proves only that the archive agrees
+with itself.
+{fetch}
+## Restore a run's environment
+
+In the archive's directory:
+
+    ls runs/                                                # the archived runs
+    RUN=runs/<run id>
+    ENV=$(jq -r .environment.env_path $RUN/record.json)     # the environment's store path
+    jq -r '.environment.closure[].path' $RUN/record.json    # every store path of its closure
+    nix copy --from "file://$PWD" --option trusted-public-keys "$(cat public-keys.txt)" "$ENV"
+
+`nix copy` brings the environment's whole runtime closure into the Nix store and refuses a path
+whose signature does not verify against a trusted key. On a multi-user install a user who is not
+in `trusted-users` cannot set `trusted-public-keys` on the command line: add the key to
+`trusted-public-keys` in `/etc/nix/nix.conf`, or run the copy as root. The environment is then
+`$ENV` (its programs in `$ENV/bin`); a GC root keeps it: `nix-store --add-root env --realise "$ENV"`.
+
+## Check that it is the recorded closure
+
+    diff <(jq -r '.environment.closure[] | .path + " " + .narHash' $RUN/record.json | sort) \\
+         <(nix path-info --json --recursive "$ENV" \\
+           | jq -r '(if type == "array" then .[] else to_entries[] | .value + {{path: .key}} end)
+                    | .path + " " + .narHash' | sort) && echo identical
+
+Every path and its NAR hash (the hash of its contents) are the recorded ones: the environment
+is bit for bit the one the run had.
+
+## Rebuild from source
+
+Where the run was archived with the `sources` level (its flake's inputs) or `build-deps` (every
+build input), the recorded commit builds again even after an input's repository is gone, with
+this archive as a substituter:
+
+    git checkout $(jq -r .code.commit $RUN/record.json)
+    nix build .#env --no-update-lock-file \\
+      --option extra-substituters "file://<this directory>" \\
+      --option extra-trusted-public-keys "$(cat <this directory>/public-keys.txt)"
+
+With nixrepro installed, `nixrepro rebuild --from {url} <run id>` does this in a
+fresh checkout and compares the closure with the record's; `nixrepro reproduce` runs it again.
+"""
+
+S3_FETCH = """
+## An S3 archive: copy it down first
+
+Nix builds without S3 support (Debian's) cannot read `s3://`; copy the prefix into a directory
+with any S3 client and work there:
+
+    aws s3 sync s3://{bucket}/{prefix} ./archive    # add --endpoint-url for MinIO, SeaweedFS...
+    cd archive
+
+A nix with S3 support reads it in place: `nix copy --from 's3://{bucket}/{prefix}?region=...'`
+(`&endpoint=host:port&scheme=http` for an S3-compatible service).
+"""
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+def run_ids(local: Path) -> list[str]:
+    """The runs the archive at ``local`` carries (each with a record)."""
+    runs = local / RUNS_DIR
+    if not runs.is_dir():
+        return []
+    return sorted(p.name for p in runs.iterdir() if (p / RECORD_FILE).is_file())
+
+
+def match(url: str, ref: str, ids: Sequence[str]) -> str:
+    """The one id of ``ids`` that is ``ref`` or starts with it."""
+    if ref in ids:
+        return ref
+    found = [run_id for run_id in ids if ref and run_id.startswith(ref)]
+    shown = ref if len(ref) <= 40 else ref[:40] + "..."
+    if not found:
+        hint = " (an archive has no @latest: give the run's id)" if ref.startswith("@") else ""
+        raise RunNotFoundError(
+            f"no run matches {shown!r} in the archive {url}{hint}; its runs/ directory lists "
+            "the runs it carries (`nixrepro archive RUN --to URL` adds one)."
+        )
+    if len(found) > 1:
+        raise RunNotFoundError(f"{shown!r} matches {len(found)} runs in the archive {url} "
+                               f"({', '.join(found[:5])}); give more characters of the id.")
+    return found[0]
+
+
+def entry_of(local: Path, run_id: str) -> dict[str, object]:
+    """The run's ``archive.json`` in the archive ({} where there is none or it is unreadable)."""
+    try:
+        doc = json.loads((local / RUNS_DIR / run_id / ENTRY_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def prove(local: Path, url: str, run_id: str, trusted: Sequence[str]) -> ArchivedRun:
+    """The archived record of ``run_id``, after verify's own checks of it: record_sha256 and
+    summary_sha256, the signature against ``trusted`` (the project's keys) and the run's files.
+
+    With no trusted key on this machine the keys the archive names for the run are used, and a
+    warning says so: the archive then proves only that it agrees with itself.
+    """
+    from .verify import check_record_file
+
+    entry = entry_of(local, run_id)
+    raw = entry.get("public_key")
+    public = raw if isinstance(raw, str) else None
+    keys = list(trusted)
+    if not keys:
+        keys = [public] if public else known_keys(local)
+        if keys:
+            print(f"nixrepro: warning: no trusted key on this machine; trusting the key the archive "
+                  f"names ({', '.join(k.split(':', 1)[0] for k in keys)}); pin it with [archive] "
+                  "trusted_keys in nixrepro.toml to check the archive against a key you hold.",
+                  file=sys.stderr)
+    runs = RunStore(local)  # runs/<id>/ is a run directory: verify's checks read it as they are
+    checks = check_record_file(runs, run_id, keys)
+    failed = [check for check in checks if check.result == "fail"]
+    if failed:
+        raise ArchiveError(
+            f"run {run_id}'s record in the archive {url} fails verification ({failed[0].name}: "
+            f"{failed[0].detail}); it is not used. Archive the run again from a machine that has it."
+        )
+    signature = runs.signature(run_id)
+    signed = next(check for check in checks if check.name == "signature").result == "pass"
+    signer = str(signature.get("signature", "")).split(":", 1)[0] if signature else None
+    if signature is not None and not signed:  # a good signature, by a key nobody here trusts
+        raise ArchiveError(
+            f"run {run_id}'s record in the archive {url} is signed by {signer}, which this project "
+            f"does not trust ({', '.join(k.split(':', 1)[0] for k in keys)}); if you trust it, add "
+            f"its public key (in {KEYS_FILE} there) to [archive] trusted_keys in nixrepro.toml."
+        )
+    doc = json.loads((local / RUNS_DIR / run_id / RECORD_FILE).read_bytes())
+    signed_by = signer if signed else None
+    return ArchivedRun(RunRecord.from_dict(doc), url, local, public, keys, signed_by)
+
+
+def find(url: str, ref: str, local: Path, *, endpoint_url: str | None,
+         trusted: Sequence[str]) -> ArchivedRun:
+    """The run ``ref`` (an id or unique prefix) in the archive at ``url``, its record proven.
+
+    An ``s3://`` archive is listed and only that run's files are fetched into ``local``.
+    """
+    if urlparse(url).scheme == "s3":
+        from .archive_mirror import fetch_into, objects
+
+        store = objects(url, endpoint_url)
+        missing = fetch_into(store, local, [CACHE_INFO, KEYS_FILE])
+        if CACHE_INFO in missing:
+            raise UsageError(f"{url} is not an archive (no {CACHE_INFO}); give the URL that "
+                             "`nixrepro archive` wrote to.")
+        keys = store.list_keys(RUNS_DIR)
+        ids = sorted({key.split("/")[1] for key in keys
+                      if key.count("/") == 2 and key.endswith("/" + RECORD_FILE)})
+        run_id = match(url, ref, ids)
+        files = [key for key in keys if key.startswith(f"{RUNS_DIR}/{run_id}/")]
+        stale = local / RUNS_DIR / run_id
+        if stale.is_dir():  # only what the archive holds now: a file it dropped must not linger
+            shutil.rmtree(stale)
+        fetch_into(store, local, files)
+    else:
+        if not (local / CACHE_INFO).is_file():
+            raise UsageError(f"{url} is not an archive (no {CACHE_INFO}); give the URL that "
+                             "`nixrepro archive` wrote to.")
+        run_id = match(url, ref, run_ids(local))
+    return prove(local, url, run_id, trusted)
+
+
+def import_run(store: RunStore, archived: ArchivedRun) -> None:
+    """Put an archived run into the local run store (``reproduce`` makes it the parent of a new
+    run), with this archive in its ``archives.json``. A run already there is left as it is."""
+    from .archive import ARCHIVES_FILE
+
+    run_id = archived.record.id
+    # where the archive is now: a disk mounted elsewhere than where it was written
+    entry = {**entry_of(archived.local, run_id), "url": archived.url}
+    if (store.run_dir(run_id) / RECORD_FILE).is_file():
+        return
+    store.ensure()
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=store.runs_dir))
+    try:
+        source = archived.local / RUNS_DIR / run_id
+        for name in CARRIED:
+            if (source / name).is_file():
+                copy_atomic(source / name, staging / name)
+        atomic_write(staging / ARCHIVES_FILE, json.dumps([entry], indent=2) + "\n")
+        try:
+            staging.rename(store.run_dir(run_id))  # whole, or not at all
+        except OSError:
+            if not (store.run_dir(run_id) / RECORD_FILE).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
