@@ -72,6 +72,7 @@ GC_ROOT = "gcroot"
 # content; not code.patch: code.diff_sha256 covers it from the start.
 RUN_FILES = ("stdout.log", "stderr.log", "metrics.jsonl")
 _LATEST = re.compile(r"^@latest(?:~(\d+))?$")
+ID_BYTES = 12  # a run id is 24 hex digits (RunStore.new_run_dir says why)
 GROUP_PREFIX = "g"  # a repeat group id (nixrepro.groups); run ids are pure hex
 
 
@@ -86,6 +87,10 @@ class RunStore:
     # the project's signing key, looked up once per store (a run's final record may be saved twice:
     # before and after its trackers end)
     _key: list[Any] = field(default_factory=list, compare=False, repr=False)
+    # [runs] remote of the project, looked up once per store (nixrepro.remote: the team's store)
+    _remote: list[str | None] = field(default_factory=list, compare=False, repr=False)
+    # resolve() falls back to the remote run store, pulling what it finds (the command line's)
+    pull: bool = field(default=False, compare=False)
 
     @classmethod
     def for_repo(cls, repo_root: Path) -> RunStore:
@@ -108,7 +113,10 @@ class RunStore:
         """A fresh, unique run id and its (new, empty) directory; safe under concurrency."""
         self.ensure()
         while True:
-            run_id = secrets.token_hex(6)
+            # 96 bits: among 10 million runs of a team's machines, the chance that two share an id
+            # is about n^2/2^97 = 6e-16 (48 bits gave 16%); a collision would still be refused by the
+            # remote run store, never merged. Older 12-digit ids read as before.
+            run_id = secrets.token_hex(ID_BYTES)
             path = self.run_dir(run_id)
             try:
                 path.mkdir()
@@ -125,6 +133,10 @@ class RunStore:
             yield
         finally:
             os.close(fd)
+        if self._remote_url():  # the run has ended (not by an exception): push it now
+            from .remote.pending import push_ended
+
+            push_ended(self, run_id)
 
     def save(self, record: RunRecord) -> None:
         """Write the record, then its summary (both atomically).
@@ -142,6 +154,10 @@ class RunStore:
         self._write(record.id, doc)
         if record.status != "running":
             self._sign_project(record.id, doc["record_sha256"])
+            if self._remote_url():
+                from .remote.pending import enqueue
+
+                enqueue(self, record.id)
 
     def sign(self, run_id: str, secret_key: str) -> None:
         """Sign the run's record as it is on disk (``nixrepro archive``); an edited one is refused."""
@@ -182,6 +198,20 @@ class RunStore:
                 self._write_signature(run_id, digest, sign(key.secret_file.read_text(), digest))
         except (NixreproError, OSError, UnicodeDecodeError) as exc:
             print(f"nixrepro: warning: run {run_id} is recorded unsigned: {exc}.", file=sys.stderr)
+
+    def _remote_url(self) -> str | None:
+        """``[runs] remote``, None without one; a config that cannot be read costs the push (one
+        warning), never the record."""
+        if not self._remote:
+            from . import config as config_module
+
+            try:
+                self._remote.append(config_module.load(self.root.parent).runs.remote)
+            except NixreproError as exc:
+                print(f"nixrepro: warning: runs are not pushed to a remote run store: {exc}",
+                      file=sys.stderr)
+                self._remote.append(None)
+        return self._remote[0]
 
     def _write(self, run_id: str, doc: dict[str, Any]) -> None:
         path = self.run_dir(run_id) / RECORD_FILE
@@ -332,6 +362,12 @@ class RunStore:
         if ref in ids:
             return self.load(ref)
         matches = [run_id for run_id in ids if run_id.startswith(ref)] if ref else []
+        if not matches and self.pull and ref and not ref.startswith("@"):
+            from .remote.pending import resolve_remote
+
+            found = resolve_remote(self, ref)  # None without a remote; pulled and verified
+            if found is not None:
+                return found
         if not matches:
             shown = ref if len(ref) <= 40 else ref[:40] + "..."
             hint = " (@latest~N counts back from the newest run, N >= 0)" if ref.startswith("@") else ""

@@ -36,11 +36,14 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def store(cwd: Path | None = None) -> Any:
-    """The run store of the repository around ``cwd``."""
+    """The run store of the repository around ``cwd``. A RUN it does not hold is looked up in the
+    project's remote run store ([runs] remote), and pulled and verified when found there."""
+    import dataclasses
+
     from ..git import GitRepo
     from ..runstore import RunStore
 
-    return RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root)
+    return dataclasses.replace(RunStore.for_repo(GitRepo.discover(cwd or Path.cwd()).root), pull=True)
 
 
 def nix_cli() -> Any:
@@ -119,6 +122,7 @@ from . import diff as _diff  # noqa: E402, F401
 from . import init as _init  # noqa: E402, F401
 from . import lineage as _lineage  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401
+from . import remote as _remote  # noqa: E402, F401
 from . import run as _run  # noqa: E402, F401
 from . import sync as _sync  # noqa: E402, F401
 from . import ui as _ui  # noqa: E402, F401
