@@ -17,8 +17,10 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from . import archive, archive_runs
@@ -38,6 +40,9 @@ from .git import GitRepo
 from .nix import FlakeRef, Nix
 from .record import RunRecord
 from .runstore import RunStore
+
+if TYPE_CHECKING:
+    from .trackers import RunObserver
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,12 @@ def metric_within(change: MetricChange, rtol: float) -> bool:
 def reproduce(
     store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
     from_url: str | None = None, rtol: float = 0.0, archived: ArchivedRun | None = None,
+    observers: Sequence[RunObserver] = (),
 ) -> Reproduced:
-    """Rebuild, then run the recorded command again as a child run, and compare the metrics."""
+    """Rebuild, then run the recorded command again as a child run, and compare the metrics.
+
+    ``observers`` (nixrepro.trackers.from_config) see the new run, as those of `nixrepro run` do.
+    """
     from .runner import RunRequest
     from .runner import run as run_request
 
@@ -291,5 +300,5 @@ def reproduce(
     )
     if archived is not None:  # the new run's parent, into the run store beside it
         archive_runs.import_run(store, archived)
-    new = run_request(request, config=config, nix=nix)
+    new = run_request(request, config=config, nix=nix, observers=observers)
     return Reproduced(record, rebuilt, new, diff_metrics(record.metrics, new.metrics), rtol)
