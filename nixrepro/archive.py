@@ -27,11 +27,12 @@ import datetime as dt
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from . import archive_runs
+from . import archive_runs, codec
+from .codec import frozen
 from .config import ArchiveConfig
 from .errors import ArchiveError, ConfigError, UsageError
 from .fsutil import atomic_write
@@ -44,7 +45,7 @@ ARCHIVES_FILE = "archives.json"
 LEVELS = ("runtime", "sources", "build-deps")
 
 
-@dataclass(frozen=True)
+@frozen
 class ArchiveEntry:
     """One archive of a run, as kept in ``.nixrepro/runs/<id>/archives.json``."""
 
@@ -55,7 +56,7 @@ class ArchiveEntry:
     paths: int = 0  # store paths in the archive for this run (closure, sources, build deps)
 
 
-@dataclass(frozen=True)
+@frozen
 class SigningKey:
     secret_file: Path
     public_key: str
@@ -237,7 +238,7 @@ def archive_run(
 
         fetch_into(objects(url, config.endpoint_url), local, [archive_runs.KEYS_FILE])
     # the archive carries the run's record, so that it stands alone (nixrepro.archive_runs)
-    changed = archive_runs.carry(store, record.id, local, asdict(entry))
+    changed = archive_runs.carry(store, record.id, local, codec.encode(entry))
     changed += archive_runs.write_front(local, url, key.public_key)
     if s3:
         rewritten = {*changed, archive_runs.CACHE_INFO}
@@ -279,13 +280,16 @@ def entries(store: RunStore, run_id: str) -> list[ArchiveEntry]:
         return []
     except ValueError as exc:
         raise ArchiveError(f"{path} is not valid JSON ({exc}); fix or delete it.") from exc
-    known = set(ArchiveEntry.__dataclass_fields__)
-    return [ArchiveEntry(**{k: v for k, v in item.items() if k in known}) for item in doc]
+    try:
+        return codec.decode(list[ArchiveEntry], doc)
+    except codec.CodecError as exc:
+        raise ArchiveError(f"{path} is not the list of archives nixrepro writes ({exc}); fix it, or "
+                           "delete it and archive the run again.") from None
 
 
 def add_entry(store: RunStore, run_id: str, entry: ArchiveEntry) -> None:
     kept = [e for e in entries(store, run_id) if e.url != entry.url]
-    doc = [asdict(e) for e in (*kept, entry)]
+    doc = codec.encode([*kept, entry])
     atomic_write(store.run_dir(run_id) / ARCHIVES_FILE, json.dumps(doc, indent=2) + "\n")
 
 

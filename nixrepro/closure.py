@@ -1,9 +1,10 @@
 """A Nix closure: the store paths an environment needs, each with its NAR hash, and one hash of all.
 
-The closure hash (docs/record.md, docs/architecture.md) is the sha256, in hex, of the lines ``"<store path> <narHash>\\n"``
-for every path of the closure, sorted by path (C locale), narHash in SRI form. Anyone can
-recompute it with ``nix path-info`` and ``jq``: README.md, "The closure hash: check it without
-nixrepro", gives the line for each Nix version, and tests/test_closure.py runs those lines.
+The closure hash (docs/record.md, docs/architecture.md) is the sha256, in hex, of the lines
+``"<store path> <narHash>\\n"`` for every path of the closure, sorted by path (C locale), narHash
+in SRI form. Anyone can recompute it with ``nix path-info`` and ``jq``: README.md, "The closure
+hash: check it without nixrepro", gives the line for each Nix version, and tests/test_closure.py
+runs those lines.
 
 ``nix path-info --json`` changed shape between Nix versions; :func:`parse_path_info` reads every
 shape Nix has printed (see tests/fixtures/nix-json) and refuses any other, so that a new Nix can
@@ -18,16 +19,16 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from .codec import frozen
 from .errors import PathInfoParseError
 
 DEFAULT_STORE_DIR = "/nix/store"
 _NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 
 
-@dataclass(frozen=True)
+@frozen
 class StorePathInfo:
     """One store path of a closure, as recorded in ``environment.closure[]``."""
 
@@ -42,7 +43,7 @@ class StorePathInfo:
         return base.split("-", 1)[1] if "-" in base else base
 
 
-@dataclass(frozen=True)
+@frozen
 class Closure:
     """The full runtime closure of an environment."""
 

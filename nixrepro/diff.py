@@ -19,10 +19,11 @@ import re
 import shlex
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .closure import StorePathInfo, normalize_nar_hash
+from .codec import frozen
 from .determinism import determinism_note
 from .host import scheduler_fields
 from .lock import LockedInput
@@ -42,7 +43,7 @@ _OUTPUT_SUFFIX = re.compile(r"(.*)-([a-z]+|lib32|lib64)")
 _LETTERS = frozenset(string.ascii_letters)
 
 
-@dataclass(frozen=True)
+@frozen
 class FieldChange:
     """One field whose value differs: ``old`` -> ``new`` (None when absent on that side)."""
 
@@ -51,7 +52,7 @@ class FieldChange:
     new: Any
 
 
-@dataclass(frozen=True)
+@frozen
 class InputChange:
     """A flake input: ``status`` added, removed or changed, with the changed locked fields."""
 
@@ -61,7 +62,7 @@ class InputChange:
     changes: list[FieldChange] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen
 class PackageChange:
     """A package (store name without version) whose versions differ, or that was added/removed."""
 
@@ -77,7 +78,7 @@ class PackageChange:
         return self.new_size - self.old_size
 
 
-@dataclass(frozen=True)
+@frozen
 class RebuiltPackage:
     """Same name and version on both sides, but a different store path or NAR hash."""
 
@@ -88,7 +89,7 @@ class RebuiltPackage:
     reason: Literal["different store path", "same store path, different NAR hash"]
 
 
-@dataclass(frozen=True)
+@frozen
 class BitsChange:
     """A store path present on both sides with different contents."""
 
@@ -97,7 +98,7 @@ class BitsChange:
     new_nar_hash: str
 
 
-@dataclass(frozen=True)
+@frozen
 class DataChange:
     direction: Literal["input", "output"]
     uri: str
@@ -105,7 +106,7 @@ class DataChange:
     changes: list[FieldChange] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen
 class MetricChange:
     name: str
     old: Scalar
@@ -114,7 +115,7 @@ class MetricChange:
     relative: float | None  # delta / |old|, when old is a non-zero number
 
 
-@dataclass(frozen=True)
+@frozen
 class CodeDiff:
     old_commit: str
     new_commit: str
@@ -127,7 +128,7 @@ class CodeDiff:
         return bool(self.changes)
 
 
-@dataclass(frozen=True)
+@frozen
 class EnvironmentDiff:
     old_closure_hash: str
     new_closure_hash: str
@@ -145,7 +146,7 @@ class EnvironmentDiff:
         return bool(self.changes or self.packages or self.rebuilt or self.different_bits)
 
 
-@dataclass(frozen=True)
+@frozen
 class RunDiff:
     """Everything that differs between run ``a`` (old) and run ``b`` (new)."""
 

@@ -6,19 +6,20 @@ Field by field documentation: docs/record.md. ``record_sha256`` is the sha256 of
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
+from . import codec
 from .closure import StorePathInfo
-from .errors import RecordError
+from .codec import canonical_json as canonical_json  # re-exported: the record's functions
+from .codec import document_json as document_json
+from .codec import frozen
+from .errors import RecordError as RecordError  # re-exported: readers catch it from here
 from .host import HostInfo
 from .lock import LockedInput
 
@@ -28,13 +29,13 @@ STATUSES: tuple[str, ...] = typing.get_args(Status)
 Scalar = int | float | bool | str | None
 
 
-@dataclass(frozen=True)
+@frozen
 class Command:
     argv: list[str]
     cwd: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CodeState:
     commit: str
     branch: str | None
@@ -47,7 +48,7 @@ class CodeState:
     origin: str = "checkout"
 
 
-@dataclass(frozen=True)
+@frozen
 class Environment:
     flake_lock_sha256: str | None
     inputs: dict[str, LockedInput]
@@ -61,7 +62,7 @@ class Environment:
     contents_verified: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class DataVersion:
     uri: str
     version_id: str | None
@@ -70,7 +71,7 @@ class DataVersion:
     pending: bool = False  # produced, kept locally, not yet uploaded (`nixrepro sync`)
 
 
-@dataclass(frozen=True)
+@frozen
 class OutputResult:
     """What became of one ``--output LOCAL=URI`` of ``nixrepro run`` (nixrepro.rundir)."""
 
@@ -82,14 +83,14 @@ class OutputResult:
     reason: str | None = None  # one sentence, for every state but "stored"
 
 
-@dataclass(frozen=True)
+@frozen
 class DataRecord:
     inputs: list[DataVersion] = field(default_factory=list)
     outputs: list[DataVersion] = field(default_factory=list)
     output_results: list[OutputResult] = field(default_factory=list)  # one per --output flag
 
 
-@dataclass(frozen=True)
+@frozen
 class StageInfo:
     """For a run that is a pipeline stage: its name, cache key and the runs it depends on."""
 
@@ -99,7 +100,7 @@ class StageInfo:
     depends_on: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen
 class EvaluatedInput:
     """A flake input as lib.mkExperiment saw it at evaluation time."""
 
@@ -107,7 +108,7 @@ class EvaluatedInput:
     narHash: str | None
 
 
-@dataclass(frozen=True)
+@frozen
 class BuildFacts:
     """What lib.mkExperiment wrote at evaluation time about the build (``nix run .#experiment``)."""
 
@@ -127,7 +128,7 @@ class BuildFacts:
     inputs: dict[str, EvaluatedInput] = field(default_factory=dict)  # root inputs, as evaluated
 
 
-@dataclass(frozen=True)
+@frozen
 class Shadowing:
     """A library that an LD_LIBRARY_PATH directory provides under the name of one in the closure:
     the loader searches LD_LIBRARY_PATH first, so the run loads it instead of the pinned one."""
@@ -137,7 +138,7 @@ class Shadowing:
     shadows: str  # the closure's file of that name, "/nix/store/...-cuda_cudart-12.4.127-lib/lib/..."
 
 
-@dataclass(frozen=True)
+@frozen
 class CudaInfo:
     """CUDA facts: the runtime the env pins, the driver the host brings (nixrepro.cuda)."""
 
@@ -157,7 +158,7 @@ class CudaInfo:
     libc_dirs: list[str] = field(default_factory=list)  # LD_LIBRARY_PATH entries holding a libc.so.6
 
 
-@dataclass(frozen=True)
+@frozen
 class Recorder:
     """Who wrote the record: the nixrepro version and the recorder's process."""
 
@@ -166,7 +167,7 @@ class Recorder:
     hostname: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Seeded:
     """What ``nixrepro.seed_everything()`` seeded inside the run (docs/repeats.md)."""
 
@@ -175,7 +176,7 @@ class Seeded:
     deterministic_algorithms: bool = False  # torch.use_deterministic_algorithms(True)
 
 
-@dataclass(frozen=True)
+@frozen
 class RunRecord:
     id: str
     status: Status
@@ -214,7 +215,7 @@ class RunRecord:
     record_sha256: str = ""
 
     def replace(self, **changes: Any) -> RunRecord:
-        return dataclasses.replace(self, **changes)
+        return codec.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data, with a fresh ``summary_sha256`` and ``record_sha256``.
@@ -222,7 +223,7 @@ class RunRecord:
         (The signature is not in the record but beside it, nixrepro.runstore.SIGNATURE_FILE: signing
         a record, as ``nixrepro archive`` does, never changes its bytes.)
         """
-        doc: dict[str, Any] = to_plain(self)
+        doc: dict[str, Any] = codec.encode(self)
         doc["summary_sha256"] = summary_sha256(doc)
         doc["record_sha256"] = record_sha256(doc)
         return doc
@@ -244,52 +245,20 @@ class RunRecord:
                 f"it must be one of {', '.join(STATUSES)}."
             )
         try:
-            return _build(cls, doc)
-        except (TypeError, KeyError, ValueError) as exc:
+            return codec.decode(cls, doc)
+        except codec.CodecError as exc:
+            if exc.problem == "unknown":
+                raise RecordError(
+                    f"run record {doc.get('id')!r} has a field this nixrepro does not know, "
+                    f"{exc.where()!r} (written by a newer nixrepro, or edited); upgrade nixrepro to "
+                    "read it, or restore the record from a backup."
+                ) from None
             raise RecordError(f"run record {doc.get('id')!r} is malformed: {exc}; restore it from "
-                              "a backup or remove its run directory.") from exc
+                              "a backup or remove its run directory.") from None
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
-
-
-def document_json(doc: dict[str, Any]) -> str:
-    """A record document as written to disk: compact JSON (json's C encoder: a 2,000-path closure
-    costs milliseconds, not 100 ms). ``nixrepro show --json`` or ``jq . record.json`` pretty-prints it.
-    Strict JSON: a NaN or infinity that got this far is written as the string metrics use for it.
-    """
-    return _strict_json(doc, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _strict_json(doc: Any, **options: Any) -> str:
-    """json.dumps that never writes NaN or Infinity, which jq and most parsers refuse: the first
-    try is the fast C encoder; only a document that holds one is walked and converted."""
-    try:
-        text = json.dumps(doc, allow_nan=False, **options)
-    except ValueError:
-        text = json.dumps(_finite(doc), allow_nan=False, **options)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            # An argument or file name that was not UTF-8 reaches Python as lone surrogates
-            # (surrogateescape); JSON's own escape (\udcff) keeps it, and reads back the same.
-            text = text.encode("utf-8", "backslashreplace").decode()
-    return text
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not -_INF < value < _INF:
-        return "nan" if value != value else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-_INF = float("inf")
 
 
 def record_file_json(doc: dict[str, Any]) -> str:
@@ -322,12 +291,6 @@ def without_closure(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "environment": {**environment, "closure": []}}
 
 
-def canonical_json(doc: Any) -> bytes:
-    """The bytes record_sha256 hashes; a NaN is hashed as the string it is written as, so the
-    hash of a record agrees with the hash of the file it was written to."""
-    return _strict_json(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def record_sha256(doc: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` field."""
     body = {key: value for key, value in doc.items() if key != "record_sha256"}
@@ -344,162 +307,10 @@ def summary_sha256(doc: dict[str, Any]) -> str:
 
 
 T = TypeVar("T")
-_SCALARS = frozenset((str, int, float, bool))
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# The codec's names as record.py had them (nixrepro.codec is the one codec now).
+to_plain = codec.encode
 
 
-def to_plain(value: Any) -> Any:
-    """Dataclasses to dicts, recursively; like dataclasses.asdict without its deep copies."""
-    cls = type(value)
-    if cls in _SCALARS or value is None:
-        return value
-    names = _FIELD_NAMES.get(cls)
-    if names is None and dataclasses.is_dataclass(value):
-        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(value)))
-    if names is not None:
-        plain = {}
-        for name in names:
-            item = getattr(value, name)
-            # scalars inline: a 2,000-path closure is 8,000 of them, each a call otherwise
-            plain[name] = item if item is None or type(item) in _SCALARS else to_plain(item)
-        return plain
-    if isinstance(value, (list, tuple)):
-        return [to_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: to_plain(item) for key, item in value.items()}
-    return value
-
-
-Converter = Callable[[Any], Any]
-_CONVERTERS: dict[Any, Converter] = {}
-
-
-def _build(cls: type[T], doc: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from JSON data, recursing by type hints. Unknown keys are dropped."""
-    converter: Converter = _converter(cls)
-    built: T = converter(doc)
-    return built
-
-
-def _converter(hint: Any) -> Converter:
-    """A function turning JSON data into ``hint``; made once per type (records hold 1000s of paths)."""
-    cached = _CONVERTERS.get(hint)
-    if cached is None:
-        cached = _CONVERTERS[hint] = _make_converter(hint)
-    return cached
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-class _WrongType(TypeError):
-    """A JSON value of the wrong type; ``where`` grows as it propagates out (``host.gpus[1].uuid``)."""
-
-    def __init__(self, value: Any, expected: str, where: str = "") -> None:
-        self.value, self.expected, self.where = value, expected, where
-        shown = _JSON_NAMES.get(type(value), type(value).__name__)
-        super().__init__(f"{where or 'the record'} is {shown}, it must be {expected}")
-
-    def at(self, part: str) -> _WrongType:
-        joined = part + (self.where if self.where.startswith("[") or not self.where else "." + self.where)
-        return _WrongType(self.value, self.expected, joined)
-
-
-_JSON_NAMES: dict[type, str] = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-                                list: "a list", dict: "an object", type(None): "null"}
-
-
-def _checker(kinds: frozenset[type], expected: str) -> Converter:
-    """A scalar converter that refuses any other JSON type (``type()``: a bool is no int here)."""
-    def check(value: Any) -> Any:
-        if type(value) not in kinds:
-            raise _WrongType(value, expected)
-        return value
-    return check
-
-
-_SCALAR_KINDS: dict[Any, tuple[frozenset[type], str]] = {
-    str: (frozenset({str}), "a string"),
-    int: (frozenset({int}), "an integer"),
-    float: (frozenset({int, float}), "a number"),
-    bool: (frozenset({bool}), "a boolean"),
-}
-
-
-def _make_converter(hint: Any) -> Converter:
-    """Every field is type-checked: a record with a wrong-typed field is a RecordError naming the
-    field, never a value that breaks a later sort or format (one such record broke `runs`)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint in _SCALAR_KINDS:
-        return _checker(*_SCALAR_KINDS[hint])
-    if origin is Literal:
-        allowed = frozenset(args)
-
-        def literal(value: Any) -> Any:
-            if type(value) is not str or value not in allowed:
-                raise _WrongType(value, "one of " + ", ".join(map(str, args)))
-            return value
-        return literal
-    if origin in (Union, types.UnionType):
-        inner = [arg for arg in args if arg is not type(None)]
-        if len(inner) != 1:
-            if all(arg in _SCALAR_KINDS for arg in inner):  # Scalar: a param or metric value
-                kinds = frozenset({type(None)}.union(*(_SCALAR_KINDS[arg][0] for arg in inner)))
-                return _checker(kinds, "a string, number, boolean or null")
-            return _identity
-        convert_inner = _converter(inner[0])
-        return lambda value: None if value is None else convert_inner(value)
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _dataclass_converter(hint)
-    if origin is list:
-        item = _converter(args[0])
-
-        def convert_list(value: Any) -> Any:
-            if type(value) is not list:
-                raise _WrongType(value, "a list")
-            if item is _identity:
-                return list(value)
-            converted = []
-            for index, member in enumerate(value):
-                try:
-                    converted.append(item(member))
-                except _WrongType as exc:
-                    raise exc.at(f"[{index}]") from None
-            return converted
-        return convert_list
-    if origin is dict:
-        item = _converter(args[1])
-
-        def convert_dict(value: Any) -> Any:
-            if type(value) is not dict:
-                raise _WrongType(value, "an object")
-            if item is _identity:
-                return dict(value)
-            converted = {}
-            for key, member in value.items():
-                try:
-                    converted[key] = item(member)
-                except _WrongType as exc:
-                    raise exc.at(str(key)) from None
-            return converted
-        return convert_dict
-    return _identity
-
-
-def _dataclass_converter(cls: type) -> Converter:
-    hints = typing.get_type_hints(cls)
-    fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
-
-    def build(doc: Any) -> Any:
-        if type(doc) is not dict:
-            raise _WrongType(doc, "an object")
-        values = {}
-        for name, conv in fields:  # a loop, not a comprehension: the failing field is named
-            if name in doc:
-                try:
-                    values[name] = conv(doc[name])
-                except _WrongType as exc:
-                    raise exc.at(name) from None
-        return cls(**values)
-    return build
+def _build(cls: type[T], doc: Any) -> T:
+    """``doc`` as a ``cls`` (a record type), strictly: nixrepro.codec.decode."""
+    return codec.decode(cls, doc)

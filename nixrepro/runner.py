@@ -19,11 +19,12 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, cuda, datalog, determinism, facts, host, rundir
+from . import __version__, codec, cuda, datalog, determinism, facts, host, rundir
+from .codec import frozen
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
 from .datastore import flags as rundata
@@ -50,7 +51,7 @@ from .supervise import Interrupted, Outcome, StopSignals, supervise
 from .trackers import MetricsTail, Observers, RunObserver
 
 
-@dataclass(frozen=True)
+@frozen
 class RunRequest:
     """What the user asked for: the command-line of ``nixrepro run`` as data."""
 
@@ -80,7 +81,7 @@ class RunRequest:
         return 0 if self.seed is None and self.deterministic else self.seed
 
 
-@dataclass(frozen=True)
+@frozen
 class Prepared:
     """Everything known before the command starts; nothing has been written yet."""
 
@@ -353,7 +354,7 @@ def child_environment(prepared: Prepared, run_id: str, run_dir: Path) -> dict[st
         env.update(determinism.deterministic_env(seed, env))
     if request.data_pins:
         env[datalog.PINS_VARIABLE] = json.dumps(request.data_pins, sort_keys=True)
-    env[SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(prepared.data), sort_keys=True)
+    env[SETTINGS_VARIABLE] = json.dumps(codec.encode(prepared.data), sort_keys=True)
     return env
 
 

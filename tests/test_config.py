@@ -87,11 +87,11 @@ def test_unknown_key_names_the_file_and_the_dotted_key(tmp_path: Path) -> None:
 
 
 def test_unknown_section_names_the_file_and_the_key(tmp_path: Path) -> None:
-    path = write(tmp_path / "nixrepro.toml", '[runs]\nremote = "s3://bucket/runs"\n')
+    path = write(tmp_path / "nixrepro.toml", '[stage]\ncmd = "python train.py"\n')
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: unknown key 'runs'; known keys here: ")
+    assert message.startswith(f"{path}: unknown key 'stage'; known keys here: ")
     known = message.removesuffix(".").split("known keys here: ")[1].split(", ")
     assert {"run", "secrets"} <= set(known) and known == sorted(known)
 
@@ -173,6 +173,22 @@ def test_config_is_frozen(obj: object, attribute: str, value: object) -> None:
 def test_a_tracker_nixrepro_does_not_know_is_an_error_when_the_config_is_read(
     tmp_path: Path, toml: str, message: str
 ) -> None:
+    path = write(tmp_path / "nixrepro.toml", toml)
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[stages.a]\ncmd = 3\n", "'stages.a.cmd' must be a string or a list of strings, not an integer."),
+    ("[stages.a]\ncmd = ['python', 3]\n", "'stages.a.cmd[1]' must be a string, not an integer."),
+    ("[stages.a]\ncmd = 'true'\nparams = { lr = [1] }\n",
+     "'stages.a.params.lr' must be an integer, a number, a boolean or a string, not a list."),
+    ("[stages.a]\ncmd = 'true'\nouts = []\n", "unknown key 'stages.a.outs'; known keys here: stages.a.after, "
+     "stages.a.cmd, stages.a.deps, stages.a.env, stages.a.inputs, stages.a.outputs, stages.a.params."),
+])
+def test_a_wrong_value_inside_a_named_table_names_the_whole_key(tmp_path: Path, toml: str,
+                                                                message: str) -> None:
     path = write(tmp_path / "nixrepro.toml", toml)
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)

@@ -185,11 +185,18 @@ def test_to_json_is_the_same_document() -> None:
     assert json.loads(record.to_json()) == json_round_trip(record.to_dict())
 
 
-def test_unknown_keys_from_a_newer_writer_are_ignored() -> None:
+@pytest.mark.parametrize(("where", "named"), [
+    ((), "a_future_field"),
+    (("host",), "host.a_future_fact"),
+    (("environment", "closure", 0), "environment.closure[0].a_future_fact"),
+])
+def test_a_key_that_is_no_field_is_refused_naming_it(where: tuple[Any, ...], named: str) -> None:
+    """Not dropped: a record saved again (crash detection, sync) would lose what it held."""
     doc = json_round_trip(full_record().to_dict())
-    doc["a_future_field"] = {"x": 1}
-    doc["host"]["a_future_host_fact"] = "y"
-    assert RunRecord.from_dict(doc) == RunRecord.from_dict(json_round_trip(full_record().to_dict()))
+    _at(doc, where)[named.rsplit(".", 1)[-1].split("]")[-1]] = {"x": 1}
+    with pytest.raises(RecordError) as caught:
+        RunRecord.from_dict(doc)
+    assert repr(named) in str(caught.value) and "upgrade nixrepro" in str(caught.value)
 
 
 # --- record_sha256 ------------------------------------------------------------------------------

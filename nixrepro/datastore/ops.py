@@ -14,10 +14,10 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..codec import canonical_json, frozen
 from ..config import DataConfig
 from ..errors import NixreproError, UsageError
 from ..fsutil import sha256_file
@@ -45,13 +45,12 @@ DOWNLOAD_ATTEMPTS = 3
 RETRY_PAUSE = 0.5  # seconds before the second attempt of a download the server broke off; doubled
 
 
-@dataclass(frozen=True)
+@frozen
 class Manifest:
     files: dict[str, dict[str, Any]]  # relative path -> {"version_id", "sha256", "size"}
 
     def to_bytes(self) -> bytes:
-        doc = {"schema": MANIFEST_SCHEMA, "files": self.files}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return canonical_json({"schema": MANIFEST_SCHEMA, "files": self.files})
 
     @classmethod
     def from_bytes(cls, data: bytes, uri: str) -> Manifest:
@@ -68,14 +67,14 @@ class Manifest:
         return sum(int(entry["size"]) for entry in self.files.values())
 
 
-@dataclass(frozen=True)
+@frozen
 class PutResult:
     version: DataVersion
     uploaded: int  # objects sent to the store
     unchanged: bool  # the latest version already held exactly these bytes: no new version
 
 
-@dataclass(frozen=True)
+@frozen
 class Fetched:
     version: DataVersion
     path: Path  # read-only, in the cache: a file, or a tree of links for a directory
