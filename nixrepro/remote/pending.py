@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -31,7 +33,10 @@ from . import RemoteConflict, RemoteError, RemoteUnreachable, RemoteURL, open_ob
 from .store import PushWaits, RemoteRunStore
 
 PENDING_DIR = "push-pending"
-_opened: dict[tuple[str, str | None], RemoteRunStore] = {}
+_opened: dict[tuple[str | None, ...], RemoteRunStore] = {}
+_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                  "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
 _lock = threading.Lock()
 
 
@@ -66,8 +71,12 @@ def open_remote(repo_root: Path, config: Config | None = None) -> RemoteRunStore
     if url is None:
         return None
     endpoint = config.runs.endpoint_url or config.data.endpoint_url
+    # one client per remote and credentials: a process that changes its AWS variables (a test, a
+    # notebook) gets a client that uses the new ones
+    chain = "\0".join(os.environ.get(name, "") for name in _AWS_VARIABLES)
     with _lock:
-        key = (url, endpoint)
+        key = (url, endpoint, config.data.region, config.data.profile,
+               hashlib.sha256(chain.encode()).hexdigest())
         if key not in _opened:
             settings = dataclasses.replace(config.data, endpoint_url=endpoint)
             _opened[key] = RemoteRunStore(open_objects(RemoteURL.parse(url), settings))

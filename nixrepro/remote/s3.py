@@ -28,6 +28,7 @@ from . import NoSuchKey, ObjectInfo, RemoteError, RemoteUnreachable, RemoteURL
 
 T = TypeVar("T")
 SHA_KEY = "sha256"  # x-amz-meta-sha256, as the data store keeps it
+PROBE = ".nixrepro-probe-"  # nixrepro.remote.store.PROBE: not an object that makes a prefix taken
 MAX_PUT = 5 * 1024**3  # one PutObject; a run's log beyond 5 GiB is refused with a sentence
 _WRONG_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                       "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
@@ -121,7 +122,7 @@ class S3Objects:
     def probe_conditional_writes(self) -> bool:
         """Whether the service refuses a second ``If-None-Match: *`` write of one key (one probe
         object, written twice and deleted): a service that ignores the header would overwrite."""
-        key = f".nixrepro-probe-{secrets.token_hex(8)}"
+        key = f"{PROBE}{secrets.token_hex(8)}"
         full = self._key(key)
         try:
             self._put(full, b"1", None, {"IfNoneMatch": "*"}, "write a probe object")

@@ -41,6 +41,7 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from ..runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
 from . import NoSuchKey, ObjectInfo, ObjectStore, RemoteConflict, RemoteError, RemoteIntegrityError
 
 MARKER = "nixrepro-runstore.json"
+PROBE = ".nixrepro-probe-"  # the object that tests a service's conditional writes (remote.s3)
 FORMAT = "nixrepro-runstore"
 VERSION = 1
 RUNS, INDEX, PAGES = "runs/", "index/", "pages/"
@@ -90,6 +92,7 @@ class RemoteRunStore:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self._marker: dict[str, Any] | None = None
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -103,21 +106,29 @@ class RemoteRunStore:
         An empty prefix without ``create`` is False (no run pushed yet); a prefix holding other
         objects, or a marker of another format, is refused with a sentence.
         """
-        if self._marker is not None:
+        with self._lock:  # the pushes of a run's threads, or of a pipeline's stages, ask at once
+            if self._marker is None:
+                found = self._find_marker()
+                if found is None and not create:
+                    return False
+                self._marker = found if found is not None else self._create_marker()
+            self.objects.conditional_writes = bool(self._marker.get("conditional_writes", True))
             return True
-        try:
-            self._marker = self._read_marker(self.objects.get(MARKER))
-        except NoSuchKey:
-            if self.objects.list("", limit=1):
-                raise RemoteError(
-                    f"{self.url} holds objects but no {MARKER}, so it is not a nixrepro run store; "
-                    "point [runs] remote in nixrepro.toml at an empty prefix (e.g. add /runs) or at "
-                    "an existing run store.") from None
-            if not create:
-                return False
-            self._marker = self._create_marker()
-        self.objects.conditional_writes = bool(self._marker.get("conditional_writes", True))
-        return True
+
+    def _find_marker(self) -> dict[str, Any] | None:
+        """The marker; None for an empty prefix. Objects without a marker are asked about twice:
+        another machine's first push may have written its marker between the two looks."""
+        with contextlib.suppress(NoSuchKey):
+            return self._read_marker(self.objects.get(MARKER))
+        others = [item for item in self.objects.list("", limit=8) if not item.key.startswith(PROBE)]
+        if not others:
+            return None
+        with contextlib.suppress(NoSuchKey):
+            return self._read_marker(self.objects.get(MARKER))
+        raise RemoteError(
+            f"{self.url} holds objects but no {MARKER}, so it is not a nixrepro run store; point "
+            "[runs] remote in nixrepro.toml at an empty prefix (e.g. add /runs) or at an existing "
+            "run store.")
 
     def _read_marker(self, raw: bytes) -> dict[str, Any]:
         try:
