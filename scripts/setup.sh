@@ -15,6 +15,8 @@ command -v patchelf >/dev/null || need+=(patchelf)
 [ -x /usr/bin/python3.11 ] || need+=(python3.11)
 # the tests run the README's closure-hash recomputation, a jq program
 if [ "${1:-}" = "--test" ] && ! command -v jq >/dev/null; then need+=(jq); fi
+# the web viewer's tests load its pages in a real headless browser (tests/test_ui.py)
+if [ "${1:-}" = "--test" ]; then command -v chromium >/dev/null || need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

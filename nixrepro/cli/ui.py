@@ -46,6 +46,7 @@ def ui(port: int, host: str, verbose: bool) -> None:
                              "(--port 0 picks a free one).") from None
         raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host "
                          "and --port.") from None
+    server.warm()
     if not is_loopback(host):
         click.echo(f"nixrepro: warning: listening on {host}: anyone who can reach it can read every "
                    "record of this store.", err=True)

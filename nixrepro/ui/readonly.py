@@ -59,12 +59,24 @@ class ReadOnlyStore(RunStore):
                 os.close(fd)
 
 
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
+StatKey = tuple[int, int, int]
+
+
+def _stat_keys(runs_dir: Path) -> dict[str, StatKey]:
+    """Each run directory's record.json (size, mtime, ctime): one scandir and a stat per run, with
+    plain strings (pathlib's objects cost more than the stat itself over 10,000 runs)."""
+    keys: dict[str, StatKey] = {}
     try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        entries = list(os.scandir(runs_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return keys
+    for entry in entries:
+        try:
+            st = os.stat(entry.path + "/" + RECORD_FILE)
+        except OSError:
+            continue
+        keys[entry.name] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return keys
 
 
 class RunIndex:
@@ -73,8 +85,8 @@ class RunIndex:
     def __init__(self, root: Path) -> None:
         self.store = ReadOnlyStore(root)
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[tuple[int, int, int], RunRecord]] = {}
-        self._listing: tuple[tuple[tuple[str, tuple[int, int, int]], ...], list[RunRecord]] | None = None
+        self._cache: dict[str, tuple[StatKey, RunRecord]] = {}
+        self._listing: tuple[dict[str, StatKey], list[RunRecord]] | None = None
 
     @property
     def root(self) -> Path:
@@ -82,13 +94,12 @@ class RunIndex:
 
     def summaries(self) -> list[RunRecord]:
         with self._lock:
+            keys = _stat_keys(self.store.runs_dir)
+            if (self._listing is not None and self._listing[0] == keys
+                    and all(r.status != "running" for r in self._listing[1])):
+                return self._listing[1]
             found: list[RunRecord] = []
-            keys = []
-            for run_id in self.store.ids():
-                key = _stat_key(self.store.run_dir(run_id) / RECORD_FILE)
-                if key is None:
-                    continue
-                keys.append((run_id, key))
+            for run_id, key in keys.items():
                 cached = self._cache.get(run_id)
                 if cached is not None and cached[0] == key and cached[1].status != "running":
                     found.append(cached[1])
@@ -99,13 +110,13 @@ class RunIndex:
                     continue  # (warned about once, as every listing does)
                 self._cache[run_id] = (key, record)
                 found.append(record)
-            signature = tuple(sorted(keys))
-            if (self._listing is not None and self._listing[0] == signature
-                    and all(r.status != "running" for r in self._listing[1])):
-                return self._listing[1]
             ordered = sorted(found, key=lambda r: (r.started_at, r.id), reverse=True)
-            self._listing = (signature, ordered)
+            self._listing = (keys, ordered)
             return ordered
+
+    def has(self, run_id: str) -> bool:
+        """Whether the store holds a run of exactly this id (its record.json exists)."""
+        return (self.store.run_dir(run_id) / RECORD_FILE).is_file()
 
     def by_id(self) -> dict[str, RunRecord]:
         return {r.id: r for r in self.summaries()}
@@ -133,7 +144,7 @@ class RunIndex:
         return list(found.values())
 
     def run_dir(self, run_id: str) -> Path:
-        if run_id not in self.store.ids():
+        if not self.has(run_id):
             raise RunNotFoundError(f"no run {run_id!r} in {self.root}.")
         return self.store.run_dir(run_id)
 

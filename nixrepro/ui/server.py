@@ -46,7 +46,7 @@ def route(index: RunIndex, path: str, query: dict[str, list[str]]) -> Page | tup
     match = _RUN.match(path)
     if match:
         run_id = match.group(1)
-        if run_id not in index.store.ids():
+        if not index.has(run_id):
             return pages.error_page(404, f"no run {run_id} in this store; the runs page lists them.")
         return pages.run_page(index, run_id)
     handlers: dict[str, Callable[[RunIndex, dict[str, list[str]]], Page]] = {
@@ -87,7 +87,12 @@ class Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _refuse(self) -> None:
-        self.close_connection = True  # the request's body is never read
+        # a small body is read (and dropped) so that closing the connection cannot reset it
+        # before the client reads the answer; a large or chunked one is not read at all
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= 1 << 20:
+            self.rfile.read(int(length))
+        self.close_connection = True
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read only: only GET and HEAD are answered\n",
                    "text/plain; charset=utf-8", body=True, extra={"Allow": "GET, HEAD"})
 
@@ -152,6 +157,10 @@ class ViewerServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def warm(self) -> None:
+        """Read every run's summary in the background now, so that the first page is quick."""
+        threading.Thread(target=self.index.summaries, name="nixrepro-ui-warm", daemon=True).start()
 
     @property
     def url(self) -> str:
