@@ -412,3 +412,22 @@ def test_an_archived_record_that_fails_verification_is_refused(
     first_use = run_cli(["rebuild", record["id"], "--from", url], cwd=clone)
     assert first_use.returncode == 0, first_use.stderr
     assert "warning: no trusted key on this machine; trusting the key the archive names" in first_use.stderr
+
+
+def test_rebuild_from_what_is_no_archive_or_with_a_malformed_trusted_key_is_one_sentence(
+    tmp_path: Path, has_nix: None
+) -> None:
+    project = make_project(tmp_path, label="no-archive")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = project.nixrepro("rebuild", "3f9a2c", "--from", f"file://{empty}")
+    assert (result.returncode, result.stderr) == (2, (
+        f"Error: file://{empty} is not an archive (no nix-cache-info); give the URL that "
+        "`nixrepro archive` wrote to.\n"))
+    result = project.nixrepro("rebuild", "3f9a2c", "--from", "ftp://example.invalid/x")
+    assert result.returncode == 2 and "neither file:///dir nor s3://bucket/prefix" in result.stderr
+    (project.root / "nixrepro.toml").write_text('[archive]\ntrusted_keys = ["team-1:not base64"]\n')
+    result = project.nixrepro("rebuild", "3f9a2c", "--from", f"file://{empty}")
+    assert (result.returncode, result.stderr) == (2, (
+        f"Error: {project.root / 'nixrepro.toml'}: 'archive.trusted_keys[0]' is 'team-1:not base64', "
+        "not a Nix public key; give it as `nix key convert-secret-to-public` prints it (name:base64).\n"))
