@@ -26,7 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 from pathlib import Path
 from urllib.parse import quote, urlparse
@@ -310,11 +310,20 @@ def upload(local: Path, url: str, *, endpoint_url: str | None,
     return archive_mirror.upload(local, url, endpoint_url=endpoint_url, always=always)
 
 
-def download(url: str, local: Path, *, endpoint_url: str | None) -> int:
-    """Mirror the binary cache at ``url`` into ``local``; files already there are kept, and the
-    records of runs are left out (``rebuild`` fetches the one it needs). Returns the count."""
+def download(url: str, local: Path, *, endpoint_url: str | None,
+             roots: Sequence[str] | None = None) -> int:
+    """Mirror the binary cache at ``url`` into ``local``: with ``roots`` (store paths), only their
+    closures' narinfos and NARs (what one rebuild substitutes); without, every file but the records
+    of runs (``rebuild`` fetches the one it needs). Files already there are kept;
+    ``nix-cache-info`` and ``public-keys.txt`` are fetched again. Returns the count."""
     from . import archive_mirror
 
-    return archive_mirror.download(
-        url, local, endpoint_url=endpoint_url, always=lambda key: key == archive_runs.CACHE_INFO,
-        skip=lambda key: key.startswith(archive_runs.RUNS_DIR + "/"))
+    if roots is None:
+        return archive_mirror.download(
+            url, local, endpoint_url=endpoint_url,
+            always=lambda key: key in (archive_runs.CACHE_INFO, archive_runs.KEYS_FILE),
+            skip=lambda key: key.startswith(archive_runs.RUNS_DIR + "/"))
+    store = archive_mirror.objects(url, endpoint_url)
+    front = [archive_runs.CACHE_INFO, archive_runs.KEYS_FILE]
+    count = len(front) - len(archive_mirror.fetch_into(store, local, front))
+    return count + archive_mirror.fetch_closure(store, local, roots)

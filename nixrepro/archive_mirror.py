@@ -121,3 +121,49 @@ def _parallel(call: Callable[[T], None], items: list[T]) -> None:
         return
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(call, items))
+
+
+def fetch_closure(store: Objects, local: Path, roots: Iterable[str]) -> int:
+    """Download into ``local`` the narinfos and NARs of ``roots`` (store paths) and of everything
+    they reference, following each narinfo's References: what a rebuild of one run substitutes,
+    not the whole archive (a team's archive holds every run's environment). A root the archive
+    does not have is left out (nix then builds or fetches it, or says what is missing).
+    Returns the number of files downloaded."""
+    fetched = 0
+    seen: set[str] = set()
+    wanted = {_hash_part(path) for path in roots}
+    while wanted:
+        todo = sorted(wanted - seen)
+        seen.update(todo)
+        keys = [f"{part}.narinfo" for part in todo if not (local / f"{part}.narinfo").is_file()]
+        missing = set(fetch_into(store, local, keys))
+        fetched += len(keys) - len(missing)
+        nars, wanted = [], set()
+        for part in todo:
+            info = _narinfo(local / f"{part}.narinfo")
+            if info is None:
+                continue
+            url, references = info
+            if url and not (local / url).is_file():
+                nars.append(url)
+            wanted.update(_hash_part(ref) for ref in references)
+        fetched += len(nars) - len(fetch_into(store, local, nars))
+    return fetched
+
+
+def _hash_part(path: str) -> str:
+    """``/nix/store/<32 chars>-name`` (or its base name) -> the 32 characters a narinfo is named by."""
+    return path.rsplit("/", 1)[-1][:32]
+
+
+def _narinfo(path: Path) -> tuple[str | None, list[str]] | None:
+    """(URL, References) of a narinfo; None where it is not there or not readable."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    fields = dict(line.partition(": ")[::2] for line in text.splitlines() if ": " in line)
+    url = fields.get("URL")
+    if url is not None and (url.startswith("/") or ".." in url.split("/")):
+        url = None  # a NAR is under the cache's root; a narinfo pointing elsewhere gets nothing
+    return url, fields.get("References", "").split()

@@ -12,6 +12,7 @@ versions as a new run whose parent is the old one, and compares the metrics with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -99,7 +100,7 @@ def find_archived(url: str, ref: str, *, repo: GitRepo, config: Config) -> Archi
 
 def substituter_for(
     store: RunStore, record: RunRecord, from_url: str | None, config: Config, repo: GitRepo,
-    archived: ArchivedRun | None = None,
+    nix: Nix, archived: ArchivedRun | None = None,
 ) -> tuple[str, str] | None:
     """(``file://`` cache URL, the public keys it is trusted with) of the archive to rebuild from,
     or None.
@@ -108,24 +109,34 @@ def substituter_for(
     (where the record came from a remote or an archive: a fresh machine has no archives.json). Its
     keys: the one archives.json recorded for it on this machine; else the project's trusted keys;
     else, on a machine that trusts none, the keys the archive names (with a warning).
+
+    An ``s3://`` archive is fetched into its local mirror: only the closure of the run's paths and
+    of its flake inputs' sources (what the rebuild substitutes), or all of it where the run was
+    archived with its build-time closure (``build-deps``: what a build from source needs).
     """
     known = [] if archived else archive.entries(store, record.id)
     optional = False  # the configured archive is tried, never required
+    levels: list[str] = []
     if archived is not None:
         url, keys = archived.url, archived.trusted_keys
+        found = archive_runs.entry_of(archived.local, record.id).get("levels")
+        levels = [str(level) for level in found] if isinstance(found, list) else []
     elif from_url is None and known:
-        url, keys = known[-1].url, [known[-1].public_key]
+        url, keys, levels = known[-1].url, [known[-1].public_key], known[-1].levels
     elif from_url is None:
         if not config.archive.to:
             return None
         url, keys, optional = config.archive.to.rstrip("/"), [], True
     else:
         url = from_url.rstrip("/")
-        keys = [e.public_key for e in known if e.url == url][-1:]
+        matching = [e for e in known if e.url == url][-1:]
+        keys = [e.public_key for e in matching]
+        levels = matching[0].levels if matching else []
     local = archive.staging_dir(url)
     if urlparse(url).scheme == "s3":
         local.mkdir(parents=True, exist_ok=True)
-        archive.download(url, local, endpoint_url=config.archive.endpoint_url)
+        roots = None if "build-deps" in levels else _roots(record, nix)
+        archive.download(url, local, endpoint_url=config.archive.endpoint_url, roots=roots)
     if not (local / archive_runs.CACHE_INFO).is_file():
         if optional:
             return None
@@ -142,6 +153,18 @@ def substituter_for(
     return f"file://{local}", " ".join(keys)
 
 
+def _roots(record: RunRecord, nix: Nix) -> list[str]:
+    """The store paths a rebuild of ``record`` substitutes: its closure, and the source of every
+    locked flake input (evaluating the flake needs them; the archive's ``sources`` level)."""
+    env = record.environment
+    roots = [env.env_path, *(info.path for info in env.closure)]
+    for locked in env.inputs.values():
+        if locked.narHash:
+            with contextlib.suppress(NixreproError):  # a hash nix cannot read: nothing to fetch
+                roots.append(nix.source_path(locked.narHash))
+    return roots
+
+
 def rebuild(
     store: RunStore, record: RunRecord, *, repo: GitRepo, nix: Nix, config: Config,
     from_url: str | None = None, archived: ArchivedRun | None = None,
@@ -149,7 +172,7 @@ def rebuild(
     """Build ``record``'s environment again and compare its closure with the recorded one.
     ``archived``: the record came from that archive (:func:`locate`), which is then the substituter."""
     env = record.environment
-    substituter = substituter_for(store, record, from_url, config, repo, archived)
+    substituter = substituter_for(store, record, from_url, config, repo, nix, archived)
     options: dict[str, str] = {}
     if substituter is not None:
         options = {"extra-substituters": substituter[0],

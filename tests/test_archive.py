@@ -19,7 +19,7 @@ import pytest
 
 from nixrepro.closure import StorePathInfo, closure_hash
 from nixrepro.record import record_sha256, summary_sha256
-from tests.helpers import Project, delete_store_paths, make_project, run_cli, sh
+from tests.helpers import Project, delete_store_paths, make_project, run_cli, set_env, sh
 
 pytestmark = pytest.mark.nix
 
@@ -255,6 +255,9 @@ def test_an_s3_archive_brings_the_environment_back_on_a_machine_without_its_mirr
         *(f"nix/runs/{record['id']}/{name}" for name in
           ("record.json", "record.sig", "stdout.log", "stderr.log", "metrics.jsonl", "archive.json"))}
     assert all(count == 1 for key, count in counts.items() if key.endswith((".narinfo", ".nar.zst")))
+    set_env(project, label=f"other-{record['id'][:8]}")  # a second environment in the same archive
+    other = _run(project)
+    assert project.nixrepro("archive", other["id"], "--to", url).returncode == 0
 
     shutil.rmtree(project.dep)
     _forget_environment(project, record)
@@ -262,6 +265,11 @@ def test_an_s3_archive_brings_the_environment_back_on_a_machine_without_its_mirr
     rebuilt = project.nixrepro("rebuild", record["id"])
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.startswith(f"identical: {record['environment']['env_path']}")
+    mirror = tmp_path / "cache" / "nixrepro" / "archives" / bucket / "nix"
+    fetched = {p.name[:32] for p in mirror.glob("*.narinfo")}
+    assert {Path(p["path"]).name[:32] for p in record["environment"]["closure"]} <= fetched
+    assert Path(other["environment"]["env_path"]).name[:32] not in fetched  # only what it needs
+    assert not (mirror / "runs").exists()
 
 
 # --- archives that stand alone ------------------------------------------------------------------------
