@@ -261,16 +261,25 @@ def diff_sections(doc: Mapping[str, Any]) -> Markup:
 def _diff_value(key: str, value: Any) -> Markup:
     if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
         columns = list(dict.fromkeys(k for v in value for k in v))
-        return render([el("h4", key), table(columns, [[_cell(v.get(c)) for c in columns] for v in value])])
+        return render([el("h4", key), table(columns, [[_cell(v.get(c), c) for c in columns] for v in value])])
     if isinstance(value, list):
         return render([el("h4", key), el("p", ", ".join(map(str, value)) or "none", class_="none"
                                           if not value else None)])
     if value is None or value == "":
         return Markup("")
-    return fields([(key, _cell(value))])
+    return fields([(key, _cell(value, key))])
 
 
-def _cell(value: Any) -> Child:
+_SIZES = frozenset({"old_size", "new_size", "size_delta", "narSize", "size"})
+
+
+def _cell(value: Any, key: str = "") -> Child:
+    """One value of a diff section: sizes in KiB/MiB, a list of plain values joined, anything
+    nested as its JSON."""
+    if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
+        return ("-" if value < 0 else "+" if key == "size_delta" else "") + human_bytes(abs(value))
+    if isinstance(value, list) and all(not isinstance(v, (Mapping, list)) for v in value):
+        return ", ".join(value_text(v) for v in value)
     if isinstance(value, (Mapping, list)):
         return el("code", json.dumps(value, sort_keys=True, default=str))
     return value_text(value)
