@@ -306,6 +306,7 @@ def test_the_report_opens_offline_with_its_charts_drawn(browser: list[str], ui_s
     runs = ui_store.runs
     output = tmp_path / "report.html"
     write_report(ui_store.store.root, [runs["slow"].id, runs["fast"].id, runs["hostile"].id], output)
+    assert "<script>document" not in output.read_text()
     dom = dump_dom(browser, output.as_uri())
     assert "data-xss" not in dom.one("body").attrs
     assert chart_of(dom.one("article", id="comparison"), "loss").attrs["data-points"] == "10"  # overlaid
@@ -315,6 +316,10 @@ def test_the_report_opens_offline_with_its_charts_drawn(browser: list[str], ui_s
     links = [a.attrs.get("href", "") for a in dom.find("a")]
     assert all(href.startswith("#run-") for href in links), links  # anchors within the file only
     assert articles[2].one("h1").text == f"run {runs['hostile'].id} {HOSTILE}"
+    graph = articles[1].one("svg", class_="lineage-graph")  # fast read points.csv, which prep wrote
+    assert [g.attrs["data-uri"] for g in graph.find("g", class_="node")] == [
+        "file:///data/points.csv", "file:///data/raw.csv"]
+    assert [a.attrs["data-run"] for a in graph.find(class_="run-node")] == [runs["prep"].id]
 
 
 @pytest.mark.nix

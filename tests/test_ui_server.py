@@ -264,7 +264,12 @@ def test_the_runs_page_filters_by_status_name_tag_and_commit(ui_store: UiStore, 
         return [named[r] for r in rows if r in named]
 
     assert order("sort=loss") == ["fast", "repeat2", "slow"]  # 0.15, 0.2 + 0.1, 0.45
-    assert order("sort=loss&desc=1") == ["slow", "repeat2", "fast"]
+    assert order("sort=loss&desc=1") == order("sort=-loss") == ["slow", "repeat2", "fast"]
+    assert order("sort=nosuch") == ["repeat2", "fast", "slow"]  # newest first, as unsorted
+    # a column's header sorts by it, and the other way once it is the sorted column
+    assert 'href="/?sort=metrics.loss">loss</a>' in get(server, "/")[1]
+    assert 'href="/?sort=-metrics.loss">loss ▲</a>' in get(server, "/?sort=loss")[1]
+    assert 'href="/?sort=metrics.loss">loss ▼</a>' in get(server, "/?sort=-loss")[1]
 
 
 # --- 10,000 runs -------------------------------------------------------------------------------------

@@ -49,16 +49,26 @@ def _matches(record: RunRecord, status: str, name: str, tag: str, commit: str) -
             and (not commit or record.code.commit.startswith(commit.lower())))
 
 
-def _sort(records: list[RunRecord], columns: Columns, key: str, desc: bool) -> tuple[list[RunRecord], str]:
+def _sort(records: list[RunRecord], columns: Columns, query: Query) -> tuple[list[RunRecord], str, bool]:
+    """``records`` sorted as ``sort=COL`` (``-COL`` or ``desc=1``: descending) asks, with the
+    column's key and the direction; an unknown column leaves them as they are (newest first)."""
+    key, desc = first(query, "sort"), first(query, "desc") == "1"
+    if key.startswith("-"):
+        key, desc = key[1:], True
     if not key:
-        return records, ""
+        return records, "", False
     try:
         found = columns.resolve(key)
     except NixreproError:
-        return records, ""
+        return records, "", False
     if len(found) != 1:
-        return records, ""
-    return sort_records(records, found[0], desc), found[0].key
+        return records, "", False
+    return sort_records(records, found[0], desc), found[0].key, desc
+
+
+def _sort_link(path: str, key: str, sorted_by: str, desc: bool, **state: Any) -> str:
+    """The header link: sort by ``key``, or the other way when it is the sorted column."""
+    return url(path, **state, sort=("" if desc or sorted_by != key else "-") + key)
 
 
 def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
@@ -66,7 +76,7 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
     status, name, tag, commit = (first(query, k).strip() for k in ("status", "name", "tag", "commit"))
     records = [r for r in everything if _matches(r, status, name, tag, commit)]
     columns = Columns(everything)
-    records, sorted_by = _sort(records, columns, first(query, "sort"), first(query, "desc") == "1")
+    records, sorted_by, descending = _sort(records, columns, query)
     try:
         number = max(1, int(first(query, "page", "1")))
     except ValueError:
@@ -78,9 +88,8 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
     state = {"status": status, "name": name, "tag": tag, "commit": commit}
 
     def header(key: str, label: str) -> Markup:
-        desc = "1" if sorted_by == key and first(query, "desc") != "1" else None
-        mark = (" ▼" if first(query, "desc") == "1" else " ▲") if sorted_by == key else ""
-        return el("th", el("a", label + mark, href=url("/", **state, sort=key, desc=desc)))
+        mark = (" ▼" if descending else " ▲") if sorted_by == key else ""
+        return el("th", el("a", label + mark, href=_sort_link("/", key, sorted_by, descending, **state)))
 
     heads = [el("th", ""), header("id", "id"), header("status", "status"), header("started", "started"),
              header("duration", "duration"), header("commit", "commit"), header("name", "name"),
@@ -95,8 +104,8 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
         el("label", "commit ", el("input", name="commit", value=commit, placeholder="prefix")),
         el("button", "filter", type="submit"),
     ], method="get", action="/", class_="filters")
-    nav = _pager(number, pages, len(records), {**state, "sort": first(query, "sort"),
-                                                "desc": first(query, "desc")})
+    nav = _pager(number, pages, len(records),
+                 {**state, "sort": ("-" if descending else "") + sorted_by if sorted_by else ""})
     compare = el("form", el("button", "compare selected", type="submit"),
                  el("table", el("thead", el("tr", heads)), el("tbody", rows), class_="runs"),
                  method="get", action="/compare", id="compare-form")
@@ -163,7 +172,7 @@ def table_page(index: RunIndex, query: Query) -> tuple[int, str]:
         except NixreproError as exc:
             problems.append(str(exc))
     records = [r for r in everything if all(c(r) for c in conditions)]
-    records, _ = _sort(records, columns, first(query, "sort"), first(query, "desc") == "1")
+    records, sorted_by, descending = _sort(records, columns, query)
     varying = columns.varying(records)
     params = [c for c in varying if c.kind == "param"]
     metrics = [c for c in varying if c.kind == "metric"] or [
@@ -185,9 +194,9 @@ def table_page(index: RunIndex, query: Query) -> tuple[int, str]:
     cols = params + [c for c in varying if c.kind == "metric"]
 
     def head(column: Column) -> Markup:
-        desc = "1" if first(query, "sort") == column.key and first(query, "desc") != "1" else None
-        return el("th", el("a", column.header, href=url("/table", where=wheres, metric=chosen,
-                                                          sort=column.key, desc=desc)))
+        mark = (" ▼" if descending else " ▲") if sorted_by == column.key else ""
+        return el("th", el("a", column.header + mark, href=_sort_link(
+            "/table", column.key, sorted_by, descending, where=wheres, metric=chosen)))
 
     rows = [el("tr", el("td", el("input", type="checkbox", name="run", value=r.id)),
                el("td", run_link(r, LINKS)), el("td", status_badge(r)),

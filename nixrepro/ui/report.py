@@ -1,9 +1,10 @@
 """``nixrepro report RUN... -o report.html``: one HTML file that opens offline, anywhere.
 
-The viewer's sections for each run (and, for two runs or more, the comparison: overlaid curves,
-repeat groups' mean ± SEM, params and metrics side by side, ``nixrepro diff``), with uPlot, the
-page's script and its styles inline. The file loads nothing: its Content-Security-Policy allows no
-network request at all, and links between its runs are anchors within it.
+The viewer's sections for each run with the lineage graph of what it read (and, for two runs or
+more, the comparison: overlaid curves, repeat groups' mean ± SEM, params and metrics side by side,
+``nixrepro diff``), with uPlot, the page's script and its styles inline. The file loads nothing:
+its Content-Security-Policy allows no network request at all, and links between its runs are
+anchors within it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
-from .html import Assets, el, encode, page, render
+from .html import Assets, el, encode, page, render, section
+from .lineage_svg import lineage_svg
 from .pages import comparison
 from .readonly import RunIndex
 from .sections import Links, run_sections
@@ -21,6 +23,7 @@ from .sections import Links, run_sections
 def build_report(store_root: Path, refs: list[str]) -> str:
     """The report's HTML for the runs and repeat groups ``refs`` names (each run once)."""
     from ..git import GitRepo
+    from ..lineage import Lineage
 
     index = RunIndex(store_root)
     records = index.resolve_many(refs)
@@ -44,10 +47,13 @@ def build_report(store_root: Path, refs: list[str]) -> str:
         parts.append(el("article", el("h1", "Comparison"),
                         comparison(records, None, links, prefix="cmp", run_dirs=dirs,
                                    repo=GitRepo(store_root.parent)), id="comparison"))
+    trace = Lineage(summaries)
     for i, record in enumerate(records):
         kids = [by_id[c] for c in children.get(record.id, []) if c in by_id]
+        graphs = [el("div", lineage_svg(tree, links), class_="lineage") for tree in trace.trace_run(record)]
         parts.append(el("article", el("h1", "run ", el("code", record.id), " ", record.name or ""),
                         run_sections(record, dirs[record.id], links, prefix=f"r{i}", children=kids),
+                        section("Lineage of what it read", graphs) if graphs else None,
                         id=f"run-{record.id}", class_="run-report", data_run=record.id))
     title = "nixrepro report: " + ", ".join(r.short_id for r in records[:6])
     return page(title, render(parts), assets=Assets(inline=True), nav=False)
