@@ -2,6 +2,7 @@
 
     .nixrepro/
       .gitignore            "*": the store never makes the work tree dirty
+      summaries.json(l)     the listing index of every run's summary (nixrepro.listing; derived)
       runs/<id>/
         record.json         the run record (written atomically at start and at end)
         summary.json        the record without its closure, for listing (derived; rebuilt if stale)
@@ -25,7 +26,12 @@ first bytes, so a listing reads 160 bytes of record.json, not 400 KB. A summary 
   (ctime cannot be set back by hand) has the summary rebuilt, and rebuilding checks the record's
   own hashes, so a hand-edited record is left out of listings with a warning, as verify fails it.
 
-Otherwise it is rebuilt from the record. When a run ends, its logs and metrics are hashed into the
+Otherwise it is rebuilt from the record. A listing of 10,000 runs reading 10,000 summaries would
+still take seconds, so :meth:`RunStore.summaries` reads each summary it has checked into the
+listing index (nixrepro.listing says how a row stays tied to its record) and from then on stats
+each record.json, reading only the records that changed.
+
+When a run ends, its logs and metrics are hashed into the
 record's ``files`` (:func:`file_hashes`) and, when the project's signing key exists, the record is
 signed (nixrepro.signing) in ``record.sig`` beside it; both happen in :meth:`RunStore.save`, so
 every path that saves a final record (a normal end, crash detection, ``sync``) does them.
@@ -40,6 +46,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -281,9 +288,15 @@ class RunStore:
             os.close(fd)
 
     def ids(self) -> list[str]:
-        if not self.runs_dir.is_dir():
+        runs = str(self.runs_dir)
+        return [name for name in self._names() if os.path.isfile(f"{runs}/{name}/{RECORD_FILE}")]
+
+    def _names(self) -> list[str]:
+        """The names in runs/ (a run directory, or anything else someone put there)."""
+        try:
+            return [entry.name for entry in os.scandir(self.runs_dir)]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return [p.name for p in self.runs_dir.iterdir() if (p / RECORD_FILE).is_file()]
 
     def records(self) -> list[RunRecord]:
         """Every run, newest first, complete. An unreadable record is skipped with a warning."""
@@ -299,16 +312,53 @@ class RunStore:
         """Every run, newest first, *without its closure* (``environment.closure`` is empty; the
         closure hash is there): what listing, groups, lineage and pipelines need, read fast.
 
-        A record that cannot be read, has a wrong-typed field or fails its own hashes is left out
-        with one warning naming it (once per process): one bad record never breaks the listing.
+        Read from the listing index (nixrepro.listing): a run whose record.json has the stat it
+        had when its row was made is not read at all; any other is read by :meth:`summary` and
+        added to the index. A record that cannot be read, has a wrong-typed field or fails its own
+        hashes is left out with one warning naming it (once per process): one bad record never
+        breaks the listing.
         """
-        found = []
-        for run_id in self.ids():
-            try:
-                found.append(self.summary(run_id))
-            except RecordError as exc:
-                _warn_skipped(self.run_dir(run_id), exc)
+        from .listing import Listing
+
+        runs = str(self.runs_dir)
+        names = self._names()
+        listing = Listing.of(self.root)
+        found: list[RunRecord] = []
+        made: list[tuple[str, tuple[int, int, int], RunRecord]] = []
+        listed: dict[str, tuple[int, int, int]] = {}
+        with listing.lock:
+            listing.refresh()
+            for run_id in names:
+                path = f"{runs}/{run_id}/{RECORD_FILE}"
+                try:
+                    st = os.stat(path)  # before the record is read
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                listed[run_id] = key
+                record = listing.get(run_id, key, path)
+                if record is None:
+                    try:
+                        record = self.summary(run_id)
+                    except RecordError as exc:
+                        _warn_skipped(self.run_dir(run_id), exc)
+                        continue
+                    if record.status != "running":
+                        made.append((run_id, key, record))
+                found.append(record)
+            if made and self._writable():
+                listing.add(made, listed)
         return _newest_first(found)
+
+    def _writable(self) -> bool:
+        """Whether this store may write its listing index (a read-only view's ensure() refuses)."""
+        try:
+            self.ensure()
+        except OSError:
+            return False
+        return True
 
     def summary(self, run_id: str) -> RunRecord:
         """The run's record without its closure, from summary.json when it is tied to record.json
@@ -358,10 +408,12 @@ class RunStore:
                 raise RunNotFoundError(f"@latest~{back[:12]}... is further back than any run store "
                                        "goes; `nixrepro runs` lists the runs.")
             return self.latest(int(back))
-        ids = self.ids()
-        if ref in ids:
-            return self.load(ref)
-        matches = [run_id for run_id in ids if run_id.startswith(ref)] if ref else []
+        runs = str(self.runs_dir)
+        if ref and "/" not in ref and not ref.startswith(".") and \
+                os.path.isfile(f"{runs}/{ref}/{RECORD_FILE}"):
+            return self.load(ref)  # a whole id: no listing of the other runs
+        matches = [name for name in self._names() if name.startswith(ref)
+                   and os.path.isfile(f"{runs}/{name}/{RECORD_FILE}")] if ref else []
         if not matches and self.pull and ref and not ref.startswith("@"):
             from .remote.pending import resolve_remote
 

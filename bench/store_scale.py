@@ -1,0 +1,135 @@
+"""How `runs`, `show @latest`, `diff`, `lineage` and `pipeline status` grow with the run store.
+
+A project with a two-stage data pipeline (file:// data) and a plain run is recorded for real; the
+store is then filled to 100, 1,000 and 10,000 runs with copies of those records (new ids, older
+start times, other params, metrics and output versions), saved through RunStore.save as a run's
+end saves them. Each command is run through the CLI, interleaved round by round with two floors
+measured in the same run: `python -c pass` (the interpreter) and a Python process that lists the
+run directories and stats every record.json (what any listing that notices an edited record must
+at least do). Target (issue #16): each command <= 0.3 s at 10,000 runs.
+
+    .venv/bin/python bench/store_scale.py [--sizes 100,1000,10000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import offline_nix, timed_together
+
+from nixrepro.record import DataVersion, RunRecord
+from nixrepro.runstore import RunStore
+from tests.helpers import git_commit, make_project
+
+TOML = """\
+[run]
+flake = ".#env"
+
+[data]
+cache_dir = "{cache}"
+
+[stages.prepare]
+cmd = ["sh", "-c", "mkdir -p out && echo clean > out/clean.txt"]
+outputs = ["out/clean.txt={base}/clean.txt"]
+
+[stages.train]
+cmd = ["sh", "-c", "mkdir -p out && echo model > out/model.txt"]
+inputs = ["{base}/clean.txt"]
+outputs = ["out/model.txt={base}/model.txt"]
+"""
+STAT_FLOOR = (
+    "import os, sys\n"
+    "runs = sys.argv[1]\n"
+    "for entry in os.scandir(runs):\n"
+    "    try:\n"
+    "        os.stat(f'{runs}/{entry.name}/record.json')\n"
+    "    except FileNotFoundError:\n"
+    "        pass\n"
+)
+
+
+def record(root: Path) -> list[RunRecord]:
+    """The project's real runs: a pipeline of two stages and one plain run with params."""
+    nixrepro = [sys.executable, "-m", "nixrepro"]
+    for argv in (["pipeline", "run"], ["run", "-p", "lr=0.1", "--", "true"]):
+        subprocess.run([*nixrepro, *argv], cwd=root, check=True, capture_output=True)
+    store = RunStore.for_repo(root)
+    return sorted(store.records(), key=lambda r: r.started_at)
+
+
+def fill(store: RunStore, templates: list[RunRecord], have: int, want: int) -> None:
+    """Copies of the templates until the store holds ``want`` runs, each older than the last."""
+    for i in range(have, want):
+        template = templates[i % len(templates)]
+        run_id = secrets.token_hex(12)
+        store.run_dir(run_id).mkdir(parents=True)
+        outputs = [DataVersion(v.uri, f"copy-{i:06d}", v.sha256, v.size) for v in template.data.outputs]
+        copy = template.replace(
+            id=run_id,
+            started_at=f"2020-01-01T00:00:00.{999999 - i:06d}+00:00",
+            params={**template.params, "lr": round(0.001 * (i + 1), 6)},
+            metrics={"loss": round(1.0 / (i + 2), 6), "step": i},
+            data=template.data.__class__(template.data.inputs, outputs, template.data.output_results),
+            files={},
+        )
+        store.save(copy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    offline_nix()
+    with tempfile.TemporaryDirectory(prefix="nixrepro-bench-store-") as tmp:
+        base = Path(tmp) / "data"
+        base.mkdir()
+        project = make_project(Path(tmp), label="benchstore")
+        (project.root / "nixrepro.toml").write_text(TOML.format(cache=Path(tmp) / "cache",
+                                                               base=f"file://{base}"))
+        (project.root / ".gitignore").write_text("out/\n")
+        git_commit(project.root, "pipeline")
+        env = {**os.environ, "XDG_CONFIG_HOME": str(Path(tmp) / "config")}  # no signing key
+        os.environ.update(env)
+        templates = record(project.root)
+        store = RunStore.for_repo(project.root)
+        model = f"file://{base}/model.txt"
+        nixrepro = str(Path(sys.executable).parent / "nixrepro")  # the console script users run
+        commands = {
+            "runs": [nixrepro, "runs"],
+            "show @latest": [nixrepro, "show", "@latest"],
+            "diff": [nixrepro, "diff", "@latest~1", "@latest"],
+            "lineage": [nixrepro, "lineage", model],
+            "pipeline status": [nixrepro, "pipeline", "status"],
+            "floor: python": [sys.executable, "-c", "pass"],
+            "floor: stat all": [sys.executable, "-c", STAT_FLOOR, str(store.runs_dir)],
+        }
+        results: dict[int, dict[str, float]] = {}
+        have = len(templates)
+        for size in sizes:
+            fill(store, templates, have, size)
+            have = size
+            for argv in commands.values():  # warm: the first listing after the fill (re)builds
+                subprocess.run(argv, cwd=project.root, capture_output=True, check=True)
+            results[size] = timed_together(commands, project.root, args.repeat)
+        print(f"run store scale, median of {args.repeat} (seconds); target <= 0.300 s at 10,000 runs")
+        print(f"{'command':<18}" + "".join(f"{size:>10,}" for size in sizes) + "   growth  vs stat floor")
+        for name in commands:
+            row = [results[size][name] for size in sizes]
+            growth = row[-1] / row[0]
+            floor = results[sizes[-1]]["floor: stat all"]
+            print(f"{name:<18}" + "".join(f"{value:>10.3f}" for value in row)
+                  + f"   {growth:5.1f}x  {row[-1] / floor:5.2f}x")
+        print(json.dumps({"sizes": sizes, "seconds": results}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
