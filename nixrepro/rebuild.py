@@ -34,6 +34,8 @@ from .errors import (
     NixreproError,
     RebuildError,
     RefusedError,
+    RemoteError,
+    RemoteIntegrityError,
     RunNotFoundError,
     UsageError,
 )
@@ -73,22 +75,30 @@ class Located:
 
 def locate(store: RunStore, ref: str, *, repo: GitRepo, config: Config,
            from_url: str | None = None) -> Located:
-    """The run ``ref``: from the run store, else from the archive (``--from``, or ``[archive] to``)
-    whose copy of the record is verified first, so that no run store is needed at all."""
+    """The run ``ref``: from the run store (and the remote run store behind it), else from the
+    archive (``--from``, or ``[archive] to``) whose copy of the record is verified first, so that
+    no run store is needed at all. A remote that cannot be read (gone, years later) does not stop
+    the archive from being asked."""
+    url = from_url.rstrip("/") if from_url else config.archive.to
     try:
         return Located(store.resolve(ref))
-    except RunNotFoundError as missing:
-        url = from_url.rstrip("/") if from_url else config.archive.to
+    except RemoteError as away:
+        if url is None or isinstance(away, RemoteIntegrityError):  # a tampered run: never around it
+            raise
+        print(f"nixrepro: warning: {away} Looking for run {ref} in the archive {url}.", file=sys.stderr)
+        missing: NixreproError | None = None
+    except RunNotFoundError as not_found:
         if url is None:
             raise
-        try:
-            found = find_archived(url, ref, repo=repo, config=config)
-            return Located(found.record, found)
-        except RunNotFoundError:
-            if from_url:
-                raise
-            raise RunNotFoundError(f"{str(missing).split('; ')[0]}, nor in the archive {url} "
-                                   "([archive] to); `nixrepro runs` lists the runs.") from None
+        missing = not_found
+    try:
+        found = find_archived(url, ref, repo=repo, config=config)
+    except RunNotFoundError:
+        if from_url or missing is None:
+            raise
+        raise RunNotFoundError(f"{str(missing).split('; ')[0]}, nor in the archive {url} "
+                               "([archive] to); `nixrepro runs` lists the runs.") from None
+    return Located(found.record, found)
 
 
 def find_archived(url: str, ref: str, *, repo: GitRepo, config: Config) -> ArchivedRun:
