@@ -4,6 +4,8 @@ pulls a run it finds only there (cli.store)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from . import CONTEXT, cli, echo_json, store
@@ -85,3 +87,11 @@ def push(run_refs: tuple[str, ...], as_json: bool) -> None:
     remote.maybe_compact()
     if as_json:
         echo_json({"remote": remote.url, "runs": done})
+
+
+def remote_summaries() -> list[Any]:
+    """``runs --remote``: the remote run store's runs as summaries, newest first, for the same
+    filters and table as the local ones."""
+    from ..remote.pending import require_remote
+
+    return list(require_remote(store().root.parent).summaries())

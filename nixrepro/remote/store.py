@@ -24,9 +24,9 @@ deletes what it merged, so full pages are never rewritten. Readers list ``index/
 ``pages/`` and start again when an object they listed has gone (a compaction in between), so a
 listing never misses a run that was listed whole before it began.
 
-A listing entry is the record's summary (what ``summary.json`` holds locally) without its
-environment variables, which no listing shows and which make up half of it. A listing shows what
-the index says; a run is verified when it is pulled (:meth:`RemoteRunStore.pull`): its record's
+A listing entry is the record's summary (what ``summary.json`` holds locally) without what no
+listing shows (:func:`listing_entry`: environment variables, flake inputs...), which is most of it:
+10,000 entries are ~18 MB of JSON to parse and decode. A listing shows what the index says; a run is verified when it is pulled (:meth:`RemoteRunStore.pull`): its record's
 hashes, its signature where it has one, and its files' hashes, before anything is written locally.
 """
 
@@ -62,7 +62,7 @@ VERSION = 1
 RUNS, INDEX, PAGES = "runs/", "index/", "pages/"
 PAGE_SUFFIX = ".json.gz"
 PAGE_RUNS = 2000  # entries per full page (~1 MB gzipped); a full page is never rewritten
-COMPACT_AT = 64  # loose index entries that make a push compact them into pages
+COMPACT_AT = 32  # loose index entries that make a push compact them into pages
 THREADS = 16  # objects fetched at once (the S3 client keeps 32 connections)
 # The run's objects besides record.json, in the order they are pushed; the record comes after them
 # and the index entry last, so a run that can be found is whole.
@@ -222,7 +222,16 @@ class RemoteRunStore:
                 read.append(item.key)
         if not merged:
             return 0
-        ordered = sorted(merged.values(), key=lambda e: (str(e.get("started_at")), str(e.get("id"))))
+        written = self.write_pages(merged.values())
+        for key in read:
+            if key not in written:
+                self.objects.delete(key)
+        return len(loose)
+
+    def write_pages(self, entries: Iterable[dict[str, Any]]) -> set[str]:
+        """Write ``entries`` as pages of :data:`PAGE_RUNS` (the last one may hold fewer), each
+        named by its count and content; returns their keys."""
+        ordered = sorted(entries, key=lambda e: (str(e.get("started_at")), str(e.get("id"))))
         written = set()
         for start in range(0, len(ordered), PAGE_RUNS):
             chunk = ordered[start:start + PAGE_RUNS]
@@ -231,10 +240,7 @@ class RemoteRunStore:
             key = f"{PAGES}{len(chunk):06d}-{_sha(data)[:32]}{PAGE_SUFFIX}"
             self.objects.put_if_absent(key, data, _sha(data))
             written.add(key)
-        for key in read:
-            if key not in written:
-                self.objects.delete(key)
-        return len(loose)
+        return written
 
     def maybe_compact(self) -> None:
         """Compact when :data:`COMPACT_AT` loose entries have gathered (after a push)."""
@@ -408,9 +414,25 @@ class RemoteRunStore:
         return wrapped
 
 
+def listing_entry(doc: dict[str, Any]) -> dict[str, Any]:
+    """A record's listing entry: its summary without what no listing shows and what makes up most
+    of its bytes and decoding time (environment variables, flake inputs, GPUs, CUDA and build
+    facts, a stage's key parts); still a record that RunRecord.from_dict reads."""
+    entry = {key: value for key, value in without_closure(doc).items() if key not in _UNLISTED}
+    if isinstance(entry.get("environment"), dict):
+        entry["environment"] = {**entry["environment"], "inputs": {}}
+    if isinstance(entry.get("host"), dict):
+        entry["host"] = {**entry["host"], "gpus": []}
+    if isinstance(entry.get("stage"), dict):
+        entry["stage"] = {**entry["stage"], "key_parts": {}}
+    return entry
+
+
+_UNLISTED = ("env_vars", "cuda", "facts")
+
+
 def _entry_bytes(doc: dict[str, Any]) -> bytes:
-    entry = {key: value for key, value in without_closure(doc).items() if key != "env_vars"}
-    return (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return (json.dumps(listing_entry(doc), sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def _entry_id(key: str) -> str:
