@@ -311,6 +311,7 @@ def test_ten_thousand_runs_are_paged_and_listed_from_the_cache(tmp_path: Path) -
         viewer.shutdown()
         viewer.server_close()
     assert not (store.run_dir("000000000001") / SUMMARY_FILE).exists()  # the viewer wrote no summary
+    assert sorted(p.name for p in store.root.iterdir()) == [".gitignore", "runs"]  # nor a listing index
 
 
 # --- the command line --------------------------------------------------------------------------------

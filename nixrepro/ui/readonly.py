@@ -4,7 +4,8 @@
 past, not rebuilt, and a ``running`` run whose recorder is gone is shown ``crashed`` (as the
 next ``nixrepro runs`` will save it) without its record being touched. :class:`RunIndex` keeps
 each run's summary until its record.json changes (size, mtime or ctime), so a page over 10,000
-runs costs 10,000 ``stat`` calls, not 10,000 JSON documents.
+runs costs 10,000 ``stat`` calls, not 10,000 JSON documents; the first listing comes from the
+store's listing index (nixrepro.listing), read and never written.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ class RunIndex:
             if (self._listing is not None and self._listing[0] == keys
                     and all(r.status != "running" for r in self._listing[1])):
                 return self._listing[1]
+            if not self._cache:  # the first listing: from the store's listing index, read only
+                for record in self.store.summaries():
+                    key = keys.get(record.id)
+                    if key is not None and record.status != "running":
+                        # keyed by the stat taken before: a record rewritten since is read again
+                        self._cache[record.id] = (key, record)
             found: list[RunRecord] = []
             for run_id, key in keys.items():
                 cached = self._cache.get(run_id)
