@@ -364,6 +364,9 @@ def test_the_report_is_one_file_that_loads_nothing(ui_store: UiStore, tmp_path: 
     assert html.count('class="run-report"') == 6  # slow, fast, three repeats, hostile
     assert "<script>document" not in html and "&lt;script&gt;document" in html
     assert "uPlot" in html and 'id="comparison"' in html
+    to_stdout = run_cli(["report", runs["slow"].id, "-o", "-"], cwd=ui_store.root)
+    assert to_stdout.returncode == 0 and to_stdout.stdout.startswith("<!DOCTYPE html>")
+    assert to_stdout.stdout.count('class="run-report"') == 1 and 'id="comparison"' not in to_stdout.stdout
     missing = run_cli(["report", "nosuch", "-o", str(tmp_path / "x.html")], cwd=ui_store.root)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("Error: no run matches 'nosuch'") and missing.stderr.count("\n") == 1
