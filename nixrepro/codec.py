@@ -27,7 +27,9 @@ with ``metadata={"codec": "skip"}`` is neither read nor written (``Config.source
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
@@ -246,11 +248,43 @@ def encode(value: Any) -> Any:
     if cls is dict:
         return {key: item if item is None or type(item) in _SCALARS else encode(item)
                 for key, item in value.items()}
+    encoded = getattr(cls, "__codec_encoded__", None)  # a value that keeps its own encoding
+    if encoded is not None:
+        return encoded(value)
     if isinstance(value, Mapping):
         return {key: encode(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [encode(item) for item in value]
     return value
+
+
+class Encoded(list):  # type: ignore[type-arg]
+    """A list of plain data that keeps its JSON texts once made: a record saved twice (as its run
+    starts and as it ends) serialises its 2,000-path closure once, and :func:`canonical_json` and
+    :func:`document_json` put the text in place instead of encoding the list again. Never
+    changed after it is made (it is the closure of a store path, which never changes)."""
+
+    __slots__ = ("_data", "_texts")
+
+    def __init__(self, items: Iterable[Any] = (), texts: dict[str, str] | None = None) -> None:
+        super().__init__(items)
+        self._texts: dict[str, str] = dict(texts or {})
+        self._data: dict[str, bytes] = {}
+
+    def text(self, form: str) -> str:
+        """The list as :func:`canonical_json` (``"canonical"``) or :func:`document_json`
+        (``"document"``) writes it."""
+        found = self._texts.get(form)
+        if found is None:
+            found = self._texts[form] = json.dumps(list(self), allow_nan=False, **_FORMS[form])
+        return found
+
+    def data(self, form: str) -> bytes:
+        """:meth:`text` in UTF-8."""
+        found = self._data.get(form)
+        if found is None:
+            found = self._data[form] = self.text(form).encode()
+        return found
 
 
 # --- decode ---------------------------------------------------------------------------------------
@@ -600,17 +634,64 @@ def _dataclass(cls: type, dialect: Dialect) -> Converter:
 # --- the canonical JSON ---------------------------------------------------------------------------
 
 
+_FORMS: dict[str, dict[str, Any]] = {
+    "canonical": {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False},
+    "document": {"sort_keys": True, "ensure_ascii": False},
+}
+# What stands in for an Encoded list while the rest of a document is encoded: a NUL and a token
+# no run can know, so that no string of the document (an argument, a metric) can be taken for it.
+_STAND_IN = f"\x00encoded-{os.urandom(8).hex()}-"
+
+
 def canonical_json(doc: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8; strict: a NaN is hashed as the string it is written as,
     so that the hash of a document agrees with the hash of the file it was written to."""
-    return strict_json(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"".join(_pieces(doc, "canonical"))
+
+
+def canonical_sha256(doc: Any) -> str:
+    """sha256 hex of :func:`canonical_json`, without joining a 3 MB closure into one string."""
+    digest = hashlib.sha256()
+    for piece in _pieces(doc, "canonical"):
+        digest.update(piece)
+    return digest.hexdigest()
 
 
 def document_json(doc: Any) -> str:
     """A document as written to disk: compact JSON with sorted keys (json's C encoder: a 2,000-path
     closure costs milliseconds, not 100 ms). ``jq .`` pretty-prints it. Strict, as
     :func:`canonical_json` is."""
-    return strict_json(doc, sort_keys=True, ensure_ascii=False) + "\n"
+    return b"".join(_pieces(doc, "document")).decode() + "\n"
+
+
+def document_bytes(doc: Any) -> bytes:
+    """:func:`document_json` as the bytes written."""
+    return b"".join((*_pieces(doc, "document"), b"\n"))
+
+
+def _pieces(doc: Any, form: str) -> list[bytes]:
+    """``doc`` in ``form`` as UTF-8 pieces: each :class:`Encoded` list of its first two levels is
+    its own kept text, the rest is encoded around it."""
+    found: list[Encoded] = []
+    text = strict_json(_stand_ins(doc, found, 2), **_FORMS[form])
+    if not found:
+        return [text.encode()]
+    pieces = []
+    for index, encoded in enumerate(found):
+        before, _, text = text.partition(json.dumps(f"{_STAND_IN}{index}\x00"))
+        pieces += [before.encode(), encoded.data(form)]
+    pieces.append(text.encode())
+    return pieces
+
+
+def _stand_ins(value: Any, found: list[Encoded], depth: int) -> Any:
+    if type(value) is Encoded and len(value) > 64:
+        found.append(value)
+        return f"{_STAND_IN}{len(found) - 1}\x00"
+    if depth and type(value) is dict:
+        replaced = {key: _stand_ins(item, found, depth - 1) for key, item in value.items()}
+        return replaced if found else value
+    return value
 
 
 def strict_json(doc: Any, **options: Any) -> str:

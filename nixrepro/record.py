@@ -6,7 +6,6 @@ Field by field documentation: docs/record.md. ``record_sha256`` is the sha256 of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import typing
@@ -264,10 +263,16 @@ class RunRecord:
 def record_file_json(doc: dict[str, Any]) -> str:
     """record.json's text: :func:`document_json` with the two hashes first, so that a listing reads
     them from the file's first bytes (:func:`read_head`) instead of parsing a 400 KB closure."""
+    return record_file_bytes(doc).decode()
+
+
+def record_file_bytes(doc: dict[str, Any]) -> bytes:
+    """:func:`record_file_json` as the bytes written (a 20,000-path closure is put in as the bytes
+    it was encoded to once, nixrepro.closure.StorePaths)."""
     head = {key: doc[key] for key in HEAD_FIELDS}
-    rest = document_json({key: value for key, value in doc.items() if key not in HEAD_FIELDS})
+    rest = codec.document_bytes({key: value for key, value in doc.items() if key not in HEAD_FIELDS})
     first = ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in head.items())
-    return "{" + first + (", " + rest[1:] if rest != "{}\n" else "}\n")
+    return b"{" + first.encode() + (b", " + rest[1:] if rest != b"{}\n" else b"}\n")
 
 
 HEAD_FIELDS = ("record_sha256", "summary_sha256")
@@ -294,7 +299,7 @@ def without_closure(doc: dict[str, Any]) -> dict[str, Any]:
 def record_sha256(doc: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``doc`` without its ``record_sha256`` field."""
     body = {key: value for key, value in doc.items() if key != "record_sha256"}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    return codec.canonical_sha256(body)
 
 
 def summary_sha256(doc: dict[str, Any]) -> str:
@@ -303,7 +308,7 @@ def summary_sha256(doc: dict[str, Any]) -> str:
     a summary.json that hashes to it shows exactly what the record says."""
     body = {key: value for key, value in without_closure(doc).items()
             if key not in ("record_sha256", "summary_sha256")}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    return codec.canonical_sha256(body)
 
 
 T = TypeVar("T")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import __version__, codec, cuda, datalog, determinism, facts, host, rundir
+from .closure import Closure, cached_closure
 from .codec import frozen
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
@@ -152,7 +153,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
     # nix 2.33+ wants --json-format, chosen from the version (cached: no wait but the first time)
-    closure = Background(lambda: nix.closure(env_path, version.result())) if env_path else None
+    closure = Background(_closure, nix, env_path, version) if env_path else None
 
     head = snapshot.result().commit
     dirty = snapshot.result().changes
@@ -194,7 +195,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     parent = store.resolve(request.parent).id if request.parent else None
     if closure is None:  # build the flake output, then ask for its closure
         env_path = _build_env(request, config, nix)
-        closure = Background(nix.closure, env_path, version.result())
+        closure = Background(_closure, nix, env_path, version)
     cuda_info = cuda.collect(closure.result().paths, host_info.result(), os.environ)
     warnings += cuda.check(cuda_info, host_info.result(), build_facts)
     patch = repo.diff_with_untracked() if request.dev and dirty else None
@@ -212,7 +213,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         system=nix_system(),
         nix_version=version.result(),
         closure_hash=closure.result().hash,
-        closure=list(closure.result().paths),
+        closure=closure.result().store_paths(),
         flake_ref=request.flake or (None if request.env_path else config.run.flake),
         flake_lock_path=lock_rel if lock else None,
         contents_verified=request.verify_contents or config.run.verify_contents,
@@ -246,6 +247,13 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         cuda=cuda_info,
         warnings=warnings,
     )
+
+
+def _closure(nix: Nix, env_path: str, version: Background[str]) -> Closure:
+    """The environment's closure: kept from an earlier run of the same store path (its closure
+    never changes, nixrepro.closure), else asked of ``nix path-info``."""
+    nix_version = version.result()
+    return cached_closure(env_path, nix_version, lambda: nix.closure(env_path, nix_version))
 
 
 def unpinned_input_warnings(inputs: Mapping[str, LockedInput]) -> list[str]:

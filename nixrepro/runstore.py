@@ -61,7 +61,7 @@ from .record import (
     RunRecord,
     document_json,
     read_head,
-    record_file_json,
+    record_file_bytes,
     record_sha256,
     summary_sha256,
     without_closure,
@@ -222,8 +222,9 @@ class RunStore:
 
     def _write(self, run_id: str, doc: dict[str, Any]) -> None:
         path = self.run_dir(run_id) / RECORD_FILE
-        atomic_write(path, record_file_json(doc))
-        self._write_summary(path, doc, path.stat())
+        atomic_write(path, record_file_bytes(doc))
+        if doc.get("status") != "running":  # a running run is listed from its record (crash check)
+            self._write_summary(path, doc, path.stat())
 
     def _write_summary(self, record_path: Path, doc: dict[str, Any], st: os.stat_result) -> None:
         """``st``: the record.json ``doc`` was read from (or written to), statted before reading,

@@ -188,3 +188,21 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
 def test_canonical_json_writes_no_nan_and_keeps_undecodable_bytes() -> None:
     text = canonical_json({"x": math.nan, "y": [math.inf], "z": "\udcff"}).decode()
     assert json.loads(text) == {"x": "nan", "y": ["inf"], "z": "\udcff"}
+
+
+def test_an_encoded_list_is_written_as_the_list_would_be() -> None:
+    """A closure's JSON made once is put in place: the bytes (and the hash) are the same."""
+    items = [{"path": f"/nix/store/{i:032d}-p", "narHash": "sha256-x", "narSize": i} for i in range(100)]
+    doc = {"id": "r", "environment": {"closure": codec.Encoded(items), "name": "é"}, "metrics": {"x": 1}}
+    plain = json.loads(json.dumps(doc))
+    assert canonical_json(doc) == canonical_json(plain)
+    assert codec.canonical_sha256(doc) == codec.canonical_sha256(plain)
+    assert codec.document_json(doc) == codec.document_json(plain)
+    assert codec.document_bytes(doc) == codec.document_json(plain).encode()
+
+
+def test_a_string_that_looks_like_the_stand_in_is_written_as_it_is() -> None:
+    items = [{"n": i} for i in range(100)]
+    doc = {"a": "\x00encoded-0\x00", "b": codec.Encoded(items), "c": json.dumps("\x00encoded-0\x00")}
+    assert json.loads(canonical_json(doc)) == {"a": "\x00encoded-0\x00", "b": items,
+                                                "c": json.dumps("\x00encoded-0\x00")}
