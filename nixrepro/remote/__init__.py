@@ -106,6 +106,11 @@ class ObjectStore(Protocol):
         """The objects whose keys start with ``prefix`` (``runs/3f`` matches ``runs/3f9a.../x``):
         all of them, or the first ``limit`` found."""
 
+    def repair(self, key: str, data: bytes | Path, sha256: str) -> None:
+        """Replace the object under ``key``, which is a broken copy of ``data``: its kept sha256
+        is ``sha256`` but its size is not data's (a writer killed mid-write). Never called for
+        any other object."""
+
     def delete(self, key: str) -> None:
         """Remove the object if it is there (only the run store's derived index objects are ever
         deleted: never a run's)."""

@@ -113,6 +113,15 @@ class S3Objects:
                 found.append(ObjectInfo(item["Key"][len(base):], int(item["Size"])))
         return found
 
+    def repair(self, key: str, data: bytes | Path, sha256: str) -> None:
+        # unconditional: any other writer of this key writes these same bytes (their sha256 is
+        # the one the broken copy carries)
+        if isinstance(data, Path):
+            with open(data, "rb") as body:
+                self._put(self._key(key), body, sha256, {}, f"write {key}")
+        else:
+            self._put(self._key(key), data, sha256, {}, f"write {key}")
+
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.client.delete_object(
             Bucket=self.url.bucket, Key=self._key(key)))
@@ -186,6 +195,10 @@ class S3Objects:
             if missing is not None and code in ("NoSuchKey", "404", "NotFound") \
                     and self._bucket_exists():
                 raise NoSuchKey(f"{self.url} has no {missing}.") from None
+            if status >= 500:  # the service is there but failing (starting, overloaded): retry
+                raise RemoteUnreachable(
+                    f"S3 at {self._endpoint()} failed to {what} in the remote run store {self.url} "
+                    f"({code or status}, a server error); retry later.") from None
             raise RemoteError(self._explain(code, status, what)) from None
         except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
             raise RemoteUnreachable(

@@ -26,8 +26,9 @@ listing never misses a run that was listed whole before it began.
 
 A listing entry is the record's summary (what ``summary.json`` holds locally) without what no
 listing shows (:func:`listing_entry`: environment variables, flake inputs...), which is most of it:
-10,000 entries are ~18 MB of JSON to parse and decode. A listing shows what the index says; a run is verified when it is pulled (:meth:`RemoteRunStore.pull`): its record's
-hashes, its signature where it has one, and its files' hashes, before anything is written locally.
+10,000 entries are ~18 MB of JSON to parse and decode. A listing shows what the index says; a
+run is verified when it is pulled (:meth:`RemoteRunStore.pull`): its record's hashes, its
+signature where it has one, and its files' hashes, before anything is written locally.
 """
 
 from __future__ import annotations
@@ -180,20 +181,18 @@ class RemoteRunStore:
         _check_files(run_id, doc, hashes)
         self.is_run_store(create=True)
         base = f"{RUNS}{run_id}/"
-        results = _parallel(lambda item: self._put(base + item[0], item[1], hashes[item[0]]), objects)
-        results.append(self._put(base + RECORD_FILE, raw, _sha(raw)))
+        results = _parallel(lambda item: self._put_run_object(base + item[0], item[1], hashes[item[0]]),
+                            objects)
+        results.append(self._put_run_object(base + RECORD_FILE, raw, _sha(raw)))
         entry = _entry_bytes(doc)
-        self.objects.put_if_absent(f"{INDEX}{run_id}.json", entry, _sha(entry))
+        self._put(f"{INDEX}{run_id}.json", entry, _sha(entry))  # another entry there: a listing's own
         return Pushed(run_id, results.count(True), results.count(False))
 
-    def _put(self, key: str, data: bytes | Path, sha256: str) -> bool:
-        """Write the object, or prove the one there holds the same bytes; True when written."""
-        if self.objects.put_if_absent(key, data, sha256):
-            return True
-        info = self.objects.head(key)
-        there = info.sha256 if info is not None and info.sha256 else _sha(self.objects.get(key))
-        if there == sha256:
-            return False
+    def _put_run_object(self, key: str, data: bytes | Path, sha256: str) -> bool:
+        """:meth:`_put`, with a different object under a run's key refused (runs are immutable)."""
+        written = self._put(key, data, sha256)
+        if written is not None:
+            return written
         name = key.rsplit("/", 1)[-1]
         run_id = key.split("/")[1]
         if name == SIGNATURE_FILE:
@@ -203,6 +202,27 @@ class RemoteRunStore:
             "was changed after it was pushed, or another machine recorded a run with this id; runs "
             f"are immutable, so neither is overwritten (`nixrepro show {run_id}` shows the local one)."
         )
+
+    def _put(self, key: str, data: bytes | Path, sha256: str) -> bool | None:
+        """Write the object, or prove the one there holds the same bytes: True when written, False
+        when the same bytes are there, None when other bytes are (left as they are).
+
+        One object is replaced: a copy of these very bytes cut short, whose kept sha256 is theirs
+        but whose size is not. SeaweedFS keeps what a writer killed mid-PUT sent (even nothing);
+        S3 would have refused it. It is no other object, and rewriting it loses nothing.
+        """
+        if self.objects.put_if_absent(key, data, sha256):
+            return True
+        info = self.objects.head(key)
+        if info is None:
+            return self._put(key, data, sha256)  # deleted meanwhile (a listing entry folded)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if info.sha256 == sha256 and info.size != size:
+            self.objects.repair(key, data, sha256)
+            return True
+        if info.size == size and (info.sha256 or _sha(self.objects.get(key))) == sha256:
+            return False
+        return None
 
     def compact(self, loose: Sequence[ObjectInfo] | None = None) -> int:
         """Fold the loose listing entries and the pages that are not full into full pages; returns
@@ -217,7 +237,7 @@ class RemoteRunStore:
                 merged.update(doc)
                 read.append(page.key)
         for item, found in zip(loose, _parallel(self._maybe(self._read_entry), loose), strict=True):
-            if found is not None:
+            if found is not None and found[1] is not None:
                 merged.setdefault(found[0], found[1])
                 read.append(item.key)
         if not merged:
@@ -238,7 +258,9 @@ class RemoteRunStore:
             data = gzip.compress(json.dumps({"format": FORMAT, "entries": chunk},
                                             sort_keys=True).encode(), compresslevel=6, mtime=0)
             key = f"{PAGES}{len(chunk):06d}-{_sha(data)[:32]}{PAGE_SUFFIX}"
-            self.objects.put_if_absent(key, data, _sha(data))
+            if self._put(key, data, _sha(data)) is None:  # named by its content: never another page
+                raise RemoteError(f"{self.url}/{key} is not the index page its name says; it was "
+                                  "written by something other than nixrepro: remove it.")
             written.add(key)
         return written
 
@@ -263,8 +285,9 @@ class RemoteRunStore:
                     for run_id, entry in doc.items():
                         found.setdefault(run_id, entry)
                 missing = [item for item in loose if _entry_id(item.key) not in found]
-                for run_id, entry in _parallel(self._read_entry, missing):
-                    found.setdefault(run_id, entry)
+                for run_id, read in _parallel(self._read_entry, missing):
+                    # one that does not read is left out with the listing's warning (from_dict)
+                    found.setdefault(run_id, read if read is not None else {"id": run_id})
                 return found
             except _Changed:
                 continue
@@ -389,7 +412,9 @@ class RemoteRunStore:
                   "lists are left out (pushing them again lists them).", file=sys.stderr)
             return {}
 
-    def _read_entry(self, item: ObjectInfo) -> tuple[str, dict[str, Any]]:
+    def _read_entry(self, item: ObjectInfo) -> tuple[str, dict[str, Any] | None]:
+        """(run id, its entry); None for an entry that does not read (cut short by a push that
+        was killed: the push, still queued, writes it again), which compaction leaves alone."""
         try:
             raw = self.objects.get(item.key)
         except NoSuchKey:
@@ -397,11 +422,9 @@ class RemoteRunStore:
         run_id = _entry_id(item.key)
         try:
             entry = json.loads(raw)
-            if not isinstance(entry, dict) or entry.get("id") != run_id:
-                raise ValueError("not the run's entry")
         except ValueError:
-            entry = {"id": run_id}  # from_dict refuses it with a warning naming the run
-        return run_id, entry
+            return run_id, None
+        return run_id, entry if isinstance(entry, dict) and entry.get("id") == run_id else None
 
     @staticmethod
     def _maybe(read: Callable[[T], R]) -> Callable[[T], R | None]:
