@@ -86,10 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build the project in DIR and keep it (to profile a command on it)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     offline_nix()
-    with tempfile.TemporaryDirectory(prefix="nixrepro-bench-store-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="nixrepro-bench-store-", dir=args.keep) as scratch:
+        tmp = str(args.keep or scratch)
         base = Path(tmp) / "data"
         base.mkdir()
         project = make_project(Path(tmp), label="benchstore")

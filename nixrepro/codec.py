@@ -30,6 +30,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
@@ -380,6 +382,94 @@ def _identity(value: Any) -> Any:
     return value
 
 
+# --- field types: the annotations read by a small grammar, not eval'd ------------------------------
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+_TOKEN = re.compile(r"\s*(?:([A-Za-z_][\w.]*)|('[^']*'|\"[^\"]*\")|(-?\d+)|(\.\.\.)|([\[\],|]))")
+_BUILTIN_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "None": None,
+                                  "list": list, "dict": dict, "tuple": tuple, "Any": Any,
+                                  "Literal": Literal}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's type, from its annotation (a string under ``from __future__ import
+    annotations``), read by the grammar of the types this codec knows: names, ``X | Y``,
+    ``list[X]``, ``dict[K, V]``, ``tuple[X, ...]`` and ``Literal[...]``, the names looked up in the
+    class's module. typing.get_type_hints compiles each annotation instead: ~10 ms for a record's
+    20 classes at every command that reads one. An annotation outside the grammar is read by
+    typing.get_type_hints after all."""
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        names = vars(sys.modules[cls.__module__])
+        try:
+            found = {f.name: _annotation(f.type, names) if isinstance(f.type, str) else f.type
+                     for f in dataclasses.fields(cls)}
+        except (SyntaxError, KeyError):
+            found = typing.get_type_hints(cls)
+        _FIELD_TYPES[cls] = found
+    return found
+
+
+def _annotation(text: str, names: dict[str, Any]) -> Any:
+    tokens = []
+    position = 0
+    while position < len(text.rstrip()):
+        match = _TOKEN.match(text, position)
+        if match is None:
+            raise SyntaxError(text)
+        tokens.append(match)
+        position = match.end()
+    parsed, end = _parse_union(tokens, 0, names)
+    if end != len(tokens):
+        raise SyntaxError(text)
+    return parsed
+
+
+def _parse_union(tokens: list[re.Match[str]], at: int, names: dict[str, Any]) -> tuple[Any, int]:
+    members = []
+    while True:
+        member, at = _term(tokens, at, names)
+        members.append(member)
+        if at < len(tokens) and tokens[at].group(5) == "|":
+            at += 1
+            continue
+        break
+    if len(members) == 1:
+        return members[0], at
+    return Union[tuple(members)], at  # noqa: UP007  (the typing object, made from values)
+
+
+def _term(tokens: list[re.Match[str]], at: int, names: dict[str, Any]) -> tuple[Any, int]:
+    if at >= len(tokens):
+        raise SyntaxError("annotation ends early")
+    token = tokens[at]
+    if token.group(2) is not None:
+        return token.group(2)[1:-1], at + 1  # a Literal's string
+    if token.group(3) is not None:
+        return int(token.group(3)), at + 1
+    if token.group(4) is not None:
+        return Ellipsis, at + 1
+    name = token.group(1)
+    if name is None:
+        raise SyntaxError(token.group(0))
+    value = _BUILTIN_TYPES[name] if name in _BUILTIN_TYPES else names[name]
+    at += 1
+    if at < len(tokens) and tokens[at].group(5) == "[":
+        args = []
+        at += 1
+        while True:
+            arg, at = _parse_union(tokens, at, names)
+            args.append(arg)
+            mark = tokens[at].group(5) if at < len(tokens) else None
+            at += 1
+            if mark == "]":
+                break
+            if mark != ",":
+                raise SyntaxError("expected , or ]")
+        value = value[tuple(args)] if len(args) > 1 else value[args[0]]
+    return (type(None) if value is None else value), at
+
+
 def _make(hint: Any, dialect: Dialect) -> Converter:
     if hint in _SCALARS:
         return _scalar([hint], dialect)
@@ -585,7 +675,7 @@ def _dataclass(cls: type, dialect: Dialect) -> Converter:
     """Each field checked (a wrong-typed field is named, never a value that breaks a later sort or
     format), unknown keys refused, defaults filled in. A :func:`frozen` instance is made without
     its ``__init__`` (the plan has checked every field): a 2,000-path closure is 2,000 of them."""
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     table = [f for f in dataclasses.fields(cls) if not _skipped(f)]
     plan: list[tuple[str, Converter, Any, Any]] = [
         (f.name, converter(hints[f.name], dialect), f.default, f.default_factory) for f in table]
@@ -629,6 +719,79 @@ def _dataclass(cls: type, dialect: Dialect) -> Converter:
                  bool: frozenset({bool})}
         build.flat = (cls, tuple((f.name, kinds[hints[f.name]]) for f in table))  # type: ignore[attr-defined]
     return build
+
+
+# --- trusted: what this codec wrote and a checksum still vouches for -------------------------------
+
+_TRUSTED: dict[Any, Converter | None] = {}
+
+
+def trusted(cls: Any, data: Any) -> Any:
+    """``data`` as a ``cls``, built without the checks of :func:`decode`: only for data that
+    :func:`encode` wrote from a value :func:`decode` had checked, and that a checksum shows
+    unchanged since (the run store's listing index). Dataclasses are made, the rest is taken as
+    it is (lists and dicts of scalars are not copied)."""
+    build = _trusted(cls)
+    return data if build is None or data is None else build(data)
+
+
+def _trusted(hint: Any) -> Converter | None:
+    """What turns trusted data into ``hint``; None: the data already is one."""
+    if hint in _TRUSTED:
+        return _TRUSTED[hint]
+    made = _TRUSTED[hint] = _make_trusted(hint)
+    return made
+
+
+def _make_trusted(hint: Any) -> Converter | None:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = field_types(hint)
+        table = [f for f in dataclasses.fields(hint) if not _skipped(f)]
+        built = [(f.name, conv) for f in table if (conv := _trusted(hints[f.name])) is not None]
+        names = [f.name for f in table]
+        cls: Any = hint
+        direct = "__codec__" in hint.__dict__ and not hint.__codec__.post_init  # type: ignore[attr-defined]
+        new = object.__new__
+
+        def build(doc: Any) -> Any:
+            values = {name: doc[name] for name in names}
+            for name, convert in built:
+                if values[name] is not None:
+                    values[name] = convert(values[name])
+            if not direct:
+                return cls(**values)
+            instance: Any = new(cls)
+            instance.__dict__.update(values)
+            return instance
+        return build
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union or (origin is not None and _is_union_type(origin)):
+        members = [(arg, _trusted(arg)) for arg in args if arg is not type(None)]
+        objects = [convert for arg, convert in members if convert is not None
+                   and (typing.get_origin(arg) or arg) not in (list, tuple)]
+        sequences = [convert for arg, convert in members if convert is not None
+                     and (typing.get_origin(arg) or arg) in (list, tuple)]
+        if not objects and not sequences:
+            return None
+        of_dict: Converter = objects[0] if objects else _identity
+        of_list: Converter = sequences[0] if sequences else _identity
+        return lambda value: (of_dict(value) if isinstance(value, dict) else
+                              of_list(value) if isinstance(value, list) else value)
+    if origin in (list, tuple) and args:
+        member = _trusted(args[0])
+        if member is None:
+            return None if origin is list else tuple
+        each: Converter = member
+        if origin is list:
+            return lambda value: [each(item) for item in value]
+        return lambda value: tuple(each(item) for item in value)
+    if origin is dict and len(args) == 2:
+        entry = _trusted(args[1])
+        if entry is None:
+            return None
+        every: Converter = entry
+        return lambda value: {key: every(item) for key, item in value.items()}
+    return None
 
 
 # --- the canonical JSON ---------------------------------------------------------------------------

@@ -319,12 +319,18 @@ class RunStore:
         hashes is left out with one warning naming it (once per process): one bad record never
         breaks the listing.
         """
+        return _newest_first([record for _, _, record in self._listed(records=True)
+                              if record is not None])
+
+    def _listed(self, records: bool) -> list[tuple[str, str, RunRecord | None]]:
+        """(start time, run id, summary) of every run that lists; the summary only if
+        ``records`` (the index's order line alone answers @latest)."""
         from .listing import Listing
 
         runs = str(self.runs_dir)
         names = self._names()
         listing = Listing.of(self.root)
-        found: list[RunRecord] = []
+        found: list[tuple[str, str, RunRecord | None]] = []
         made: list[tuple[str, tuple[int, int, int], RunRecord]] = []
         listed: dict[str, tuple[int, int, int]] = {}
         with listing.lock:
@@ -339,19 +345,22 @@ class RunStore:
                     continue
                 key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 listed[run_id] = key
-                record = listing.get(run_id, key, path)
-                if record is None:
+                record = listing.get(run_id, key, path) if records else None
+                started = record.started_at if record is not None else \
+                    None if records else listing.started(run_id, key, path)
+                if started is None:
                     try:
                         record = self.summary(run_id)
                     except RecordError as exc:
                         _warn_skipped(self.run_dir(run_id), exc)
                         continue
+                    started = record.started_at
                     if record.status != "running":
                         made.append((run_id, key, record))
-                found.append(record)
+                found.append((started, run_id, record))
             if made and self._writable():
                 listing.add(made, listed)
-        return _newest_first(found)
+        return found
 
     def _writable(self) -> bool:
         """Whether this store may write its listing index (a read-only view's ensure() refuses)."""
@@ -392,13 +401,14 @@ class RunStore:
 
     def latest(self, back: int = 0) -> RunRecord:
         """The newest run (``back`` = 1: the one before it...), complete."""
-        ordered = self.summaries()
+        ordered = sorted(((started, run_id) for started, run_id, _ in self._listed(records=False)),
+                         reverse=True)
         if back >= len(ordered):
             raise RunNotFoundError(
                 f"there are only {len(ordered)} runs in {self.root}; "
                 "`nixrepro runs` lists them."
             )
-        return self.load(ordered[back].id)
+        return self.load(ordered[back][1])
 
     def resolve(self, ref: str) -> RunRecord:
         """A run by full id, unique id prefix, ``@latest`` or ``@latest~N``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import field
 from typing import Any, Literal
 
@@ -175,6 +176,15 @@ def test_every_record_and_config_type_can_be_read(cls: type) -> None:
     a user's listing."""
     codec.converter(cls, JSON)
     codec.converter(cls, TOML)
+    assert codec.field_types(cls) == typing.get_type_hints(cls)  # read as Python reads them
+
+
+def test_trusted_builds_what_decode_would() -> None:
+    """For what the codec wrote itself from a checked value (the listing index)."""
+    whole = Whole("w", [Part("p", 3), Part("q")], 0.5, "b", {"t": ["x"]}, {"free": [1]})
+    plain = json.loads(json.dumps(encode(whole)))
+    assert codec.trusted(Whole, plain) == decode(Whole, plain) == whole
+    assert codec.trusted(Whole | None, None) is None
 
 
 # --- the canonical JSON -----------------------------------------------------------------------------

@@ -79,9 +79,24 @@ def test_a_record_rewritten_in_the_same_clock_tick_is_not_listed_from_its_row(tm
     rewrite(store, saved[0].id, lambda doc: doc["metrics"].update(loss=5))
     st = (store.run_dir(saved[0].id) / "record.json").stat()
     index = listing.Listing.of(store.root)
-    index.rows[saved[0].id] = ((st.st_size, st.st_mtime_ns, st.st_ctime_ns), old, True)  # same key
+    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    index.order[saved[0].id] = (key, old.started_at, (old.record_sha256, old.summary_sha256))
+    index.records[saved[0].id] = old  # the old row under the new key: as a same-tick rewrite
     listed = {r.id: r for r in store.summaries()}
     assert listed[saved[0].id].metrics == {"loss": 5}
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_latest_follows_a_start_time_rewritten_after_indexing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compacted: bool) -> None:
+    monkeypatch.setattr(listing, "COMPACT_AT", 0 if compacted else 1000)
+    store, saved = make_store(tmp_path)
+    assert fresh_process(store).latest().id == saved[2].id
+    rewrite(store, saved[0].id, lambda doc: doc.update(started_at="2030-01-01T00:00:00+00:00"))
+    for reader in (store, fresh_process(store)):
+        assert reader.latest().id == saved[0].id
+        assert reader.latest(1).id == saved[2].id
+        assert [r.id for r in reader.summaries()] == [saved[0].id, saved[2].id, saved[1].id]
 
 
 def test_a_hand_edit_of_a_record_leaves_it_out_however_it_was_indexed(
