@@ -208,6 +208,8 @@ def resolve_remote(store: RunStore, ref: str) -> RunRecord | None:
 
 
 def pull(store: RunStore, remote: RemoteRunStore, run_id: str) -> RunRecord:
+    """Pull one run, its signature checked against the project's trusted keys."""
     from ..archive import trusted_keys
 
-    return remote.pull(store, run_id, trusted_keys(store.root.parent))
+    team = bool(load_config(store.root.parent).archive.trusted_keys)
+    return remote.pull(store, run_id, trusted_keys(store.root.parent), team_keys=team)

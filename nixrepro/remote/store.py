@@ -314,10 +314,16 @@ class RemoteRunStore:
                if item.key.endswith("/" + RECORD_FILE)}
         return sorted(run_id for run_id in ids if run_id.startswith(ref) and RUN_ID.fullmatch(run_id))
 
-    def pull(self, local: RunStore, run_id: str, trusted_keys: Sequence[str]) -> RunRecord:
+    def pull(self, local: RunStore, run_id: str, trusted_keys: Sequence[str],
+             team_keys: bool = False) -> RunRecord:
         """Fetch one run, verify it, and only then write it into the local store (atomically:
         a directory renamed into place). Raises :class:`RemoteIntegrityError` for a run that
-        fails verification; nothing local is written then."""
+        fails verification; nothing local is written then.
+
+        ``trusted_keys``: the public keys a signature is checked against; ``team_keys``: they
+        include a team's list ([archive] trusted_keys), so a record signed by any other key is
+        refused (without one, such a signature proves nothing either way, and the hashes decide).
+        """
         if not RUN_ID.fullmatch(run_id):
             raise RunNotFoundError(f"{run_id!r} is not a run id.")
         if (local.run_dir(run_id) / RECORD_FILE).is_file():
@@ -329,7 +335,7 @@ class RemoteRunStore:
             raise RunNotFoundError(f"there is no run {run_id} in {self.url}; `nixrepro runs --remote` "
                                    "lists its runs.") from None
         doc = _json_object(raw, f"{self.url}'s record of run {run_id}", remote=True)
-        files = self._verified(run_id, doc, trusted_keys, base)
+        files = self._verified(run_id, doc, trusted_keys, team_keys, base)
         files[RECORD_FILE] = raw
         local.ensure()
         tmp = local.runs_dir / f".pull-{run_id}-{secrets.token_hex(4)}"
@@ -348,7 +354,7 @@ class RemoteRunStore:
         return local.load(run_id)
 
     def _verified(self, run_id: str, doc: dict[str, Any], trusted_keys: Sequence[str],
-                  base: str) -> dict[str, bytes]:
+                  team_keys: bool, base: str) -> dict[str, bytes]:
         """The run's files, each checked against the record; the record against its hashes and
         signature. Everything is checked before anything is written."""
         from ..verify import check_record, check_signature
@@ -374,6 +380,10 @@ class RemoteRunStore:
             signature = check_signature(doc, sig, trusted_keys)
             if not signature.ok:
                 raise refuse(signature.detail)
+            if signature.result == "skip" and team_keys:
+                signer = str(sig.get("signature", "")).split(":", 1)[0][:60]
+                raise refuse(f"it is signed by {signer!r}, a key that [archive] trusted_keys does not "
+                             "list; if that is a team machine's key, add its public half there")
         wanted = dict(doc.get("files") or {})
         if not isinstance(doc.get("files") or {}, dict) or set(wanted) - set(RUN_FILES):
             raise refuse("its record names files that no run writes")
