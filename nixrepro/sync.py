@@ -1,8 +1,9 @@
 """``nixrepro sync``: upload what a run kept locally because it could not reach a server.
 
 A list of steps, each ``(name, step)`` where ``step(store_root, dry_run)`` returns what it uploaded
-(or would upload) and what failed, as short lines. Pending data outputs are one step, W&B runs
-kept offline another. A step that fails as a whole, or an item that fails, never stops the others:
+(or would upload) and what failed, as short lines. Pending data outputs are one step, runs waiting
+for the remote run store another (nixrepro.remote.pending), W&B runs kept offline a third. A
+step that fails as a whole, or an item that fails, never stops the others:
 every result is reported, and the CLI exits 1 if anything failed.
 """
 
@@ -30,8 +31,15 @@ def _data_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
     return report.done, report.failed
 
 
-# Data first: a W&B run that references an output should find it uploaded.
-STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("wandb", _wandb_step)]
+def _runs_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
+    from .remote.pending import sync_step
+
+    return sync_step(store_root, dry_run)
+
+
+# Data first: a W&B run that references an output should find it uploaded, and a run whose output
+# was pending is pushed to the remote run store only once its record holds the output's version.
+STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("runs", _runs_step), ("wandb", _wandb_step)]
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from nixrepro.config import DataConfig
-from nixrepro.errors import RemoteConflict, RemoteIntegrityError, RunNotFoundError
+from nixrepro.errors import RemoteConflict, RunNotFoundError
 from nixrepro.record import RunRecord, record_sha256, summary_sha256
 from nixrepro.remote import RemoteURL, open_objects
 from nixrepro.remote import store as layout
 from nixrepro.remote.pending import open_remote, push_one, queued, sync_step
 from nixrepro.remote.store import RemoteRunStore
 from nixrepro.runstore import RunStore
-from tests.helpers import GIT_ID, cli_in_process, sh
+from tests.helpers import GIT_ID, Project, cli_in_process, run_cli, sh
 
 FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
 
@@ -66,8 +66,8 @@ def stored_runs(repo: Path, count: int, name: str = "run", log_bytes: int = 64) 
         (run_dir / "stdout.log").write_bytes(f"{name} {i}\n".encode() + os.urandom(log_bytes))
         (run_dir / "stderr.log").write_text("")
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": i / 10}) + "\n")
-        store.save(base.replace(id=run_id, name=f"{name}-{i}", started_at=f"2026-11-22T13:{i % 60:02d}:00+00:00",
-                                metrics={"loss": i / 10}))
+        store.save(base.replace(id=run_id, name=f"{name}-{i}", metrics={"loss": i / 10},
+                                started_at=f"2026-11-22T13:{i % 60:02d}:00+00:00"))
         ids.append(run_id)
     return store, ids
 
@@ -231,7 +231,7 @@ def test_two_machines_pushing_20_runs_at_once_each_lose_and_overwrite_nothing(
     assert any(k.startswith("pages/") for k in keys)  # the index was compacted meanwhile
     # each machine sees the other's runs, and pulls them verified and byte for byte
     store_a, ids_a = stores["machine-a"]
-    store_b, ids_b = stores["machine-b"]
+    store_b, _ = stores["machine-b"]
     puller = RunStore(store_b.root, pull=True)
     for run_id in ids_a:
         assert puller.resolve(run_id).name == f"machine-a-{ids_a.index(run_id)}"
@@ -404,3 +404,61 @@ def test_the_index_page_format_is_gzipped_json_that_names_its_count(remote_url: 
     doc = json.loads(gzip.decompress(remote.objects.get(page)))
     assert page.startswith("pages/000003-") and doc["format"] == "nixrepro-runstore"
     assert sorted(entry["id"] for entry in doc["entries"]) == sorted(ids)
+
+
+# --- end to end: real runs on one clone, every command on the other ------------------------------------
+
+
+def test_runs_repeats_and_reproductions_are_pushed_and_every_command_on_a_clone_sees_them(
+        project: Project, remote_url: str, tmp_path: Path) -> None:
+    (project.root / "nixrepro.toml").write_text(f'[runs]\nremote = "{remote_url}"\n')
+    project.commit("the team's run store")
+    first = project.nixrepro("run", "--flake", ".#env", "--name", "base", "-p", "lr=0.5", "--",
+                             sys.executable, "train.py")
+    assert first.returncode == 0 and "not pushed" not in first.stderr, first.stderr
+    repeats = project.nixrepro("run", "--flake", ".#env", "--repeat", "2", "--", sys.executable, "train.py")
+    assert repeats.returncode == 0 and "not pushed" not in repeats.stderr, repeats.stderr
+    mine = {run["id"]: run for run in json.loads(project.nixrepro("runs", "--json").stdout)}
+    assert len(mine) == 3 and queued(RunStore(project.runs_dir.parent)) == []  # each pushed as it ended
+
+    b = clone(project.root, tmp_path / "machine-b")
+    listed = run_cli(["runs", "--remote", "--json"], cwd=b)
+    assert listed.returncode == 0, listed.stderr
+    assert {run["id"]: run for run in json.loads(listed.stdout)} == mine  # what A lists, B lists
+    named = json.loads(run_cli(["runs", "--remote", "--json", "--where", "name~base"], cwd=b).stdout)
+    assert [run["name"] for run in named] == ["base"]  # the local filters, on the remote's runs
+    base_id = named[0]["id"]
+    repeat_id = next(run_id for run_id, run in mine.items() if run["group"])
+    diff = run_cli(["diff", base_id[:10], repeat_id[:10]], cwd=b)  # neither is in B's store yet
+    assert diff.returncode == 0, diff.stderr
+    assert "lr" in diff.stdout
+    verify = run_cli(["verify", base_id], cwd=b)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    reproduced = run_cli(["reproduce", base_id[:10]], cwd=b)
+    assert reproduced.returncode == 0, reproduced.stderr
+    child = [run for run in json.loads(run_cli(["runs", "--json"], cwd=b).stdout) if run["parent"] == base_id]
+    assert len(child) == 1  # the reproduction, recorded on B ...
+    shown = project.nixrepro("show", child[0]["id"], "--json")  # ... and pushed: A sees it
+    assert shown.returncode == 0 and json.loads(shown.stdout)["parent"] == base_id
+
+
+def test_a_run_signed_by_a_key_the_team_does_not_list_is_refused(remote_url: str, tmp_path: Path) -> None:
+    team = signing_key(tmp_path / "team.sec", "team-1")
+    stranger = tmp_path / "stranger.sec"
+    signing_key(stranger, "stranger-1")
+    origin = project_repo(tmp_path / "origin", remote_url)
+    a = clone(origin, tmp_path / "a")
+    with open(a / "nixrepro.toml", "a") as config:
+        config.write(f'[archive]\nkey_file = "{stranger}"\n')
+    store, (run_id,) = stored_runs(a, 1)
+    sync_step(store.root, dry_run=False)
+    untrusting = clone(origin, tmp_path / "b")  # no team list: the signature proves nothing, the hashes pass
+    assert cli_in_process(["pull", run_id], untrusting).returncode == 0
+    listing = clone(origin, tmp_path / "c")
+    (listing / "nixrepro.toml").write_text((listing / "nixrepro.toml").read_text()
+                                           + f'[archive]\ntrusted_keys = ["{team}"]\n')
+    refused = cli_in_process(["pull", run_id], listing)
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        f"Error: run {run_id} in {remote_url} fails verification (it is signed by 'stranger-1', a key that "
+        "[archive] trusted_keys does not list; if that is a team machine's key, add its public half there)")
+    assert not (listing / ".nixrepro" / "runs" / run_id).exists()

@@ -132,8 +132,10 @@ def _signal_number(name: str | None) -> int:
 @click.option("--tree", is_flag=True, help="Show each run under its --parent, every repeat too.")
 @click.option("--csv", "as_csv", is_flag=True, help="The table as CSV, one line per run.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--remote", is_flag=True,
+              help="List the team's remote run store ([runs] remote) instead of this checkout's.")
 def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], sort_by: str | None,
-         desc: bool, limit: int | None, tree: bool, as_csv: bool, as_json: bool) -> None:
+         desc: bool, limit: int | None, tree: bool, as_csv: bool, as_json: bool, remote: bool) -> None:
     """List recorded runs, newest first, with the params and metrics that vary across them.
 
     Dev and crashed runs are marked; a repeat group is one line with its metrics' mean ± SEM.
@@ -152,7 +154,9 @@ def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], 
         raise UsageError("--csv and --json are two formats; give one of them.")
     if tree and (as_csv or as_json):
         raise UsageError("--tree draws the text table; --csv and --json carry each run's parent instead.")
-    everything = store().summaries()
+    from .remote import remote_summaries
+
+    everything = remote_summaries() if remote else store().summaries()
     known = Columns(everything)
     conditions = [parse_where(text, known) for text in wheres]
     order = None

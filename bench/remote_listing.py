@@ -1,0 +1,152 @@
+"""Listing a remote run store: ``nixrepro runs --remote`` against a plain ListObjectsV2 of the
+same number of keys, on a real SeaweedFS on loopback (as the tests use).
+
+For each size (100, 1,000, 10,000 runs) a bucket prefix is laid out as that many pushes leave it
+(nixrepro.remote.store): full index pages, one page that is not full and COMPACT_AT / 2 loose
+entries (compaction keeps them under COMPACT_AT), each entry a realistic run (params, metrics, tags, host); the baseline is the same number
+of one-object-per-run keys under another prefix, listed with a paginated ListObjectsV2 and not
+even read. Printed: medians of the library listing (``RemoteRunStore.summaries``, in-process), of
+``nixrepro runs --remote --json`` and of ``nixrepro runs --remote`` end to end (a fresh process:
+imports, the client, the listing, the output), each with its ratio to the plain LIST.
+
+    .venv/bin/python bench/remote_listing.py             # 100, 1,000 and 10,000 runs (~2 minutes)
+    .venv/bin/python bench/remote_listing.py --runs 1000
+Target (issue 15): 10,000 runs listed in under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import ROOT, compile_bytecode  # (importing _common also puts the project on sys.path)
+
+from nixrepro.config import DataConfig
+from nixrepro.record import RunRecord
+from nixrepro.remote import RemoteURL, open_objects
+from nixrepro.remote import store as layout
+from nixrepro.remote.store import RemoteRunStore, listing_entry
+from tests.s3server import S3Server
+
+FIXTURE = ROOT / "tests" / "fixtures" / "record-minimal.json"
+# entries not yet compacted: compaction keeps them under COMPACT_AT, so on average half of it
+LOOSE = layout.COMPACT_AT // 2
+
+
+def median_time(action: Callable[[], object], repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def entries(count: int) -> list[dict[str, object]]:
+    """``count`` listing entries of distinct, realistic runs (each through RunRecord.to_dict, as
+    a push writes them)."""
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    made = []
+    for i in range(count):
+        record = base.replace(
+            id=f"{i:024x}", name=f"sweep-{i % 50}", tags=["sweep", f"lr-{i % 7}"],
+            started_at=f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00+00:00",
+            params={"lr": 0.001 * (1 + i % 7), "batch": 32 * (1 + i % 4), "epochs": 10, "model": "resnet"},
+            metrics={"loss": 1 / (1 + i), "acc": (i % 100) / 100, "val_loss": 1.5 / (1 + i),
+                     "val_acc": (i % 97) / 100, "step": 1000 + i},
+            seed=i, duration_s=12.5 + i % 300)
+        made.append(listing_entry(record.to_dict()))
+    return made
+
+
+def lay_out(s3: S3Server, bucket: str, prefix: str, count: int) -> None:
+    """The remote as ``count`` pushes leave it, and ``count`` plain keys beside it."""
+    url = RemoteURL.parse(f"s3://{bucket}/{prefix}")
+    remote = RemoteRunStore(open_objects(url, DataConfig(endpoint_url=s3.endpoint_url)))
+    remote.is_run_store(create=True)
+    made = entries(count)
+    compacted, loose = made[:-LOOSE] if count > LOOSE else [], made[-LOOSE:]
+    remote.write_pages(compacted)
+    client = s3.client()
+
+    def put(item: tuple[str, bytes]) -> None:
+        client.put_object(Bucket=bucket, Key=item[0], Body=item[1])
+
+    objects = [(f"{prefix}/{layout.INDEX}{e['id']}.json", json.dumps(e).encode()) for e in loose]
+    objects += [(f"baseline-{prefix}/index/{e['id']}.json", json.dumps(e).encode()) for e in made]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, objects))
+
+
+def plain_list(client: object, bucket: str, prefix: str) -> int:
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):  # type: ignore[attr-defined]
+        count += len(page.get("Contents", []))
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, action="append", help="remote runs (repeatable)")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sizes = args.runs or [100, 1000, 10000]
+    compile_bytecode()
+    with tempfile.TemporaryDirectory() as tmp:
+        s3 = S3Server(Path(tmp) / "s3")
+        s3.directory.mkdir()
+        s3.start()
+        try:
+            os.environ.update(s3.env())
+            bucket = s3.new_bucket()
+            project = Path(tmp) / "project"
+            project.mkdir()
+            subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+            client = open_objects(RemoteURL.parse(f"s3://{bucket}"), DataConfig()).client  # type: ignore[attr-defined]
+            print(f"{'runs':>6} {'plain LIST':>11} {'library':>16} {'runs --remote --json':>22} "
+                  f"{'runs --remote':>18}")
+            for count in sizes:
+                prefix = f"team-{count}"
+                started = time.perf_counter()
+                lay_out(s3, bucket, prefix, count)
+                setup = time.perf_counter() - started
+                (project / "nixrepro.toml").write_text(f'[runs]\nremote = "s3://{bucket}/{prefix}"\n')
+                assert plain_list(client, bucket, f"baseline-{prefix}/") == count
+                url = RemoteURL.parse(f"s3://{bucket}/{prefix}")
+
+                def library() -> None:
+                    listed = RemoteRunStore(open_objects(url, DataConfig())).summaries()
+                    assert len(listed) == count, len(listed)
+
+                def command(*extra: str) -> Callable[[], None]:
+                    def run() -> None:
+                        out = subprocess.run([sys.executable, "-m", "nixrepro", "runs", "--remote", *extra],
+                                             cwd=project, check=True, capture_output=True)
+                        if extra:
+                            assert len(json.loads(out.stdout)) == count
+
+                    return run
+
+                base = median_time(lambda: plain_list(client, bucket, f"baseline-{prefix}/"), args.repeat)
+                lib = median_time(library, args.repeat)
+                as_json = median_time(command("--json"), args.repeat)
+                table = median_time(command(), args.repeat)
+                print(f"{count:>6} {base:>10.3f}s {lib:>7.3f}s {lib / base:>6.2f}x "
+                      f"{as_json:>12.3f}s {as_json / base:>6.2f}x {table:>9.3f}s {table / base:>6.2f}x"
+                      f"   (set up in {setup:.0f}s)")
+        finally:
+            s3.stop()
+    print("ratio: time / plain ListObjectsV2 of as many keys (< 1: faster than listing the keys alone)")
+
+
+if __name__ == "__main__":
+    main()
