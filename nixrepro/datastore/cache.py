@@ -43,6 +43,7 @@ from ..fsutil import sha256_file as sha256_file  # re-exported for callers of da
 from . import DataIntegrityError, DataStoreError
 
 HASH_THREADS = 4
+SCHEMA_VERSION = 1  # PRAGMA user_version of a cache whose tables are made; raise it with _SCHEMA
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
   store TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT NOT NULL,
@@ -93,7 +94,9 @@ class DataCache:
                                                     isolation_level=None, check_same_thread=False))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        # the schema once per cache, not at every open: executescript commits (80 ms on a busy disk)
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            self.db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
 
     # --- objects --------------------------------------------------------------------------------
 
@@ -224,7 +227,7 @@ class DataCache:
         misses: list[str] = []
         for rel, (_path, st) in entries.items():
             known = before.get(rel)
-            if known is not None and known[:4] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+            if known is not None and known == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, known[4]):
                 result[rel] = known[4]
             else:
                 misses.append(rel)

@@ -456,32 +456,30 @@ def _sha(data: bytes) -> str:
 
 
 def _scan(root: Path) -> dict[str, tuple[str, os.stat_result]]:
-    """Regular files under ``root``: relative POSIX path -> (path, stat), sorted; one stat each."""
+    """Regular files under ``root``: relative POSIX path -> (path, stat), in no particular order
+    (the digest and the manifest sort); one stat each, the floor of noticing a changed file."""
     found: dict[str, tuple[str, os.stat_result]] = {}
-
-    def walk(directory: str, prefix: str) -> None:
+    todo = [(str(root), "")]
+    while todo:  # a stack, not recursion: a deep tree is no recursion limit
+        directory, prefix = todo.pop()
         with os.scandir(directory) as it:
             for entry in it:
                 if entry.is_dir():
                     if entry.name != VERSIONS_DIR:
-                        walk(entry.path, f"{prefix}{entry.name}/")
+                        todo.append((entry.path, f"{prefix}{entry.name}/"))
                 elif entry.is_file():
                     found[prefix + entry.name] = (entry.path, entry.stat())
-
-    walk(str(root), "")
     if not found:
         raise UsageError(f"{root} has no files to put; put a file, or a directory with files in it.")
-    return dict(sorted(found.items()))
+    return found
 
 
 def _digest(hashes: dict[str, str]) -> str:
     """One hash of a directory's (relative path, sha256) list: equal digests, equal contents."""
     import hashlib
 
-    digest = hashlib.sha256()
-    for rel in sorted(hashes):
-        digest.update(f"{rel}\0{hashes[rel]}\n".encode())
-    return digest.hexdigest()
+    lines = "".join(f"{rel}\0{hashes[rel]}\n" for rel in sorted(hashes))  # one update, not 20,000
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _tree_files(root: Path) -> set[str]:

@@ -30,6 +30,7 @@ from . import (
     NoSuchObject,
     ObjectVersion,
     check_segments,
+    quick_head,
 )
 
 # Measured on loopback SeaweedFS with 2 cores (bench/data.py): uploads, 8 MiB parts 10 in flight
@@ -98,11 +99,20 @@ def make_client(settings: DataConfig, *, retries: int = 3) -> Any:
 class S3Store:
     def __init__(self, settings: DataConfig) -> None:
         self.settings = settings
-        self.client = make_client(settings)
+        self._client: Any = None  # botocore's, made when a call needs it (0.2-0.4 s of imports)
+        self._quick: quick_head.QuickHead | bool | None = False  # False: not yet looked for
+        self._client_lock = threading.Lock()
         self._versioned: set[str] = set()
         self._lock = threading.Lock()
         self._completed_hook = False
         self._completed_versions: dict[tuple[str, str], Any] = {}
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client
 
     # --- the DataStore interface --------------------------------------------------------------
 
@@ -119,6 +129,16 @@ class S3Store:
         return ObjectVersion(str(uri), str(reply["VersionId"]), sha256, size, kind, latest=True)
 
     def head(self, uri: DataURI, version_id: str | None = None) -> ObjectVersion:
+        # An answer without botocore where the credentials are plain keys (nixrepro.datastore.
+        # quick_head): re-putting an unchanged directory is then one HEAD, not botocore's imports.
+        if self._quick is False:
+            self._quick = quick_head.QuickHead.configure(self.settings)
+        if isinstance(self._quick, quick_head.QuickHead):
+            found = self._quick.head(uri.bucket, uri.key, version_id)
+            if found is not None:
+                return ObjectVersion(str(uri), found.version_id, found.metadata.get(SHA_KEY), found.size,
+                                     found.metadata.get(KIND_KEY, "file"),  # type: ignore[arg-type]
+                                     found.modified, latest=version_id is None)
         extra = {"VersionId": version_id} if version_id else {}
         reply = self._call(uri, lambda: self.client.head_object(Bucket=uri.bucket, Key=uri.key, **extra),
                            version_id=version_id)
