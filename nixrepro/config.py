@@ -54,20 +54,10 @@ class ArchiveConfig:
     trusted_keys: list[str] = field(default_factory=list)
 
 
-TRACKER_MODES = ("online", "offline", "disabled")
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    """``[tracker]``: a dashboard each run also goes to (docs/wandb.md). Only ``kind = "wandb"`` so far."""
-
-    kind: str | None = None  # None: no tracker; "wandb"
-    project: str | None = None  # default: the repository's directory name
-    entity: str | None = None
-    mode: str = "online"  # online | offline | disabled; the WANDB_MODE variable wins
-    job_type: str | None = None
-    group: str | None = None  # default for runs without --repeat (a repeat group is its own group)
-    system_metrics: bool = True  # W&B's CPU/GPU/memory charts (its monitor process)
+# [trackers.<kind>]: the dashboards every recorded run also goes to (docs/trackers.md). Each table is
+# read into its tracker module's Settings dataclass (nixrepro.trackers.TRACKERS); the older
+# [tracker] kind = "wandb" table is read as [trackers.wandb].
+LEGACY_TRACKER = "wandb"
 
 
 @dataclass(frozen=True)
@@ -120,7 +110,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    trackers: dict[str, Any] = field(default_factory=dict)  # kind -> its Settings, file order
     data: DataConfig = field(default_factory=DataConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
@@ -178,8 +168,9 @@ def parse(table: Any, source: str = CONFIG_FILE) -> Config:
         raise ConfigError(f"{source} must be a table of sections, not {_kind(table)}; "
                           "write it as [tool.nixrepro.run] and the like.")
     sections = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
-    config = _section(Config, dict(table), source, "", sections)
-    _check_tracker(config.tracker, source)
+    body = dict(table)
+    trackers = _read_trackers(body, source)  # takes [trackers] and [tracker] out of body
+    config = dataclasses.replace(_section(Config, body, source, "", sections), trackers=trackers)
     _check_locations(config, source)
     _check_runs(config.runs, source)
     for name in config.stages:
@@ -189,12 +180,51 @@ def parse(table: Any, source: str = CONFIG_FILE) -> Config:
     return dataclasses.replace(config, source=source)
 
 
-def _check_tracker(tracker: TrackerConfig, source: str) -> None:
-    if tracker.kind not in (None, "wandb"):
-        raise ConfigError(f"{source}: 'tracker.kind' must be \"wandb\" (or left out), not {tracker.kind!r}.")
-    if tracker.mode not in TRACKER_MODES:
-        raise ConfigError(f"{source}: 'tracker.mode' must be one of {', '.join(TRACKER_MODES)}, "
-                          f"not {tracker.mode!r}.")
+def _read_trackers(body: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[trackers.<kind>]`` tables (and the older ``[tracker]``), each validated against its
+    tracker's ``Settings``; the trackers' modules are imported here only when configured."""
+    from . import trackers as registry
+
+    tables = body.pop("trackers", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{source}: 'trackers' must be a table of [trackers.<kind>] tables, not "
+                          f"{_kind(tables)}; write [trackers.wandb] or [trackers.mlflow].")
+    found: dict[str, tuple[str, Any]] = {}  # kind -> (key prefix for messages, its table)
+    for kind, table in tables.items():
+        if kind not in registry.TRACKERS:
+            raise ConfigError(f"{source}: there is no tracker {kind!r} ([trackers.{kind}]); the "
+                              f"known kinds are {registry.known_kinds()}.")
+        found[kind] = (f"trackers.{kind}.", table)
+    legacy = body.pop("tracker", None)
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            raise ConfigError(f"{source}: 'tracker' must be a table, not {_kind(legacy)}.")
+        legacy = dict(legacy)
+        kind = legacy.pop("kind", None)
+        if kind is not None and not isinstance(kind, str):
+            raise ConfigError(f"{source}: 'tracker.kind' must be a string, not {_kind(kind)}.")
+        if kind not in (None, LEGACY_TRACKER):
+            raise ConfigError(f"{source}: 'tracker.kind' must be \"wandb\" (or left out), not {kind!r}.")
+        if kind is not None and LEGACY_TRACKER in found:
+            raise ConfigError(f"{source}: both [tracker] kind = \"wandb\" and [trackers.wandb] "
+                              "configure W&B; keep [trackers.wandb] ([tracker] is its older name).")
+        if kind is None:  # no tracker, but its keys are still checked
+            _tracker_settings(registry, LEGACY_TRACKER, legacy, source, "tracker.")
+        else:
+            found[kind] = ("tracker.", legacy)
+    return {kind: _tracker_settings(registry, kind, table, source, prefix)
+            for kind, (prefix, table) in found.items()}
+
+
+def _tracker_settings(registry: Any, kind: str, table: Any, source: str, prefix: str) -> Any:
+    cls = registry.settings_class(kind)
+    keys = {f.name for f in dataclasses.fields(cls)} | ({"kind"} if prefix == "tracker." else set())
+    settings = _section(cls, table, source, prefix, keys)
+    problem = settings.check() if hasattr(settings, "check") else None
+    if problem is not None:
+        key, text = problem
+        raise ConfigError(f"{source}: {prefix + key!r} {text}.")
+    return settings
 
 
 def _check_locations(config: Config, source: str) -> None:

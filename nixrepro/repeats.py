@@ -9,7 +9,7 @@ recorded like any other. The first repeat that does not succeed stops the group.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from .config import Config
 from .errors import UsageError
@@ -17,7 +17,7 @@ from .groups import new_group_id
 from .nix import Nix
 from .record import RunRecord
 from .runner import RunRequest, run
-from .trackers import RunObserver
+from .trackers import TrackerFactory
 
 SEED_MAX = 2**32 - 1  # PYTHONHASHSEED's range is 0..SEED_MAX: a Python child refuses any other
 
@@ -44,10 +44,11 @@ def run_repeated(
     count: int,
     config: Config | None = None,
     nix: Nix | None = None,
-    observers: Callable[[], Sequence[RunObserver]] = tuple,
+    observers: TrackerFactory = tuple,
     on_run: Callable[[RunRecord], None] = lambda record: None,
 ) -> list[RunRecord]:
-    """Run ``request`` ``count`` times as one group; ``observers()`` makes each run's trackers."""
+    """Run ``request`` ``count`` times as one group; ``observers()`` makes each run's trackers
+    (``lambda: nixrepro.trackers.from_config(...)``: an observer follows one run)."""
     if count < 1:
         raise UsageError(f"--repeat needs a positive count, not {count}.")
     check_seeds(request.seed, count)

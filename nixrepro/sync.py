@@ -14,14 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NixreproError
-from .trackers import wandb as wandb_sink
+from .trackers import sync_steps as tracker_steps
 
 SyncStep = Callable[[Path, bool], tuple[list[str], list[str]]]
-
-
-def _wandb_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
-    return [str(p.relative_to(store_root.parent))
-            for p in wandb_sink.sync_offline_runs(store_root, dry_run=dry_run)], []
 
 
 def _data_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
@@ -39,7 +34,8 @@ def _runs_step(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
 
 # Data first: a W&B run that references an output should find it uploaded, and a run whose output
 # was pending is pushed to the remote run store only once its record holds the output's version.
-STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("runs", _runs_step), ("wandb", _wandb_step)]
+# Then each tracker that keeps runs offline (W&B: `wandb sync`), found in the tracker registry.
+STEPS: list[tuple[str, SyncStep]] = [("data", _data_step), ("runs", _runs_step), *tracker_steps()]
 
 
 @dataclass(frozen=True)

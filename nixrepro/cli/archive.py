@@ -133,6 +133,7 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
     from ..determinism import determinism_note
     from ..rebuild import locate, metric_within
     from ..rebuild import reproduce as reproduce_run
+    from ..trackers import from_config
 
     runs, repo, nix, config = _context()
     located = locate(runs, run_ref, repo=repo, config=config, from_url=from_url)
@@ -140,7 +141,8 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
     if not as_json:
         _found(located)
     result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
-                           rtol=rtol, archived=located.archived)
+                           rtol=rtol, archived=located.archived,
+                           observers=from_config(config, repo.root, runs.root))
     ok = result.within_tolerance and result.run.status == "succeeded"
     note = determinism_note(record)  # why metrics may legitimately differ
     if as_json:

@@ -14,10 +14,11 @@ from . import CONTEXT, cli, echo_json, nix_cli
 def _runner(dev: bool = False, force: bool = False, quiet_stdout: bool = False) -> Any:
     """``quiet_stdout``: the stages' stdout goes to stderr, so --json's stdout is only JSON."""
     from .. import config as config_module
-    from ..git import GitRepo
+    from ..git import STORE_DIR, GitRepo
     from ..pipeline import Pipeline, PipelineRunner
     from ..runner import RunRequest, prepare
     from ..runner import execute as execute_run
+    from ..trackers import from_config
 
     repo = GitRepo.discover(Path.cwd())
     config = config_module.load(repo.root)
@@ -25,7 +26,9 @@ def _runner(dev: bool = False, force: bool = False, quiet_stdout: bool = False) 
 
     def execute(stage: Any, env_path: str, info: Any, inputs: dict[str, str]) -> Any:
         # Inputs at exactly the versions in the cache key, outputs stored when the stage ends:
-        # as `nixrepro run --input URI@VERSION --output LOCAL=URI` would.
+        # as `nixrepro run --input URI@VERSION --output LOCAL=URI` would; with the trackers of
+        # [trackers.<kind>], made before the preflight so that their imports overlap it.
+        trackers = from_config(config, repo.root, repo.root / STORE_DIR)
         request = RunRequest(
             argv=stage.argv, cwd=repo.root, env_path=env_path, params=stage.params, dev=dev,
             name=stage.name, tags=[f"stage:{stage.name}"], data_pins=inputs, stage=info,
@@ -33,7 +36,7 @@ def _runner(dev: bool = False, force: bool = False, quiet_stdout: bool = False) 
             outputs=[f"{out.local}={out.uri}" for out in stage.outputs],
         )
         return execute_run(prepare(request, config, nix),
-                           stdout=sys.stderr.buffer if quiet_stdout else None)
+                           stdout=sys.stderr.buffer if quiet_stdout else None, observers=trackers)
 
     return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
                           resolver=_LatestVersion(config.data), execute=execute, dev=dev, force=force)

@@ -59,26 +59,32 @@ def run(
       nixrepro run --input s3://ml-data/raw.csv --output out.csv=s3://ml-data/clean.csv -- ./clean.sh
     """
     from .. import config as config_module
-    from ..git import GitRepo
+    from ..git import STORE_DIR, GitRepo
+    from ..trackers import from_config
+
+    cwd = Path.cwd()
+    root = GitRepo.discover(cwd).root
+    config = config_module.load(root)
+    # The trackers first: each starts importing its library now, overlapping all that follows.
+    trackers = from_config(config, root, root / STORE_DIR) if repeat is None else []
+
     from ..runner import RunRequest, parse_param
     from ..runner import run as run_request
 
     request = RunRequest(
-        argv=list(command), cwd=Path.cwd(), env_path=env_path, flake=flake, dev=dev, name=name,
+        argv=list(command), cwd=cwd, env_path=env_path, flake=flake, dev=dev, name=name,
         tags=list(tags), parent=parent, params=dict(parse_param(p) for p in params), seed=seed,
         verify_contents=verify_contents, deterministic=deterministic, inputs=list(inputs),
         outputs=list(outputs), facts=facts_file,
     )
-    root = GitRepo.discover(request.cwd).root
-    config = config_module.load(root)
     if repeat is None:
-        record = run_request(request, config, nix=nix_cli(), observers=_trackers(config, root))
+        record = run_request(request, config, nix=nix_cli(), observers=trackers)
         _report(record)
     else:
         from ..repeats import run_repeated  # with the statistics: not on the single run's path
 
         records = run_repeated(request, repeat, config, nix=nix_cli(),
-                               observers=lambda: _trackers(config, root),
+                               observers=lambda: from_config(config, root, root / STORE_DIR),
                                on_run=_report)
         record = records[-1]
         click.echo(f"nixrepro: group {record.group}: {len(records)} of {repeat} runs; "
@@ -95,17 +101,6 @@ def _report(record: Any) -> None:
         + f" in {record.duration_s or 0:.1f}s; `nixrepro show {record.short_id}`",
         err=True,
     )
-
-
-def _trackers(config: Any, repo_root: Path) -> list[Any]:
-    """The dashboards this run also goes to ([tracker] in nixrepro.toml)."""
-    if config.tracker.kind != "wandb":  # (the config is validated when it is read)
-        return []
-    from ..runstore import RunStore
-    from ..trackers.wandb import WandbSink
-
-    sink = WandbSink(config.tracker, RunStore.for_repo(repo_root).root, default_project=repo_root.name)
-    return [] if sink.mode == "disabled" else [sink]
 
 
 def _signal_number(name: str | None) -> int:

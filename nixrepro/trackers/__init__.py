@@ -1,20 +1,158 @@
-"""Observers (sinks) see a run as it happens: start, each metric logged, end. W&B is one.
+"""Trackers: the dashboards a run also goes to, registered by kind; and the observers they are.
+
+A tracker is one module of this package, registered in :data:`TRACKERS` by its kind, the name of
+its ``[trackers.<kind>]`` table in nixrepro.toml. It is imported only when that table is there
+(``import nixrepro`` and a run without trackers import neither it nor its library), and it has:
+
+* ``Settings``: a frozen dataclass of the table's keys, validated from its type hints when the
+  config is read, like every section (nixrepro.config); a ``check()`` method may return
+  ``(key, problem)`` for what types cannot say;
+* ``make(settings, context) -> RunObserver | None``: the observer for one run (None: it is
+  disabled, e.g. W&B's ``mode = "disabled"``); made fresh for every run, so it starts its
+  library's import in a thread when made, overlapping the run's preflight;
+* optionally ``sync(store_root, dry_run) -> (done, failed)``: a step of ``nixrepro sync``.
+
+:func:`from_config` makes the observers of every configured tracker for one run; every command
+that records a run (run, run --repeat, pipeline run, reproduce) passes them on.
 
 Like sacred's observers they fail in isolation: an observer that raises is reported with one
 warning and dropped for the rest of the run; the local record stays complete either way.
 An observer may return a small dict from ``started``/``ended`` that is kept in the record under
-``trackers.<name>`` (a tracker's run id and URL, say).
+``trackers.<name>`` (a tracker's run id and URL, say). Documented in docs/trackers.md.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..metrics import METRICS_FILE, MetricPoint, parse_point
-from ..record import RunRecord
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..record import RunRecord
+
+# kind -> module; a new tracker is one module here and one line in this table
+TRACKERS: dict[str, str] = {
+    "mlflow": "nixrepro.trackers.mlflow",
+    "wandb": "nixrepro.trackers.wandb",
+}
+
+
+def known_kinds() -> str:
+    """The registered kinds, for messages: "mlflow and wandb"."""
+    kinds = sorted(TRACKERS)
+    return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+
+
+def tracker_module(kind: str) -> ModuleType:
+    """The module of tracker ``kind`` (imported now if it was not); KeyError for an unknown kind."""
+    return importlib.import_module(TRACKERS[kind])
+
+
+def settings_class(kind: str) -> type:
+    """The dataclass of ``[trackers.<kind>]``."""
+    cls: type = tracker_module(kind).Settings
+    return cls
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"nixrepro: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class TrackerContext:
+    """What a tracker's ``open`` gets besides its settings."""
+
+    repo_root: Path  # the git root: a tracker's default project or experiment is its name
+    store_root: Path  # the run store (.nixrepro): where a tracker keeps anything local
+    environ: Mapping[str, str]  # the tracker's own variables (WANDB_MODE, MLFLOW_TRACKING_URI...)
+    note: Callable[[str], None] = _note  # one line to the user (not a warning: nothing failed)
+    remote: str | None = None  # [runs] remote: where the run's record is pushed (the provenance)
+
+
+TrackerFactory = Callable[[], Sequence["RunObserver"]]
+
+
+def from_config(
+    config: Config, repo_root: Path, store_root: Path, *, environ: Mapping[str, str] | None = None,
+) -> list[RunObserver]:
+    """The observers of one run: one per ``[trackers.<kind>]`` in ``config`` that is enabled.
+
+    Call it once per run (a repeat group or a pipeline calls it for each of its runs): an observer
+    follows one run. Only the configured trackers' modules are imported.
+    """
+    context = TrackerContext(repo_root, store_root, os.environ if environ is None else environ,
+                             remote=config.runs.remote)
+    observers: list[RunObserver] = []
+    for kind, settings in config.trackers.items():
+        observer = tracker_module(kind).make(settings, context)
+        if observer is not None:
+            observers.append(observer)
+    return observers
+
+
+PROBE_TIMEOUT_S = 2.0
+
+
+def reachable(base_url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the URL's host and port opens within ``timeout`` seconds (a
+    tracker's own client would retry an unreachable server for minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(base_url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        return False
+    if not parsed.hostname:
+        return False
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line (trackers' messages can span screens)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def attached_files(run_dir: Path) -> list[Path]:
+    """The run's files a tracker keeps beside its run, those that exist: the record, the logs,
+    the metrics, the data log and a dev run's patch."""
+    from ..datalog import DATA_FILE
+    from ..rundir import DEV_PATCH, STDERR_LOG, STDOUT_LOG
+    from ..runstore import RECORD_FILE
+
+    names = (RECORD_FILE, STDOUT_LOG, STDERR_LOG, METRICS_FILE, DATA_FILE, DEV_PATCH)
+    return [run_dir / name for name in names if (run_dir / name).is_file()]
+
+
+SyncStep = Callable[[Path, bool], tuple[list[str], list[str]]]
+
+
+def sync_steps() -> list[tuple[str, SyncStep]]:
+    """``(kind, sync)`` of every tracker that keeps runs to upload later (W&B offline)."""
+    steps: list[tuple[str, SyncStep]] = []
+    for kind in TRACKERS:
+        step = getattr(tracker_module(kind), "sync", None)
+        if step is not None:
+            steps.append((kind, step))
+    return steps
+
 
 POLL_INTERVAL_S = 0.5
 

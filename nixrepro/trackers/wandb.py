@@ -1,16 +1,17 @@
-"""Weights & Biases as the team dashboard: every recorded run also becomes a W&B run.
+"""Weights & Biases as the team dashboard: ``[trackers.wandb]`` makes every recorded run a W&B run.
 
-:class:`WandbSink` is a run observer (nixrepro/observers.py). ``wandb`` is imported lazily, in a
+:class:`WandbSink` is a run observer (nixrepro.trackers). ``wandb`` is imported lazily, in a
 thread started when the sink is made, so its ~0.6 s import and its init overlap nixrepro's preflight
 and the experiment itself. The W&B run id is the nixrepro run id; its config holds the params and
-the provenance (closure hash, flake.lock hash, commit, nixpkgs rev, data versions, GPU/driver);
+the provenance (nixrepro.trackers.provenance: closure hash, flake.lock hash, commit, nixpkgs rev,
+data versions, GPU/driver, every host fact);
 metrics stream live from metrics.jsonl with their steps; the record and logs are attached as files;
 data inputs and outputs become reference artifacts, so W&B's lineage graph shows them.
 
 Everything W&B writes lives under ``.nixrepro/`` (run directories, cache, staging), never in the work
 tree. A W&B failure, at init or mid-run, is one warning and never touches the local record: the
 sink raises :class:`TrackerError`, and the observer machinery drops it for the rest of the run.
-Documented in docs/wandb.md.
+Documented in docs/trackers.md.
 """
 
 from __future__ import annotations
@@ -19,77 +20,64 @@ import contextlib
 import os
 import queue
 import re
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from ..config import TRACKER_MODES, TrackerConfig
 from ..errors import TrackerError, WandbSyncError
 from ..metrics import MetricPoint
 from ..parallel import Background
-from ..record import DataVersion, RunRecord
+from . import TrackerContext, attached_files, describe, reachable
+from .provenance import nixpkgs_rev as nixpkgs_rev  # (where it was; tests and callers use it)
+from .provenance import provenance
+
+if TYPE_CHECKING:  # the sink's module stays light: made before the run path is imported
+    from ..record import DataVersion, RunRecord
 
 WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
-ATTACHED = ("record.json", "stdout.log", "stderr.log", "metrics.jsonl", "data.jsonl", "code.patch")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
-PROBE_TIMEOUT_S = 2.0
 TAG_MAX = 64  # W&B refuses longer tags
+MODES = ("online", "offline", "disabled")
 
 
-def resolve_mode(config: TrackerConfig, environ: Mapping[str, str]) -> str:
-    """WANDB_MODE wins over ``[tracker] mode`` (W&B's own aliases: dryrun = offline, run = online)."""
+@dataclass(frozen=True)
+class Settings:
+    """``[trackers.wandb]`` (or the older ``[tracker] kind = "wandb"``)."""
+
+    project: str | None = None  # default: WANDB_PROJECT, else the repository's directory name
+    entity: str | None = None
+    mode: str = "online"  # online | offline | disabled; the WANDB_MODE variable wins
+    job_type: str | None = None
+    group: str | None = None  # default for runs without --repeat (a repeat group is its own group)
+    system_metrics: bool = True  # W&B's CPU/GPU/memory charts (its monitor process)
+
+    def check(self) -> tuple[str, str] | None:
+        if self.mode not in MODES:
+            return "mode", f"must be one of {', '.join(MODES)}, not {self.mode!r}"
+        return None
+
+
+def make(settings: Settings, context: TrackerContext) -> WandbSink | None:
+    """The W&B sink of one run; None when W&B is disabled (``mode``, or WANDB_MODE=disabled)."""
+    sink = WandbSink(settings, context.store_root, default_project=context.repo_root.name,
+                     environ=context.environ, note=context.note, remote=context.remote)
+    return None if sink.mode == "disabled" else sink
+
+
+def sync(store_root: Path, dry_run: bool) -> tuple[list[str], list[str]]:
+    """``nixrepro sync``'s W&B step: `wandb sync` of the runs kept offline."""
+    return [str(p.relative_to(store_root.parent))
+            for p in sync_offline_runs(store_root, dry_run=dry_run)], []
+
+
+def resolve_mode(config: Settings, environ: Mapping[str, str]) -> str:
+    """WANDB_MODE wins over ``mode`` (W&B's own aliases: dryrun = offline, run = online)."""
     raw = (environ.get("WANDB_MODE") or config.mode).strip().lower()
-    return {"dryrun": "offline", "run": "online"}.get(raw, raw if raw in TRACKER_MODES else config.mode)
-
-
-def nixpkgs_rev(record: RunRecord) -> str | None:
-    """The locked rev of the flake input named ``nixpkgs``, when the flake has one."""
-    locked = record.environment.inputs.get("nixpkgs")
-    return locked.rev if locked else None
-
-
-def _data(version: DataVersion) -> dict[str, Any]:
-    return {"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
-            "size": version.size, "pending": version.pending}
-
-
-def provenance(record: RunRecord) -> dict[str, Any]:
-    """What the W&B config keeps under ``nixrepro``: everything the result depended on, by identity."""
-    env, host, code = record.environment, record.host, record.code
-    return {
-        "run_id": record.id,
-        "command": " ".join(record.command.argv),
-        "seed": record.seed,
-        "deterministic": record.deterministic,
-        "dev": record.dev,
-        "group": record.group,
-        "repeat_index": record.repeat_index,
-        "code": {"commit": code.commit, "branch": code.branch, "remote": code.remote,
-                 "dirty": code.dirty, "diff_sha256": code.diff_sha256},
-        "environment": {
-            "closure_hash": env.closure_hash,
-            "flake_lock_sha256": env.flake_lock_sha256,
-            "nixpkgs_rev": nixpkgs_rev(record),
-            "inputs": {name: inp.rev or inp.narHash for name, inp in sorted(env.inputs.items())},
-            "env_path": env.env_path,
-            "flake_ref": env.flake_ref,
-            "system": env.system,
-            "nix_version": env.nix_version,
-            "closure_paths": len(env.closure),
-        },
-        "host": {
-            "os": host.os, "kernel": host.kernel, "cpu": host.cpu, "cpu_count": host.cpu_count,
-            "gpus": [{"name": g.name, "uuid": g.uuid, "compute_capability": g.compute_capability}
-                     for g in host.gpus],
-            "nvidia_driver": host.nvidia_driver, "cuda_driver": host.cuda_driver,
-        },
-        "data": {"inputs": [_data(v) for v in record.data.inputs],
-                 "outputs": [_data(v) for v in record.data.outputs]},
-    }
+    return {"dryrun": "offline", "run": "online"}.get(raw, raw if raw in MODES else config.mode)
 
 
 def run_tags(record: RunRecord) -> list[str]:
@@ -105,25 +93,6 @@ def _wandb_value(value: Any) -> Any:
     return value
 
 
-def describe(exc: BaseException) -> str:
-    """An exception as one short line (W&B's messages can span screens)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def reachable(base_url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    parsed = urlparse(base_url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def wandb_environ(home: Path) -> Iterator[None]:
     """W&B's cache and staging under ``home`` (unless the user chose their own), for one call.
@@ -134,20 +103,23 @@ def wandb_environ(home: Path) -> Iterator[None]:
     wanted = {"WANDB_CACHE_DIR": home / "cache", "WANDB_DATA_DIR": home / "data",
               "WANDB_ARTIFACT_DIR": home / "artifacts"}
     names = [*wanted, "WANDB_SERVICE"]
-    saved = {name: os.environ.get(name) for name in names}
-    for name, path in wanted.items():
-        os.environ.setdefault(name, str(path))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with _ENVIRON_LOCK:  # pipeline stages in threads: one sink's save and restore at a time
+        saved = {name: os.environ.get(name) for name in names}
+        for name, path in wanted.items():
+            os.environ.setdefault(name, str(path))
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
+_ENVIRON_LOCK = threading.RLock()
 _ARGV_LOCK = threading.Lock()
+_LIVE: set[int] = set()  # the sinks of this process whose W&B run is live (pipeline stages, -j N)
 
 
 @contextlib.contextmanager
@@ -185,15 +157,17 @@ class WandbSink:
 
     def __init__(
         self,
-        config: TrackerConfig,
+        config: Settings,
         store_root: Path,
         *,
         default_project: str,
         environ: Mapping[str, str] | None = None,
         note: Callable[[str], None] = _note,
+        remote: str | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
         self._config = config
+        self._remote = remote  # the remote run store, named in the provenance
         self._store_root = store_root
         self._home = store_root / WANDB_HOME
         self._mode = resolve_mode(config, environ)
@@ -232,13 +206,13 @@ class WandbSink:
         run = self._run
         try:
             with wandb_environ(self._home):
-                run.config.update({"nixrepro": provenance(record)}, allow_val_change=True)
+                run.config.update({"nixrepro": provenance(record, self._remote)}, allow_val_change=True)
                 run.summary.update(self._summary(record))
-                for name in ATTACHED:
-                    if (run_dir / name).is_file():
-                        run.save(str(run_dir / name), base_path=str(run_dir), policy="now")
+                for path in attached_files(run_dir):
+                    run.save(str(path), base_path=str(run_dir), policy="now")
                 self._log_data(run, record)
                 run.finish(exit_code=record.exit_code if record.exit_code is not None else 1)
+            _LIVE.discard(id(self))
         except Exception as exc:
             self._fail("W&B failed at the end of the run", exc)
             raise TrackerError(self._error or describe(exc)) from exc
@@ -259,6 +233,7 @@ class WandbSink:
                            "`nixrepro sync` uploads it later.")
             with wandb_environ(self._home), _program_argv(record.command.argv):
                 self._run = wandb.init(**self._init_args(wandb, record))
+            _LIVE.add(id(self))
         except Exception as exc:
             self._fail("W&B could not start", exc)
             return
@@ -287,6 +262,9 @@ class WandbSink:
             "git_remote_url": record.code.remote,
             "x_save_requirements": False,  # nixrepro's Python packages, not the experiment's
             "x_disable_stats": not self._config.system_metrics,
+            # a run of its own even while another stage's is live in this process (-j N);
+            # wandb.init would return that one otherwise
+            "reinit": "create_new",
             # the command as recorded (secrets scrubbed), never nixrepro's own command line
             "program": record.command.argv[0] if record.command.argv else None,
         }
@@ -304,8 +282,8 @@ class WandbSink:
             "group": record.group or self._config.group,
             "job_type": self._config.job_type,
             "tags": run_tags(record),
-            "config": {**record.params, "nixrepro": provenance(record)},
-            "settings": wandb.Settings(**settings),
+            "config": {**record.params, "nixrepro": provenance(record, self._remote)},
+            "settings": _settings(wandb, settings),
         }
 
     def _summary(self, record: RunRecord) -> dict[str, Any]:
@@ -357,10 +335,21 @@ class WandbSink:
         if self._run is not None:
             with contextlib.suppress(Exception):
                 self._run.finish(exit_code=1)
-        if wandb is not None:
+        _LIVE.discard(id(self))
+        if wandb is not None and not _LIVE:  # (another stage's live W&B run keeps the service)
             # teardown unregisters wandb's atexit hook first, so a dead service prints no traceback
             with contextlib.suppress(Exception):
                 wandb.teardown()
+
+
+def _settings(wandb: Any, settings: dict[str, Any]) -> Any:
+    """wandb.Settings of ``settings``; without ``reinit`` for a wandb whose reinit is a bool."""
+    try:
+        return wandb.Settings(**settings)
+    except Exception:
+        if "reinit" not in settings:
+            raise
+        return wandb.Settings(**{k: v for k, v in settings.items() if k != "reinit"})
 
 
 def artifact_name(uri: str) -> str:
