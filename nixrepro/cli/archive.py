@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -40,15 +43,38 @@ def archive(run_ref: str, url: str | None, build_deps: bool) -> None:
       nixrepro archive 3f9a2c --to s3://my-bucket/nix --build-deps
     """
     from ..archive import archive_run, archive_url
+    from ..runstore import SIGNATURE_FILE
 
     runs, repo, nix, config = _context()
     record = runs.resolve(run_ref)
     target = archive_url(url, config.archive)
+    unsigned = not (runs.run_dir(record.id) / SIGNATURE_FILE).is_file()
     entry = archive_run(runs, record, target, config=config.archive, nix=nix, repo=repo,
                         build_deps=build_deps)
     click.echo(f"archived run {record.short_id} to {entry.url} ({', '.join(entry.levels)}; "
                f"{entry.paths} paths), signed by {entry.public_key.split(':', 1)[0]}")
     click.echo(f"public key: {entry.public_key}")
+    if unsigned and record.status != "running":
+        _push_signature(runs, repo.root, config, record.id)
+
+
+def _push_signature(runs: Any, repo_root: Any, config: Any, run_id: str) -> None:
+    """The record was signed just now, after it was pushed unsigned: the team's remote run store
+    gets the signature too (a run's objects are never replaced, a missing one is added)."""
+    from ..errors import NixreproError
+    from ..remote.pending import enqueue, open_remote, push_one
+
+    remote = open_remote(repo_root, config)
+    if remote is None:
+        return
+    enqueue(runs, run_id)
+    try:
+        push_one(runs, remote, run_id)
+    except NixreproError as exc:
+        click.echo(f"nixrepro: warning: the signature of run {run_id} is not pushed to {remote.url}: "
+                   f"{exc} `nixrepro sync` pushes it.", err=True)
+        return
+    click.echo(f"pushed the signed record to {remote.url}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -105,6 +131,24 @@ def _found(located: Any) -> None:
                f"(record_sha256 matches, {proof})")
 
 
+@contextlib.contextmanager
+def _output_to_stderr(active: bool) -> Iterator[None]:
+    """While active, what is written to stdout (file descriptor 1: the re-run command's output
+    goes there) goes to stderr."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
     """--rtol is a finite number >= 0: nan would pass every comparison's `not within` test
     unnoticed, and neither nan nor inf can be written to the --json output (strict JSON)."""
@@ -140,9 +184,10 @@ def reproduce(run_ref: str, from_url: str | None, rtol: float, as_json: bool) ->
     record = located.record
     if not as_json:
         _found(located)
-    result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
-                           rtol=rtol, archived=located.archived,
-                           observers=from_config(config, repo.root, runs.root))
+    with _output_to_stderr(as_json):  # --json: stdout is the JSON alone, the command's output aside
+        result = reproduce_run(runs, record, repo=repo, nix=nix, config=config, from_url=from_url,
+                               rtol=rtol, archived=located.archived,
+                               observers=from_config(config, repo.root, runs.root))
     ok = result.within_tolerance and result.run.status == "succeeded"
     note = determinism_note(record)  # why metrics may legitimately differ
     if as_json:
