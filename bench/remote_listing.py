@@ -130,7 +130,9 @@ def main() -> None:
                 def command(*extra: str) -> Callable[[], None]:
                     def run() -> None:
                         out = subprocess.run([sys.executable, "-m", "nixrepro", "runs", "--remote", *extra],
-                                             cwd=project, check=True, capture_output=True)
+                                             cwd=project, capture_output=True, text=True)
+                        if out.returncode != 0:
+                            raise SystemExit(f"nixrepro runs --remote failed: {out.stderr.strip()}")
                         if extra:
                             assert len(json.loads(out.stdout)) == count
 
