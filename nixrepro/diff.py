@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .closure import StorePathInfo, normalize_nar_hash
 from .codec import frozen
 from .determinism import determinism_note
-from .host import scheduler_fields
+from .host import fact_items
 from .lock import LockedInput
 from .parallel import Background
 from .record import RunRecord, Scalar, to_plain
@@ -390,31 +390,16 @@ def diff_closures(
 
 
 def diff_host(a: RunRecord, b: RunRecord) -> list[FieldChange]:
-    old, new = a.host, b.host
+    """Every host fact (host.fact_items: the scheduler's field by field, so two tasks of one array
+    job differ in ``slurm.array_task_id``), then the driver library: the one part of a CUDA run
+    Nix cannot pin (same driver version, other bits?)."""
     return fields_changed([
-        ("os", old.os, new.os),
-        ("kernel", old.kernel, new.kernel),
-        ("arch", old.arch, new.arch),
-        ("cpu", old.cpu, new.cpu),
-        ("cpu_count", old.cpu_count, new.cpu_count),
-        ("memory_bytes", old.memory_bytes, new.memory_bytes),
-        ("hostname", old.hostname, new.hostname),
-        ("user", old.user, new.user),
-        # which job of a cluster: two tasks of one array job differ in array_task_id
         *((name, before, after) for (name, before), (_, after)
-          in zip(scheduler_fields(old), scheduler_fields(new), strict=True)),
-        ("gpus", [_gpu(g) for g in old.gpus], [_gpu(g) for g in new.gpus]),
-        ("nvidia_driver", old.nvidia_driver, new.nvidia_driver),
-        ("cuda_driver", old.cuda_driver, new.cuda_driver),
-        # the driver library is the one part of a CUDA run Nix cannot pin: same version, other bits?
+          in zip(fact_items(a.host), fact_items(b.host), strict=True)),
         ("libcuda", a.cuda.libcuda if a.cuda else None, b.cuda.libcuda if b.cuda else None),
         ("libcuda_sha256", a.cuda.libcuda_sha256 if a.cuda else None,
          b.cuda.libcuda_sha256 if b.cuda else None),
     ])
-
-
-def _gpu(gpu: Any) -> str:
-    return f"{gpu.name} ({gpu.compute_capability})" if gpu.compute_capability else str(gpu.name)
 
 
 def diff_data(a: RunRecord, b: RunRecord) -> list[DataChange]:

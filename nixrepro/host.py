@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from . import proc
 
@@ -157,13 +158,26 @@ def _fact(value: str | None) -> str | None:
     return value[:MAX_VALUE] or None
 
 
-def scheduler_fields(info: HostInfo) -> list[tuple[str, str | None]]:
-    """(``slurm.job_id``, value)... of every scheduler fact, for diff and show; None where unset."""
-    found: list[tuple[str, str | None]] = []
-    for prefix, job in (("slurm", info.slurm), ("kubernetes", info.kubernetes)):
-        cls = SlurmJob if prefix == "slurm" else KubernetesPod
-        for f in fields(cls):
-            found.append((f"{prefix}.{f.name}", getattr(job, f.name) if job is not None else None))
+# The dataclass held by each HostInfo field that holds one (None where unset), so that its
+# facts are listed one by one; declared beside the fields it describes.
+_NESTED: dict[str, type] = {"slurm": SlurmJob, "kubernetes": KubernetesPod}
+
+
+def fact_items(info: HostInfo) -> list[tuple[str, Any]]:
+    """Every host fact as (name, value), read from HostInfo's own fields in their order:
+    ``os``, ..., ``slurm.job_id``, ... (None where the job is unset), ``gpus`` as one
+    ``"NAME (CAPABILITY)"`` list. diff compares these, so a new field is diffed with no edit there."""
+    found: list[tuple[str, Any]] = []
+    for f in fields(HostInfo):
+        value = getattr(info, f.name)
+        if f.name in _NESTED:
+            found.extend((f"{f.name}.{sub.name}", getattr(value, sub.name) if value is not None else None)
+                         for sub in fields(_NESTED[f.name]))
+        elif f.name == "gpus":
+            found.append((f.name, [f"{g.name} ({g.compute_capability})" if g.compute_capability
+                                   else str(g.name) for g in value]))
+        else:
+            found.append((f.name, value))
     return found
 
 

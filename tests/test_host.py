@@ -356,3 +356,22 @@ def test_two_tasks_of_one_array_job_are_told_apart_by_show_and_diff(project: Any
     assert "slurm.array_task_id" in project.nixrepro("diff", "@latest~1", "@latest").stdout
     for run in runs:  # no variable but the named ones reaches the record
         assert "s3cr3t" not in (project.runs_dir / run["id"] / "record.json").read_text()
+
+
+def test_every_host_fact_is_diffed_field_by_field_from_the_dataclass_itself() -> None:
+    """diff reads the host's facts from HostInfo's fields: none is left out, and a scheduler's
+    job is compared field by field."""
+    import dataclasses
+
+    from nixrepro.host import HostInfo, KubernetesPod, SlurmJob, fact_items
+
+    host = HostInfo(os="Debian 12", kernel="6.1", arch="x86_64", cpu="cpu", cpu_count=2,
+                    memory_bytes=1, slurm=SlurmJob(job_id="7", array_job_id="7", array_task_id="1",
+                                                   node_list="n1", partition="gpu"))
+    names = [name for name, _ in fact_items(host)]
+    for f in dataclasses.fields(HostInfo):
+        assert any(n == f.name or n.startswith(f.name + ".") for n in names), f.name
+    assert {f"slurm.{f.name}" for f in dataclasses.fields(SlurmJob)} <= set(names)
+    assert {f"kubernetes.{f.name}" for f in dataclasses.fields(KubernetesPod)} <= set(names)
+    assert dict(fact_items(host))["slurm.array_task_id"] == "1"
+    assert dict(fact_items(host))["kubernetes.pod"] is None
