@@ -68,7 +68,7 @@ flake = {toml_string(flake)}  # the environment `nixrepro run` builds when given
 # project = "my-project"
 # mode = "offline"
 
-# [archive]  # where `nixrepro archive` keeps environments (docs/diff.md)
+# [archive]  # where `nixrepro archive` keeps environments (docs/archive.md)
 # to = "file:///srv/nix-archive"
 """
 
