@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))  # the benchmarks build their projects with the te
 
 from tests.helpers import NIX_CONFIG  # noqa: E402
 
+BENCH_VENV = ROOT / ".cache" / "bench-venv"  # the peers' own environment (git-ignored)
+
 
 def offline_nix() -> None:
     """Flakes on, no substituters: the settings the tests use (unless the caller set its own).
@@ -56,3 +58,17 @@ def timed_together(commands: dict[str, list[str]], cwd: Path, repeat: int) -> di
                            stderr=subprocess.DEVNULL)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_tool(name: str, requirements: list[str]) -> str:
+    """The executable ``name`` of a peer the benchmarks compare against (dvc, mlflow), from a
+    bench-only virtual environment that pip fills on first use: never a dependency of nixrepro,
+    and never a figure printed without its peer."""
+    binary = BENCH_VENV / "bin" / name
+    if not binary.exists():
+        if not (BENCH_VENV / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        print(f"(installing {' '.join(requirements)} into {BENCH_VENV} for the comparison)", flush=True)
+        subprocess.run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *requirements],
+                       check=True)
+    return str(binary)

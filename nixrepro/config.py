@@ -2,32 +2,29 @@
 
 Read once into frozen dataclasses and passed down explicitly. Unknown keys and wrong types are
 errors that name the file and the key. Each section is a dataclass below; a new section is a new
-dataclass and a field of :class:`Config`, and the loader validates it from its type hints.
+dataclass and a field of :class:`Config`, and the loader validates it from its type hints with the
+one codec (nixrepro.codec), which also reads the records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
-import typing
+import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import codec
+from .codec import frozen
 from .errors import ConfigError, NixreproError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 CONFIG_FILE = "nixrepro.toml"
 
 
-@dataclass(frozen=True)
+@frozen
 class RunConfig:
     """``[run]``: defaults for ``nixrepro run``."""
 
@@ -35,14 +32,14 @@ class RunConfig:
     verify_contents: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class SecretsConfig:
     """``[secrets]``: more environment variable names (substrings, any case) to redact."""
 
     extra_names: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen
 class ArchiveConfig:
     """``[archive]``: where ``nixrepro archive`` keeps closures, and the key that signs them."""
 
@@ -60,7 +57,7 @@ class ArchiveConfig:
 LEGACY_TRACKER = "wandb"
 
 
-@dataclass(frozen=True)
+@frozen
 class DataConfig:
     """``[data]``: how to reach the data stores and where the local cache is (docs/data.md).
 
@@ -80,7 +77,7 @@ class DataConfig:
         return Path(base) / "nixrepro" / "data"
 
 
-@dataclass(frozen=True)
+@frozen
 class RunsConfig:
     """``[runs]``: the team's remote run store, where every run is also pushed (docs/teams.md).
 
@@ -92,7 +89,7 @@ class RunsConfig:
     endpoint_url: str | None = None  # default: [data] endpoint_url, then AWS_ENDPOINT_URL(_S3)
 
 
-@dataclass(frozen=True)
+@frozen
 class StageConfig:
     """``[stages.NAME]``: one step of a pipeline (docs/pipelines.md)."""
 
@@ -105,7 +102,7 @@ class StageConfig:
     after: list[str] = field(default_factory=list)  # stages to run first, beyond data links
 
 
-@dataclass(frozen=True)
+@frozen
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
@@ -121,7 +118,33 @@ T = TypeVar("T")
 
 
 def load(repo_root: Path) -> Config:
-    """The project's config; defaults when it has none."""
+    """The project's config; defaults when it has none.
+
+    Read once per process while the files stay as they were: a run reads it three times (the
+    command, its signing key, its remote run store). A file changed less than a second ago is read
+    again each time (a rewrite within the same clock tick could keep its stat)."""
+    stats = [_stat_key(repo_root / name) for name in (CONFIG_FILE, "pyproject.toml")]
+    key = (str(repo_root), *stats)
+    found = _LOADED.get(key)
+    if found is None:
+        found = _load(repo_root)
+        if all(stat is None or time.time_ns() - stat[-1] > 1_000_000_000 for stat in stats):
+            _LOADED[key] = found
+    return found
+
+
+_LOADED: dict[tuple[Any, ...], Config] = {}
+
+
+def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _load(repo_root: Path) -> Config:
     path = repo_root / CONFIG_FILE
     if path.exists() or path.is_symlink():  # a directory or a dangling link is an error, not "none"
         return parse(_read_toml(path), source=str(path))
@@ -149,6 +172,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); "
                           "TOML files are UTF-8: save it as UTF-8.") from exc
+    if sys.version_info >= (3, 11):  # here, not at the top: a project without a config reads none
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         doc: dict[str, Any] = tomllib.loads(text)
         return doc
@@ -272,6 +299,9 @@ def _is_http_url(value: str) -> bool:
 
 
 def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str]) -> T:
+    """The table ``prefix`` (``"trackers.wandb."``; "" for the whole file) as a ``cls``, read by
+    the codec (nixrepro.codec, TOML): unknown keys, missing ones and wrong types are one
+    ConfigError naming the file and the dotted key. ``keys``: the keys this table may hold."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.')!r} must be a table, not {_kind(table)}.")
     unknown = sorted(set(table) - keys)
@@ -279,69 +309,28 @@ def _section(cls: type[T], table: Any, source: str, prefix: str, keys: set[str])
         key = prefix + unknown[0]
         known = ", ".join(sorted(prefix + k for k in keys))
         raise ConfigError(f"{source}: unknown key {key!r}; known keys here: {known}.")
-    required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in table]
-    if missing:
-        raise ConfigError(f"{source}: {prefix.rstrip('.')!r} needs {missing[0]!r}.")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for name, value in table.items():
-        values[name] = _value(hints[name], value, source, prefix + name)
-    return cls(**values)
+    try:
+        return codec.decode(cls, table, codec.TOML)
+    except codec.CodecError as exc:
+        raise _codec_error(exc, source, prefix) from None
 
 
-def _value(hint: Any, value: Any, source: str, key: str) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        fields = {f.name for f in dataclasses.fields(hint)}
-        return _section(hint, value, source, key + ".", fields)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key!r} must be a list, not {_kind(value)}.")
-        return [_value(args[0], item, source, f"{key}[{index}]") for index, item in enumerate(value)]
-    if origin is dict:  # a table of named entries, e.g. [stages.NAME]
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key!r} must be a table, not {_kind(value)}.")
-        return {name: _value(args[1], item, source, f"{key}.{name}") for name, item in value.items()}
-    options = [arg for arg in args if arg is not type(None)] if args else [hint]
-    for option in options:
-        if typing.get_origin(option) is list and isinstance(value, list):
-            return _value(option, value, source, key)
-        if isinstance(option, type) and _is(value, option):
-            return _checked(option, value, source, key)
-    expected = [_EXPECTED.get(o, str(o)) for o in options]
-    listed = ", ".join(expected[:-1]) + " or " + expected[-1] if len(expected) > 1 else expected[0]
-    raise ConfigError(f"{source}: {key!r} must be {listed}, not {_kind(value)}.")
-
-
-def _checked(option: type, value: Any, source: str, key: str) -> Any:
-    """One reader per scalar type: numbers finite, strings without NUL (no path, argv entry or
-    environment value can hold one; TOML can, as an escape)."""
-    if option is float:
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond a 64-bit float
-            number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(f"{source}: {key!r} must be a finite number that fits a 64-bit "
-                              "float (a record is strict JSON, which has no nan or inf).")
-        return number
-    if option is str and "\x00" in value:
-        raise ConfigError(f"{source}: {key!r} holds a NUL character (\\u0000); remove it.")
-    return value
-
-
-_EXPECTED: dict[Any, str] = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-                             list[str]: "a list of strings"}
-
-
-def _is(value: Any, option: type) -> bool:
-    if isinstance(value, bool):
-        return option is bool
-    if option is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, option)
+def _codec_error(exc: codec.CodecError, source: str, prefix: str) -> ConfigError:
+    """The codec's finding as one sentence in TOML's words, with the full dotted key."""
+    key = prefix + exc.where() if exc.path else prefix.rstrip(".")
+    parent = prefix + exc.where(exc.path[:-1]) if len(exc.path) > 1 else prefix.rstrip(".")
+    if exc.problem == "unknown":
+        here = parent + "." if parent else ""
+        known = ", ".join(sorted(here + name for name in exc.known))
+        return ConfigError(f"{source}: unknown key {key!r}; known keys here: {known}.")
+    if exc.problem == "missing":
+        return ConfigError(f"{source}: {parent!r} needs {exc.path[-1]!r}.")
+    if exc.problem == "nul":
+        return ConfigError(f"{source}: {key!r} holds a NUL character (\\u0000); remove it.")
+    if exc.problem == "nonfinite":
+        return ConfigError(f"{source}: {key!r} must be a finite number that fits a 64-bit "
+                           "float (a record is strict JSON, which has no nan or inf).")
+    return ConfigError(f"{source}: {key!r} must be {exc.expected}, not {exc.kind()}.")
 
 
 def _kind(value: Any) -> str:

@@ -193,3 +193,24 @@ def test_a_wrong_value_inside_a_named_table_names_the_whole_key(tmp_path: Path, 
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)
     assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_config_is_read_once_while_it_stays_as_it_was(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from nixrepro import config as config_module
+
+    write(tmp_path / "nixrepro.toml", '[run]\nflake = ".#a"\n')
+    reads: list[Path] = []
+    real = config_module._load
+    monkeypatch.setattr(config_module, "_load", lambda root: reads.append(root) or real(root))
+    assert load(tmp_path).run.flake == ".#a" and load(tmp_path).run.flake == ".#a"
+    assert len(reads) == 2  # just written: within a clock tick of a rewrite, read each time
+    now = time.time_ns()
+    monkeypatch.setattr(config_module.time, "time_ns", lambda: now + 5_000_000_000)
+    load(tmp_path)
+    load(tmp_path)
+    assert len(reads) == 3
+    write(tmp_path / "nixrepro.toml", '[run]\nflake = ".#b"\n')
+    assert load(tmp_path).run.flake == ".#b"
