@@ -3,11 +3,12 @@ same number of keys, on a real SeaweedFS on loopback (as the tests use).
 
 For each size (100, 1,000, 10,000 runs) a bucket prefix is laid out as that many pushes leave it
 (nixrepro.remote.store): full index pages, one page that is not full and COMPACT_AT / 2 loose
-entries (compaction keeps them under COMPACT_AT), each entry a realistic run (params, metrics, tags, host); the baseline is the same number
-of one-object-per-run keys under another prefix, listed with a paginated ListObjectsV2 and not
-even read. Printed: medians of the library listing (``RemoteRunStore.summaries``, in-process), of
-``nixrepro runs --remote --json`` and of ``nixrepro runs --remote`` end to end (a fresh process:
-imports, the client, the listing, the output), each with its ratio to the plain LIST.
+entries (compaction keeps them under COMPACT_AT), each entry a realistic run (params, metrics,
+tags, host); the baseline is the same number of one-object-per-run keys under another prefix,
+listed with a paginated ListObjectsV2 and not even read. Printed: medians of the library listing (``RemoteRunStore.summaries``, in-process,
+the client made), of ``nixrepro runs --remote --json`` and of ``nixrepro runs --remote`` end to
+end (a fresh process: imports, the client, the listing, the output), each with its ratio to the
+plain LIST; and what the command costs on a store with no run (its fixed part).
 
     .venv/bin/python bench/remote_listing.py             # 100, 1,000 and 10,000 runs (~2 minutes)
     .venv/bin/python bench/remote_listing.py --runs 1000
@@ -94,12 +95,48 @@ def plain_list(client: object, bucket: str, prefix: str) -> int:
     return count
 
 
+def command(project: Path, *args: str, count: int | None = None) -> Callable[[], None]:
+    """``nixrepro runs --remote ARGS`` in a fresh process, as a user types it."""
+    def run() -> None:
+        out = subprocess.run([sys.executable, "-m", "nixrepro", "runs", "--remote", *args],
+                             cwd=project, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"nixrepro runs --remote failed: {out.stderr.strip()}")
+        if count is not None:
+            assert len(json.loads(out.stdout)) == count
+
+    return run
+
+
+def measure(s3: S3Server, bucket: str, project: Path, count: int, repeat: int) -> str:
+    """One row: the remote laid out for ``count`` runs, each listing's median and ratio."""
+    prefix = f"team-{count}"
+    started = time.perf_counter()
+    lay_out(s3, bucket, prefix, count)
+    setup = time.perf_counter() - started
+    (project / "nixrepro.toml").write_text(f'[runs]\nremote = "s3://{bucket}/{prefix}"\n')
+    objects = open_objects(RemoteURL.parse(f"s3://{bucket}/{prefix}"), DataConfig())
+    client = objects.client  # type: ignore[attr-defined]
+    assert plain_list(client, bucket, f"baseline-{prefix}/") == count
+
+    def library() -> None:  # the client made once, as a command makes it
+        assert len(RemoteRunStore(objects).summaries()) == count
+
+    base = median_time(lambda: plain_list(client, bucket, f"baseline-{prefix}/"), repeat)
+    lib = median_time(library, repeat)
+    as_json = median_time(command(project, "--json", count=count), repeat)
+    table = median_time(command(project), repeat)
+    return (f"{count:>6} {base:>10.3f}s {lib:>7.3f}s {lib / base:>6.2f}x "
+            f"{as_json:>12.3f}s {as_json / base:>6.2f}x {table:>9.3f}s {table / base:>6.2f}x"
+            f"   (set up in {setup:.0f}s)")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, action="append", help="remote runs (repeatable)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    sizes = args.runs or [100, 1000, 10000]
     compile_bytecode()
     with tempfile.TemporaryDirectory() as tmp:
         s3 = S3Server(Path(tmp) / "s3")
@@ -111,40 +148,18 @@ def main() -> None:
             project = Path(tmp) / "project"
             project.mkdir()
             subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-            client = open_objects(RemoteURL.parse(f"s3://{bucket}"), DataConfig()).client  # type: ignore[attr-defined]
+            # what every `runs --remote` pays before it lists anything (the interpreter, click,
+            # botocore and its client, the marker): the same command on a store with no run
+            (project / "nixrepro.toml").write_text(f'[runs]\nremote = "s3://{bucket}/empty"\n')
+            empty = RemoteURL.parse(f"s3://{bucket}/empty")
+            RemoteRunStore(open_objects(empty, DataConfig())).is_run_store(create=True)
+            floor = median_time(command(project, "--json", count=0), args.repeat)
+            print(f"runs --remote --json of a store with no run (start-up, botocore, the marker): "
+                  f"{floor:.3f}s")
             print(f"{'runs':>6} {'plain LIST':>11} {'library':>16} {'runs --remote --json':>22} "
                   f"{'runs --remote':>18}")
-            for count in sizes:
-                prefix = f"team-{count}"
-                started = time.perf_counter()
-                lay_out(s3, bucket, prefix, count)
-                setup = time.perf_counter() - started
-                (project / "nixrepro.toml").write_text(f'[runs]\nremote = "s3://{bucket}/{prefix}"\n')
-                assert plain_list(client, bucket, f"baseline-{prefix}/") == count
-                url = RemoteURL.parse(f"s3://{bucket}/{prefix}")
-
-                def library() -> None:
-                    listed = RemoteRunStore(open_objects(url, DataConfig())).summaries()
-                    assert len(listed) == count, len(listed)
-
-                def command(*extra: str) -> Callable[[], None]:
-                    def run() -> None:
-                        out = subprocess.run([sys.executable, "-m", "nixrepro", "runs", "--remote", *extra],
-                                             cwd=project, capture_output=True, text=True)
-                        if out.returncode != 0:
-                            raise SystemExit(f"nixrepro runs --remote failed: {out.stderr.strip()}")
-                        if extra:
-                            assert len(json.loads(out.stdout)) == count
-
-                    return run
-
-                base = median_time(lambda: plain_list(client, bucket, f"baseline-{prefix}/"), args.repeat)
-                lib = median_time(library, args.repeat)
-                as_json = median_time(command("--json"), args.repeat)
-                table = median_time(command(), args.repeat)
-                print(f"{count:>6} {base:>10.3f}s {lib:>7.3f}s {lib / base:>6.2f}x "
-                      f"{as_json:>12.3f}s {as_json / base:>6.2f}x {table:>9.3f}s {table / base:>6.2f}x"
-                      f"   (set up in {setup:.0f}s)")
+            for count in args.runs or [100, 1000, 10000]:
+                print(measure(s3, bucket, project, count, args.repeat), flush=True)
         finally:
             s3.stop()
     print("ratio: time / plain ListObjectsV2 of as many keys (< 1: faster than listing the keys alone)")
