@@ -5,10 +5,11 @@ For each size (100, 1,000, 10,000 runs) a bucket prefix is laid out as that many
 (nixrepro.remote.store): full index pages, one page that is not full and COMPACT_AT / 2 loose
 entries (compaction keeps them under COMPACT_AT), each entry a realistic run (params, metrics,
 tags, host); the baseline is the same number of one-object-per-run keys under another prefix,
-listed with a paginated ListObjectsV2 and not even read. Printed: medians of the library listing (``RemoteRunStore.summaries``, in-process,
-the client made), of ``nixrepro runs --remote --json`` and of ``nixrepro runs --remote`` end to
-end (a fresh process: imports, the client, the listing, the output), each with its ratio to the
-plain LIST; and what the command costs on a store with no run (its fixed part).
+listed with a paginated ListObjectsV2 and not even read. Printed: medians of the library listing
+(``RemoteRunStore.summaries``, in-process, the client made), of ``nixrepro runs --remote --json``
+and of ``nixrepro runs --remote`` end to end (a fresh process: imports, the client, the listing,
+the output), each with its ratio to the plain LIST; and what the command costs on a store with
+no run (its fixed part).
 
     .venv/bin/python bench/remote_listing.py             # 100, 1,000 and 10,000 runs (~2 minutes)
     .venv/bin/python bench/remote_listing.py --runs 1000
