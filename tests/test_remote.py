@@ -411,15 +411,18 @@ def test_the_index_page_format_is_gzipped_json_that_names_its_count(remote_url: 
 
 def test_runs_repeats_and_reproductions_are_pushed_and_every_command_on_a_clone_sees_them(
         project: Project, remote_url: str, tmp_path: Path) -> None:
-    (project.root / "nixrepro.toml").write_text(f'[runs]\nremote = "{remote_url}"\n')
+    (project.root / "nixrepro.toml").write_text(
+        f'[runs]\nremote = "{remote_url}"\n\n[run]\nflake = ".#env"\n\n'
+        f'[stages.prepare]\ncmd = "echo prepared"\n')
     project.commit("the team's run store")
-    first = project.nixrepro("run", "--flake", ".#env", "--name", "base", "-p", "lr=0.5", "--",
-                             sys.executable, "train.py")
+    first = project.nixrepro("run", "--name", "base", "-p", "lr=0.5", "--", sys.executable, "train.py")
     assert first.returncode == 0 and "not pushed" not in first.stderr, first.stderr
-    repeats = project.nixrepro("run", "--flake", ".#env", "--repeat", "2", "--", sys.executable, "train.py")
+    repeats = project.nixrepro("run", "--repeat", "2", "--", sys.executable, "train.py")
     assert repeats.returncode == 0 and "not pushed" not in repeats.stderr, repeats.stderr
+    stage = project.nixrepro("pipeline", "run")
+    assert stage.returncode == 0 and "not pushed" not in stage.stderr, stage.stderr
     mine = {run["id"]: run for run in json.loads(project.nixrepro("runs", "--json").stdout)}
-    assert len(mine) == 3 and queued(RunStore(project.runs_dir.parent)) == []  # each pushed as it ended
+    assert len(mine) == 4 and queued(RunStore(project.runs_dir.parent)) == []  # each pushed as it ended
 
     b = clone(project.root, tmp_path / "machine-b")
     listed = run_cli(["runs", "--remote", "--json"], cwd=b)
