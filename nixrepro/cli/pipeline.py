@@ -13,47 +13,10 @@ from . import CONTEXT, cli, echo_json, nix_cli
 
 def _runner(dev: bool = False, force: bool = False, quiet_stdout: bool = False) -> Any:
     """``quiet_stdout``: the stages' stdout goes to stderr, so --json's stdout is only JSON."""
-    from .. import config as config_module
-    from ..git import STORE_DIR, GitRepo
-    from ..pipeline import Pipeline, PipelineRunner
-    from ..runner import RunRequest, prepare
-    from ..runner import execute as execute_run
-    from ..trackers import from_config
+    from ..pipeline.runner import for_project
 
-    repo = GitRepo.discover(Path.cwd())
-    config = config_module.load(repo.root)
-    nix = nix_cli()
-
-    def execute(stage: Any, env_path: str, info: Any, inputs: dict[str, str]) -> Any:
-        # Inputs at exactly the versions in the cache key, outputs stored when the stage ends:
-        # as `nixrepro run --input URI@VERSION --output LOCAL=URI` would; with the trackers of
-        # [trackers.<kind>], made before the preflight so that their imports overlap it.
-        trackers = from_config(config, repo.root, repo.root / STORE_DIR)
-        request = RunRequest(
-            argv=stage.argv, cwd=repo.root, env_path=env_path, params=stage.params, dev=dev,
-            name=stage.name, tags=[f"stage:{stage.name}"], data_pins=inputs, stage=info,
-            inputs=[f"{uri}@{version}" for uri, version in inputs.items()],
-            outputs=[f"{out.local}={out.uri}" for out in stage.outputs],
-        )
-        return execute_run(prepare(request, config, nix),
-                           stdout=sys.stderr.buffer if quiet_stdout else None, observers=trackers)
-
-    return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
-                          resolver=_LatestVersion(config.data), execute=execute, dev=dev, force=force)
-
-
-class _LatestVersion:
-    """The pipeline's resolver: an external input's latest version, asked of its store."""
-
-    def __init__(self, settings: Any) -> None:
-        from ..datastore.ops import Data
-
-        self.data = Data(settings)
-
-    def latest_version(self, uri: str) -> str:
-        from ..datastore import DataURI
-
-        return self.data.resolve(DataURI.parse(uri)).version_id
+    return for_project(Path.cwd(), nix_cli(), dev=dev, force=force,
+                       stage_stdout=sys.stderr.buffer if quiet_stdout else None)
 
 
 def _print(outcomes: list[Any]) -> None:
@@ -129,20 +92,17 @@ def pipeline_status(as_json: bool) -> None:
     Example:
       nixrepro pipeline status
     """
-    from ..pipeline import last_outcomes, plan
+    from ..pipeline.runner import status
 
-    runner = _runner(dev=True)
-    last = {o["stage"]: o for o in last_outcomes(runner.store)}
-    now = plan(runner)
+    stages = status(_runner(dev=True))
     if as_json:
-        echo_json([{"stage": o.name, "last": last.get(o.name), "now": o.to_dict()} for o in now])
+        echo_json(stages)
         return
-    width = max(len(o.name) for o in now)
-    for o in now:
-        previous = last.get(o.name)
-        then = previous["state"] if previous else "-"
-        state = "up to date" if o.state == "skipped" else o.reason
-        click.echo(f"{o.name:<{width}}  last: {then:<8}  now: {state}")
+    width = max((len(s["stage"]) for s in stages), default=5)
+    for s in stages:
+        then = s["last"]["state"] if s["last"] else "-"
+        now = "up to date" if s["now"]["state"] == "skipped" else s["now"]["reason"]
+        click.echo(f"{s['stage']:<{width}}  last: {then:<8}  now: {now}")
 
 
 @pipeline.command("graph", context_settings=CONTEXT)
