@@ -63,3 +63,7 @@ echo "== nixrepro verify @latest --contents"
 "$nixrepro" verify @latest --contents
 echo "== nixrepro lineage $store/model.json"
 "$nixrepro" lineage "$store/model.json"
+echo "== nixrepro report @latest~2 @latest~1 @latest -o $work/report.html"
+"$nixrepro" report @latest~2 @latest~1 @latest -o "$work/report.html"
+echo "   one offline HTML file: the three runs, their curves and their diff; \`nixrepro ui\` in"
+echo "   $work/project serves the same pages at http://127.0.0.1:8765"
