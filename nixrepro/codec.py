@@ -832,6 +832,12 @@ def document_bytes(doc: Any) -> bytes:
     return b"".join((*_pieces(doc, "document"), b"\n"))
 
 
+def document_pieces(doc: Any) -> list[bytes]:
+    """:func:`document_bytes` as pieces to join (or write) once: a 3 MB closure is not copied
+    into each string on the way."""
+    return [*_pieces(doc, "document"), b"\n"]
+
+
 def _pieces(doc: Any, form: str) -> list[bytes]:
     """``doc`` in ``form`` as UTF-8 pieces: each :class:`Encoded` list of its first two levels is
     its own kept text, the rest is encoded around it."""

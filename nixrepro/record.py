@@ -223,8 +223,14 @@ class RunRecord:
         a record, as ``nixrepro archive`` does, never changes its bytes.)
         """
         doc: dict[str, Any] = codec.encode(self)
+        known = _HASHED.get(id(self))
+        if known is not None and known[0] is self:  # this very record was hashed before (saved,
+            doc["summary_sha256"], doc["record_sha256"] = known[1:]  # then sized for its reserve)
+            return doc
         doc["summary_sha256"] = summary_sha256(doc)
         doc["record_sha256"] = record_sha256(doc)
+        _HASHED.clear()  # the last record only: it is kept alive here, and its id so stays its own
+        _HASHED[id(self)] = (self, doc["summary_sha256"], doc["record_sha256"])
         return doc
 
     def to_json(self) -> str:
@@ -268,14 +274,18 @@ def record_file_json(doc: dict[str, Any]) -> str:
 
 def record_file_bytes(doc: dict[str, Any]) -> bytes:
     """:func:`record_file_json` as the bytes written (a 20,000-path closure is put in as the bytes
-    it was encoded to once, nixrepro.closure.StorePaths)."""
+    it was encoded to once, nixrepro.closure.StorePaths, and joined once)."""
     head = {key: doc[key] for key in HEAD_FIELDS}
-    rest = codec.document_bytes({key: value for key, value in doc.items() if key not in HEAD_FIELDS})
+    rest = codec.document_pieces({key: value for key, value in doc.items() if key not in HEAD_FIELDS})
     first = ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in head.items())
-    return b"{" + first.encode() + (b", " + rest[1:] if rest != b"{}\n" else b"}\n")
+    if rest[0].startswith(b"{}"):
+        return b"{" + first.encode() + b"}\n"
+    return b"".join([b"{", first.encode(), b", ", rest[0][1:], *rest[1:]])
 
 
 HEAD_FIELDS = ("record_sha256", "summary_sha256")
+# id -> (the record, its summary_sha256, its record_sha256): the last record hashed by to_dict
+_HASHED: dict[int, tuple[RunRecord, str, str]] = {}
 _HEAD = re.compile(rb'^\{"record_sha256": "([0-9a-f]{64})", "summary_sha256": "([0-9a-f]{64})"')
 _HEAD_BYTES = 170  # exactly what _HEAD matches: 19 + 64 + 22 + 64 + 1
 
