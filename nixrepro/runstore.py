@@ -46,7 +46,6 @@ import json
 import os
 import re
 import secrets
-import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -327,37 +326,21 @@ class RunStore:
         ``records`` (the index's order line alone answers @latest)."""
         from .listing import Listing
 
-        runs = str(self.runs_dir)
         names = self._names()
         listing = Listing.of(self.root)
-        found: list[tuple[str, str, RunRecord | None]] = []
         made: list[tuple[str, tuple[int, int, int], RunRecord]] = []
-        listed: dict[str, tuple[int, int, int]] = {}
         with listing.lock:
             listing.refresh()
-            for run_id in names:
-                path = f"{runs}/{run_id}/{RECORD_FILE}"
+            found, missing, listed = listing.scan(str(self.runs_dir), names, RECORD_FILE, records)
+            for run_id, key in missing:  # not in the index, or changed since: read and checked
                 try:
-                    st = os.stat(path)  # before the record is read
-                except OSError:
+                    record = self.summary(run_id)
+                except RecordError as exc:
+                    _warn_skipped(self.run_dir(run_id), exc)
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                listed[run_id] = key
-                record = listing.get(run_id, key, path) if records else None
-                started = record.started_at if record is not None else \
-                    None if records else listing.started(run_id, key, path)
-                if started is None:
-                    try:
-                        record = self.summary(run_id)
-                    except RecordError as exc:
-                        _warn_skipped(self.run_dir(run_id), exc)
-                        continue
-                    started = record.started_at
-                    if record.status != "running":
-                        made.append((run_id, key, record))
-                found.append((started, run_id, record))
+                if record.status != "running":
+                    made.append((run_id, key, record))
+                found.append((record.started_at, run_id, record))
             if made and self._writable():
                 listing.add(made, listed)
         return found
