@@ -4,6 +4,7 @@ pulled only once verified; against the real SeaweedFS and against a file:// dire
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 
 from nixrepro.config import DataConfig
 from nixrepro.errors import RemoteConflict, RunNotFoundError
+from nixrepro.host import SlurmJob
 from nixrepro.record import RunRecord, record_sha256, summary_sha256
 from nixrepro.remote import RemoteURL, open_objects
 from nixrepro.remote import store as layout
@@ -264,6 +266,32 @@ def test_listing_reads_pages_and_loose_entries_and_never_lists_a_run_twice(
     assert sorted(k.split("/")[1].split("-")[0] for k in object_keys(remote_url)
                   if k.startswith("pages/")) == ["000004", "000005", "000005"]
     assert {r.id for r in remote_of(remote_url).summaries()} == set(ids)
+
+
+def test_runs_remote_takes_the_local_filters_on_who_where_and_when(remote_url: str, tmp_path: Path) -> None:
+    origin = project_repo(tmp_path / "origin", remote_url)
+    a, b = clone(origin, tmp_path / "a"), clone(origin, tmp_path / "b")
+    store, ids = stored_runs(a, 3)
+    base = store.load(ids[0])
+    job = SlurmJob(job_id="77", array_job_id="70", array_task_id="7", node_list="gpu-[01-02]")
+    hosts = [dataclasses.replace(base.host, user="alice", hostname="gpu-01", slurm=job),
+             dataclasses.replace(base.host, user="bob", hostname="laptop"),
+             dataclasses.replace(base.host, user="alice", hostname="laptop")]
+    for run_id, host, tags in zip(ids, hosts, (["sweep"], ["sweep"], []), strict=True):
+        store.save(store.load(run_id).replace(host=host, tags=tags))
+    assert sync_step(store.root, dry_run=False)[1] == []
+
+    def listed(*args: str) -> list[str]:
+        result = cli_in_process(["runs", "--remote", "--json", *args], b)
+        assert result.returncode == 0, result.stderr
+        return [run["name"] for run in json.loads(result.stdout)]
+
+    assert listed("--user", "alice", "--tag", "sweep") == ["run-0"]
+    assert listed("--host", "gpu-02") == ["run-0"]  # a node of its Slurm job
+    assert listed("--host", "laptop", "--since", "2026-11-22T13:01:00+00:00") == ["run-2", "run-1"]
+    assert listed("--name", "RUN-1", "--commit", base.code.commit[:7], "--status", "succeeded") == ["run-1"]
+    bad = cli_in_process(["runs", "--remote", "--since", "last week"], b)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error: --since 'last week' is not a date")
 
 
 def test_a_prefix_that_matches_two_remote_runs_is_refused(remote_url: str, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ the command runs in-process as a user types it."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime as dt
 import io
 import json
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 
 from nixrepro.cli import main
+from nixrepro.filters import slurm_nodes
+from nixrepro.host import HostInfo, KubernetesPod, SlurmJob
 from nixrepro.record import RunRecord
 from nixrepro.runstore import RunStore
 from nixrepro.table import Columns, compare, parse_where, sort_records, tree_order
@@ -22,21 +26,32 @@ from tests.helpers import sh
 
 FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
 BIG = 10**400  # an integer metric beyond a float: listed, clipped, compared exactly
+TWEAK_COMMIT = "0123abcd" * 5  # the dev run's commit; the others are the fixture's f741720b...
 
 
 def make_runs(root: Path) -> tuple[RunStore, dict[str, RunRecord]]:
-    """Five runs: a sweep over lr (one derived from another), a failed one, a dev one."""
+    """Five runs: a sweep over lr (one derived from another), a failed one, a dev one; made by
+    alice on gpu-01 and a laptop, by bob in a Slurm job on gpu-[02-04], by root in a pod."""
     store = RunStore.for_repo(root)
     base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
     def row(name: str, lr: float, opt: str, metrics: dict[str, Any], **more: Any) -> dict[str, Any]:
         return {"name": name, "params": {"lr": lr, "batch": 32, "opt": opt}, "metrics": metrics, **more}
 
+    def on(hostname: str, user: str, **scheduler: Any) -> HostInfo:
+        return dataclasses.replace(base.host, hostname=hostname, user=user, **scheduler)
+
+    slurm = SlurmJob(job_id="4242", array_job_id="4240", array_task_id="2", node_list="gpu-[02-04]")
+    pod = KubernetesPod(pod="train-0", namespace="ml", node="k8s-node-7")
     specs = [
-        row("base", 0.1, "sgd", {"acc": 0.80, "loss": 0.5}),
-        row("faster", 0.5, "sgd", {"acc": 0.93, "loss": 0.2}, parent="base", tags=["sweep"]),
-        row("fastest", 2.0, "adam", {"acc": 0.95, "loss": 0.1}, parent="faster", tags=["sweep"]),
-        row("broken", 9.0, "sgd", {"loss": "nan"}, status="failed", exit_code=1),
-        row("tweak", 0.5, "sgd", {"acc": 0.91, "big": BIG}, dev=True, parent="base"),
+        row("base", 0.1, "sgd", {"acc": 0.80, "loss": 0.5}, host=on("gpu-01", "alice")),
+        row("faster", 0.5, "sgd", {"acc": 0.93, "loss": 0.2}, parent="base", tags=["sweep"],
+            host=on("gpu-01", "alice")),
+        row("fastest", 2.0, "adam", {"acc": 0.95, "loss": 0.1}, parent="faster", tags=["sweep", "best"],
+            host=on("gpu-02", "bob", slurm=slurm)),
+        row("broken", 9.0, "sgd", {"loss": "nan"}, status="failed", exit_code=1,
+            host=on("train-0", "root", kubernetes=pod)),
+        row("tweak", 0.5, "sgd", {"acc": 0.91, "big": BIG}, dev=True, parent="base",
+            host=on("laptop", "alice"), code=dataclasses.replace(base.code, commit=TWEAK_COMMIT)),
     ]
     saved: dict[str, RunRecord] = {}
     for i, spec in enumerate(specs):
@@ -176,6 +191,53 @@ def test_tree_draws_each_run_under_its_parent(runs: Any, project: Any) -> None:
     assert [line.split()[-1] for line in result.lines[1:]] == ["broken", "base", "tweak", "faster", "fastest"]
 
 
+def test_filters_by_name_tag_commit_since_user_and_host(runs: Any) -> None:
+    assert names_in(runs("--name", "FAST")) == ["fastest", "faster"]  # contains, any case
+    assert names_in(runs("--name", "f*r")) == ["faster"]  # a pattern is the whole name
+    assert names_in(runs("--tag", "sweep")) == ["fastest", "faster"]
+    assert names_in(runs("--tag", "sweep", "--tag", "best")) == ["fastest"]  # every tag given
+    assert names_in(runs("--commit", "0123AB")) == ["tweak"]
+    assert names_in(runs("--commit", "f741720b")) == ["broken", "fastest", "faster", "base"]
+    assert names_in(runs("--since", "2026-11-22T13:53:00+00:00")) == ["tweak", "broken"]
+    assert names_in(runs("--since", "2026-11-22T13:53Z")) == ["tweak", "broken"]
+    assert names_in(runs("--since", "2026-11-01")) == ["tweak", "broken", "fastest", "faster", "base"]
+    # an age: the runs started at 13:53 and later, not the one at 13:52 (30 s for the command to start)
+    age = dt.datetime.now(dt.timezone.utc) - dt.datetime(2026, 11, 22, 13, 53, tzinfo=dt.timezone.utc)
+    assert names_in(runs("--since", f"{int(age.total_seconds()) + 30}s")) == ["tweak", "broken"]
+    assert runs("--since", "1h").out.strip() == "No run of the 5 recorded matches."
+    assert names_in(runs("--user", "alice")) == ["tweak", "faster", "base"]
+    assert names_in(runs("--user", "b*")) == ["fastest"]
+    assert names_in(runs("--host", "GPU-01")) == ["faster", "base"]  # a host name in any case
+    assert names_in(runs("--host", "gpu-03")) == ["fastest"]  # a node of its Slurm job gpu-[02-04]
+    assert names_in(runs("--host", "k8s-node-7")) == ["broken"]  # the pod's Kubernetes node
+    assert names_in(runs("--host", "gpu-*")) == ["fastest", "faster", "base"]
+    assert runs("--host", "gpu-0").out.strip() == "No run of the 5 recorded matches."  # not a part
+    both = runs("--user", "alice", "--where", "acc>0.9", "--status", "succeeded", "--sort", "acc")
+    assert names_in(both) == ["tweak", "faster"]
+
+
+def test_user_and_host_are_columns_and_json_fields(runs: Any, project: Any) -> None:
+    table = runs("-c", "name,user,host", "--sort", "name")
+    assert table.lines[0].split() == ["ID", "NAME", "USER", "HOST"]
+    assert [line.split()[1:] for line in table.lines[1:]] == [
+        ["base", "alice", "gpu-01"], ["broken", "root", "train-0"], ["faster", "alice", "gpu-01"],
+        ["fastest", "bob", "gpu-02"], ["tweak", "alice", "laptop"]]
+    rows = list(csv.DictReader(io.StringIO(runs("--csv", "-c", "user,host", "--where", "host=laptop").out)))
+    assert [(r["user"], r["host"]) for r in rows] == [("alice", "laptop")]
+    (fastest,) = json.loads(runs("--json", "--host", "gpu-04").out)
+    assert fastest["user"] == "bob" and fastest["host"] == "gpu-02"
+    assert fastest["slurm"]["array_job_id"] == "4240" and fastest["slurm"]["array_task_id"] == "2"
+    assert fastest["kubernetes"] is None
+
+
+def test_slurm_node_lists_are_expanded_as_slurm_writes_them() -> None:
+    assert slurm_nodes("gpu-[01-03,07],cpu1") == ["gpu-01", "gpu-02", "gpu-03", "gpu-07", "cpu1"]
+    assert slurm_nodes("r[1-2]-n[8-9]") == ["r1-n8", "r1-n9", "r2-n8", "r2-n9"]
+    assert slurm_nodes("node7") == ["node7"]
+    assert slurm_nodes("gpu-[01-x]") == ["gpu-[01-x]"]  # not Slurm's form: kept as written
+    assert slurm_nodes("big[0-99999999]") == ["big[0-99999999]"]  # not expanded past MAX_NODES
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--where", "acc>>0.9"], "Error: --where 'acc>>0.9' is not NAME OP VALUE"),
     (["--where", "acc"], "Error: --where 'acc' is not NAME OP VALUE"),
@@ -187,6 +249,16 @@ def test_tree_draws_each_run_under_its_parent(runs: Any, project: Any) -> None:
     (["--desc"], "Error: --desc sorts descending by the --sort column"),
     (["--csv", "--json"], "Error: --csv and --json are two formats"),
     (["--tree", "--csv"], "Error: --tree draws the text table"),
+    (["--since", "yesterday"], "Error: --since 'yesterday' is not a date, a time or an age; give e.g. "
+                               "--since 2026-11-22"),
+    (["--since", "2026-13-01"], "Error: --since '2026-13-01' is not a date, a time or an age"),
+    (["--since", "999999999w"], "Error: --since '999999999w' reaches before the year 1"),
+    (["--commit", "main"], "Error: --commit 'main' is not the start of a commit id; give its first hex "
+                           "digits (e.g. --commit 3f9a2c1), or --commit $(git rev-parse BRANCH)"),
+    (["--name", " "], "Error: --name is empty; give the text to match, e.g. --name baseline."),
+    (["--tag", "sweep", "--tag", ""], "Error: --tag is empty; give the text to match"),
+    (["--status", "done"], "Error: --status 'done' is not a run status; give one of running, succeeded, "
+                           "failed, interrupted, crashed."),
 ])
 def test_bad_input_is_one_sentence_with_a_remedy(runs: Any, args: list[str], expected: str) -> None:
     assert one_sentence(runs(*args)).startswith(expected)

@@ -2,8 +2,9 @@
 
 One module per area registers its commands on :data:`cli` (``run.py``: run, runs, show,
 gc-roots). A command parses its options, calls the library and prints; what it computes belongs
-in the library, so that every command works from Python too (docs/architecture.md). Only this package turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C
-into exit code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
+in the library, so that every command works from Python too (docs/architecture.md). Only this
+package turns a :class:`NixreproError` into ``Error: ...`` and an exit code, and Ctrl-C into exit
+code 130. ``--debug`` (or NIXREPRO_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -54,7 +55,28 @@ def nix_cli() -> Any:
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    click.echo(json_text(data))
+
+
+_compact = json.JSONEncoder(sort_keys=True).encode  # the C encoder (indent= forces the Python one)
+
+
+def json_text(data: Any, depth: int = 0) -> str:
+    """``data`` as the commands print JSON: an object one key a line, indented by two; a list
+    that holds objects or lists one item a line, each item on its line as compact JSON (a run
+    of ``runs --json``, a store path of a closure); anything else on one line.
+
+    Every line but the objects' keys is made by the C encoder, where ``json.dumps(indent=2)`` runs
+    the pure-Python one for every value: 10,000 runs are written in ~0.1 s instead of ~1 s.
+    """
+    pad = "  " * (depth + 1)
+    if isinstance(data, dict) and data:
+        items = [f"{pad}{_compact(str(key))}: {json_text(data[key], depth + 1)}"
+                 for key in sorted(data, key=str)]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    if isinstance(data, (list, tuple)) and any(isinstance(item, (dict, list, tuple)) for item in data):
+        return "[\n" + ",\n".join(pad + _compact(item) for item in data) + "\n" + "  " * depth + "]"
+    return _compact(data)
 
 
 @click.group(context_settings=CONTEXT)

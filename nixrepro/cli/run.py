@@ -110,11 +110,24 @@ def _signal_number(name: str | None) -> int:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--status", type=click.Choice(["running", "succeeded", "failed", "interrupted",
-                                              "crashed"]), help="Only runs with this status.")
+@click.option("--status", metavar="STATUS",
+              help="Only runs with this status: running, succeeded, failed, interrupted or crashed.")
+@click.option("--name", metavar="TEXT",
+              help="Only runs whose name contains TEXT (any case); with * ? [ the whole name as a "
+              "shell pattern.")
+@click.option("--tag", "tags", multiple=True, metavar="TAG",
+              help="Only runs with this tag (repeatable: every one given).")
+@click.option("--commit", metavar="PREFIX", help="Only runs of a commit whose id starts with PREFIX.")
+@click.option("--since", metavar="WHEN",
+              help="Only runs started at or after WHEN: a date (2026-11-22), an ISO time "
+              "(2026-11-22T13:00, local unless it has an offset) or an age (30m, 3h, 2d, 1w).")
+@click.option("--user", metavar="NAME", help="Only runs made by this account (a shell pattern too).")
+@click.option("--host", metavar="NAME",
+              help="Only runs made on this host: its name, a Kubernetes node or a node of the Slurm "
+              "job (a shell pattern too, e.g. 'gpu-*').")
 @click.option("-c", "--columns", "columns", multiple=True, metavar="COLS",
               help="Columns after ID, comma-separated: status, started, duration, commit, name, "
-              "command, tags, seed, group, parent..., a param or metric (lr, params.lr, "
+              "command, tags, seed, group, parent, user, host..., a param or metric (lr, params.lr, "
               "metrics.acc) or a pattern (params.*). Default: the built-in ones with every param "
               "and metric that varies across the listed runs.")
 @click.option("--where", "wheres", multiple=True, metavar="COND",
@@ -129,26 +142,36 @@ def _signal_number(name: str | None) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--remote", is_flag=True,
               help="List the team's remote run store ([runs] remote) instead of this checkout's.")
-def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], sort_by: str | None,
-         desc: bool, limit: int | None, tree: bool, as_csv: bool, as_json: bool, remote: bool) -> None:
+def runs(status: str | None, name: str | None, tags: tuple[str, ...], commit: str | None,
+         since: str | None, user: str | None, host: str | None, columns: tuple[str, ...],
+         wheres: tuple[str, ...], sort_by: str | None, desc: bool, limit: int | None, tree: bool,
+         as_csv: bool, as_json: bool, remote: bool) -> None:
     """List recorded runs, newest first, with the params and metrics that vary across them.
 
     Dev and crashed runs are marked; a repeat group is one line with its metrics' mean ± SEM.
+    The filters (--status, --name, --tag, --commit, --since, --user, --host, --where) work alike
+    on this checkout's runs and on the remote's (--remote); all given must hold.
 
     \b
     Example:
       nixrepro runs --status failed --limit 5
+      nixrepro runs --since 2d --tag sweep --user alice
+      nixrepro runs --remote --host 'gpu-*' --commit 3f9a2c1 --json
       nixrepro runs -c lr,batch,acc --where 'acc>0.9' --sort -acc
       nixrepro runs --csv > runs.csv
       nixrepro runs --tree
     """
     from ..errors import UsageError
+    from ..filters import RunFilter
     from ..table import Columns, csv_columns, parse_where, render_text, sort_records, to_csv
 
     if as_csv and as_json:
         raise UsageError("--csv and --json are two formats; give one of them.")
     if tree and (as_csv or as_json):
         raise UsageError("--tree draws the text table; --csv and --json carry each run's parent instead.")
+    # checked before the store is read: a bad value costs no listing (a remote one takes seconds)
+    chosen_runs = RunFilter.parse(status=status, name=name, tags=tags, commit=commit, since=since,
+                                  user=user, host=host)
     from .remote import remote_summaries
 
     everything = remote_summaries() if remote else store().summaries()
@@ -163,11 +186,13 @@ def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], 
         order = (found[0], descending)
     elif desc:
         raise UsageError("--desc sorts descending by the --sort column; give --sort COL too.")
-    records = [r for r in everything
-               if (status is None or r.status == status) and all(c(r) for c in conditions)]
+    records = chosen_runs.apply(everything) if chosen_runs.active else everything
+    if conditions:
+        records = [r for r in records if all(c(r) for c in conditions)]
     if order is not None:
         records = sort_records(records, *order)
-    records = records[:limit]
+    if limit is not None:
+        records = records[:limit]
     if as_json:
         echo_json([_summary_dict(r) for r in records])
         return
@@ -190,6 +215,7 @@ def runs(status: str | None, columns: tuple[str, ...], wheres: tuple[str, ...], 
 
 
 def _summary_dict(record: Any) -> dict[str, Any]:
+    host = record.host
     return {
         "id": record.id, "name": record.name, "status": record.status, "dev": record.dev,
         "started_at": record.started_at, "duration_s": record.duration_s,
@@ -198,7 +224,14 @@ def _summary_dict(record: Any) -> dict[str, Any]:
         "metrics": record.metrics, "group": record.group, "repeat_index": record.repeat_index,
         "seed": record.seed, "deterministic": record.deterministic,
         "params": record.params, "parent": record.parent,
+        "user": host.user or None, "host": host.hostname or None,
+        "slurm": _facts(host.slurm), "kubernetes": _facts(host.kubernetes),
     }
+
+
+def _facts(job: Any) -> dict[str, Any] | None:
+    """A scheduler's facts (nixrepro.host.SlurmJob, KubernetesPod) as JSON, None outside one."""
+    return None if job is None else dict(vars(job))
 
 
 @cli.command(context_settings=CONTEXT)
