@@ -1,7 +1,10 @@
 """Repeat groups: the runs of one ``nixrepro run --repeat N``, read back with their statistics.
 
-A group id is ``g`` followed by 12 hex digits. Run ids are pure hex, so a reference starting with
-``g`` always means a group, and any unique prefix of it names the group (``show g3f9a``).
+A group id is ``g`` followed by 24 hex digits: 96 random bits, as a run id has, so that the groups
+of a team's machines sharing one remote run store never meet (docs/repeats.md gives the odds);
+groups made before were ``g`` and 12 digits and read as ever, nothing depends on the length. Run
+ids are pure hex, so a reference starting with ``g`` always means a group, and any unique prefix
+of it names the group (``show g3f9a``).
 Statistics are over the group's *succeeded* runs; metrics that are not numbers, or are beyond
 what a 64-bit float holds (an integer of 400 digits), are left out of them (each run still lists
 its value). JSON output is strict: a statistic that does not fit a float is ``null``.
@@ -19,12 +22,12 @@ from typing import Any
 from .errors import RunNotFoundError
 from .present import COMMAND_WIDTH, NAME_WIDTH, clip, human_duration, local_time, run_row, table
 from .record import RunRecord
-from .runstore import GROUP_PREFIX, RunStore
+from .runstore import GROUP_PREFIX, ID_BYTES, RunStore
 from .stats import ALPHA, Summary, Welch, summarize, welch
 
 
 def new_group_id() -> str:
-    return GROUP_PREFIX + secrets.token_hex(6)
+    return GROUP_PREFIX + secrets.token_hex(ID_BYTES)
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 
 from nixrepro.determinism import determinism_note, usable_cpus
+from nixrepro.groups import new_group_id, resolve_group
 from nixrepro.record import RunRecord
-from tests.helpers import Project, git_commit
+from nixrepro.runstore import RunStore
+from tests.helpers import Project, cli_in_process, git_commit, sh
+
+FIXTURE = Path(__file__).parent / "fixtures" / "record-minimal.json"
 
 pytestmark = pytest.mark.nix
 
@@ -50,7 +56,7 @@ def test_repeat_records_a_group_with_derived_seeds_and_reports_mean_and_sem(proj
     assert [(r.repeat_index, r.seed, r.status) for r in records] == [
         (0, 10, "succeeded"), (1, 11, "succeeded"), (2, 12, "succeeded")]
     group = records[0].group
-    assert group is not None and group.startswith("g") and len(group) == 13
+    assert group is not None and re.fullmatch(r"g[0-9a-f]{24}", group)  # 96 bits, as a run id
     assert {r.group for r in records} == {group}
     assert f"nixrepro: group {group}: 3 of 3 runs; `nixrepro show {group[:9]}`" in result.stderr
 
@@ -89,6 +95,23 @@ def test_the_first_failing_repeat_stops_the_group(project: Project) -> None:
     listing = project.nixrepro("runs").stdout.splitlines()
     assert "group x2 (1 succeeded, 1 failed)" in listing[1]
     assert listing[2].endswith("(n=1)")  # statistics only over the succeeded run
+
+
+def test_groups_of_the_former_12_digit_ids_read_list_and_resolve_beside_new_ones(tmp_path: Path) -> None:
+    sh(["git", "init", "-q", "-b", "main"], cwd=tmp_path)
+    store = RunStore.for_repo(tmp_path)
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    old, new = "g0123456789ab", new_group_id()
+    assert re.fullmatch(r"g[0-9a-f]{24}", new) and new != new_group_id()
+    for i, group in enumerate([old, old, new, new]):
+        run_id, _ = store.new_run_dir()
+        store.save(base.replace(id=run_id, group=group, repeat_index=i % 2, seed=i, metrics={"loss": i},
+                                started_at=f"2026-11-22T13:0{i}:00+00:00"))
+    assert resolve_group(store, old[:6]).id == old and len(resolve_group(store, new[:6]).runs) == 2
+    listing = cli_in_process(["runs"], tmp_path).stdout.splitlines()
+    assert [line[:9] for line in listing[1::2]] == [new[:9], old[:9]]  # each group one line
+    shown = cli_in_process(["show", old, "--json"], tmp_path)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["group"] == old
 
 
 def test_unknown_group_is_a_usage_error(project: Project) -> None:
