@@ -1,4 +1,5 @@
-"""``sync``: upload what runs kept locally (pending data outputs, W&B runs recorded offline)."""
+"""``sync``: upload what runs kept locally (pending data outputs, runs waiting for the remote run
+store, W&B runs recorded offline)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from . import CONTEXT, cli, echo_json, store
                    "keeps it as pending (never stored). Repeatable; nothing is uploaded.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sync(dry_run: bool, discard: tuple[str, ...], as_json: bool) -> None:
-    """Upload what runs kept locally: pending data outputs, then W&B runs recorded offline.
+    """Upload what runs kept locally: pending data outputs, then the runs waiting to be pushed to
+    the remote run store, then W&B runs recorded offline.
 
     Pending outputs are those a run wrote while the data store was unreachable; once uploaded,
-    their version ids are filled into the runs' records. An item that cannot be uploaded is
+    their version ids are filled into the runs' records. The runs step pushes every run queued
+    for [runs] remote (one that ended while the remote was unreachable, or waited for its data
+    outputs) once its record holds its outputs' versions. An item that cannot be uploaded is
     listed with the reason and the others go on (exit code 1); each is uploaded only once, even
     by syncs running at the same time or after one was killed.
 
