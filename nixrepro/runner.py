@@ -21,14 +21,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__, codec, cuda, datalog, determinism, facts, host, rundir
 from .closure import Closure, cached_closure
 from .codec import frozen
 from .config import Config, DataConfig
 from .data import SETTINGS_VARIABLE
-from .datastore import flags as rundata
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
@@ -50,6 +49,9 @@ from .redact import Redactor
 from .runstore import GC_ROOT, RunStore
 from .supervise import Interrupted, Outcome, StopSignals, supervise
 from .trackers import MetricsTail, Observers, RunObserver
+
+if TYPE_CHECKING:
+    from .datastore.ops import Fetched
 
 
 @frozen
@@ -141,7 +143,10 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     if seed is not None and not 0 <= seed <= 2**32 - 1:  # every Python child would die at start-up
         raise UsageError(f"seed {seed} is outside 0..4294967295, the range PYTHONHASHSEED takes; "
                          "give a --seed from 0 to 4294967295.")
-    rundata.check_flags(request.inputs, request.outputs)
+    if request.inputs or request.outputs:  # the data stores' registry is imported by these runs only
+        from .datastore import flags
+
+        flags.check_flags(request.inputs, request.outputs)
     repo = GitRepo.discover(request.cwd)
     store = RunStore.for_repo(repo.root)
     snapshot = Background(repo.snapshot)
@@ -380,7 +385,11 @@ def execute(
     request, store, redactor = prepared.request, prepared.store, prepared.redactor
     sinks = Observers(observers, lambda message: _warn(stderr, message))
     # Inputs come first: one that cannot be fetched refuses the run before anything is recorded.
-    inputs = rundata.fetch_inputs(request.inputs, prepared.data, request.data_pins)
+    inputs: list[Fetched] = []
+    if request.inputs:
+        from .datastore import flags
+
+        inputs = flags.fetch_inputs(request.inputs, prepared.data, request.data_pins)
     for warning in prepared.warnings:
         _warn(stderr, warning)
     run_id, run_dir = _new_run(store)
@@ -388,7 +397,10 @@ def execute(
     # are noted, and a run asked to stop before its command starts is recorded as interrupted.
     with _until_started(store, run_dir) as started, store.hold(run_id), StopSignals() as stops:
         env = child_environment(prepared, run_id, run_dir)
-        rundata.expose_inputs(inputs, run_dir, env)
+        if inputs:
+            from .datastore import flags
+
+            flags.expose_inputs(inputs, run_dir, env)
         patch = redactor.scrub_bytes(prepared.dev_patch) if prepared.dev_patch is not None else None
         record = RunRecord(
             id=run_id,
@@ -417,7 +429,10 @@ def execute(
         )
         if patch is not None:
             (run_dir / rundir.DEV_PATCH).write_bytes(patch)
-        rundata.declare_outputs(request.outputs, run_dir)
+        if request.outputs:
+            from .datastore import flags
+
+            flags.declare_outputs(request.outputs, run_dir)
         store.save(record)
         rundir.reserve(run_dir, record)
         started()
@@ -494,7 +509,9 @@ def _run_and_record(
         if outcome is not None and outcome.reason:
             warn(outcome.reason)
         if request.outputs:  # kept even if the command failed: nothing produced is lost
-            rundata.store_outputs(request.outputs, request.cwd, prepared.data, run_dir, warn, stops)
+            from .datastore import flags
+
+            flags.store_outputs(request.outputs, request.cwd, prepared.data, run_dir, warn, stops)
         record = _finish(record, outcome, run_dir, status, stops.first)
         try:
             store.save(record)
