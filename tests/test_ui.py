@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from nixrepro.ui.remote import RemoteRuns
 from nixrepro.ui.server import ViewerServer, make_server, serve_in_thread
 from tests.helpers import Project
+from tests.test_ui_remote import make_team
 from tests.test_ui_server import HOSTILE, UiStore, make_ui_store
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -161,6 +163,27 @@ def test_a_run_page_draws_each_curve_with_the_points_the_run_logged(browser: lis
     assert dom.one(id="environment").one(class_="closure-hash").text == slow.environment.closure_hash
     assert "final loss 0.45" in dom.one("pre", data_log="stdout.log").text
     assert dom.one("h1").one(class_="run-name").text == "slow"
+
+
+def test_a_remote_run_is_listed_and_drawn_from_its_pulled_copy(browser: list[str],
+                                                               tmp_path: Path) -> None:
+    team = make_team(tmp_path)
+    runs = RemoteRuns.for_project(team.b)
+    assert runs is not None
+    viewer = make_server(team.b / ".nixrepro", port=0, runs=runs)
+    serve_in_thread(viewer)
+    try:
+        dom = dump_dom(browser, viewer.url)
+        assert listed_runs(dom) == [team.runs[n].id for n in ("tampered", "fast", "slow")]
+        assert dom.one("p", class_="source").text.startswith(f"In the remote run store file://{team.remote}")
+        slow = team.runs["slow"]
+        page = dump_dom(browser, f"{viewer.url}run/{slow.id}")
+        assert chart_of(page, "loss").attrs["data-points"] == "4"
+        assert "final loss 0.5" in page.one("pre", data_log="stdout.log").text
+    finally:
+        viewer.shutdown()
+        viewer.server_close()
+    assert not (team.b / ".nixrepro").exists() and not runs.pulled.root.exists()  # its copy removed
 
 
 def test_the_compare_page_shows_both_runs_their_curves_and_their_diff(browser: list[str], server: str,

@@ -247,7 +247,8 @@ def test_an_unknown_run_or_group_is_a_404_with_one_sentence(ui_store: UiStore, s
     assert status == 400 and "no recorded run wrote or read file:///data/nothing.csv" in page
 
 
-def test_the_runs_page_filters_by_status_name_tag_and_commit(ui_store: UiStore, server: ViewerServer) -> None:
+def test_the_runs_page_filters_by_status_name_tag_commit_since_and_host(ui_store: UiStore,
+                                                                       server: ViewerServer) -> None:
     def listed(query: str) -> set[str]:
         return set(re.findall(r'<tr[^>]*data-run="([0-9a-f]+)"', get(server, "/?" + query)[1]))
 
@@ -258,6 +259,12 @@ def test_the_runs_page_filters_by_status_name_tag_and_commit(ui_store: UiStore, 
     assert listed("name=FAS") == {runs["fast"].id}  # contains, any case
     assert listed("tag=sweep") == {runs["fast"].id}
     assert listed("commit=f741720b") >= {runs["slow"].id} and listed("commit=0000") == set()
+    # and since, user and host, as `nixrepro runs` has them; a bad value is its sentence
+    since = listed("since=2026-11-22T13:00:02Z")  # fast started at 13:00:02, slow a second before
+    assert runs["fast"].id in since and runs["slow"].id not in since
+    assert listed("host=VM") == listed("") and listed("host=gpu-*") == set()
+    status, page = get(server, "/?since=yesterday")
+    assert status == 400 and "--since &#x27;yesterday&#x27; is not a date, a time or an age" in page
     def order(query: str) -> list[str]:
         rows = re.findall(r'<tr[^>]*data-run="([0-9a-f]+)"', get(server, "/?" + query)[1])
         named = {runs[n].id: n for n in ("fast", "slow", "repeat2")}

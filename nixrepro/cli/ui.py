@@ -22,24 +22,37 @@ from . import CONTEXT, cli, store
               help="The address to listen on. Anything but a loopback address shows every record "
                    "to whoever can reach it.")
 @click.option("--verbose", is_flag=True, help="Log each request to stderr.")
-def ui(port: int, host: str, verbose: bool) -> None:
+@click.option("--remote", is_flag=True,
+              help="Show the team's remote run store ([runs] remote) instead of this checkout's; "
+                   "a run's page pulls it, verified, into a temporary directory.")
+def ui(port: int, host: str, verbose: bool, remote: bool) -> None:
     """Serve a read-only web viewer over this project's runs, until Ctrl-C.
 
     Runs (filter, sort, paged), each run's record, curves and logs, the experiment table with
     params against a metric, runs compared side by side with their diff and repeat groups' mean
-    ± SEM, and the lineage of data versions. Nothing it serves changes the store.
+    ± SEM, and the lineage of data versions. Nothing it serves changes the store; with --remote,
+    nothing is written to this checkout's store either.
 
     \b
     Example:
       nixrepro ui
       nixrepro ui --port 0
+      nixrepro ui --remote
     """
     from ..errors import UsageError
     from ..ui.server import is_loopback, make_server
 
     runs = store()
+    source = None
+    if remote:
+        from ..remote.pending import require_remote
+        from ..ui.remote import RemoteRuns
+
+        found = require_remote(runs.root.parent)
+        found.is_run_store(create=False)  # a prefix that is not a run store: one sentence now
+        source = RemoteRuns.for_project(runs.root.parent)
     try:
-        server = make_server(runs.root, host=host, port=port, verbose=verbose)
+        server = make_server(runs.root, host=host, port=port, verbose=verbose, runs=source)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise UsageError(f"port {port} on {host} is in use; pick another with --port N "
@@ -50,7 +63,8 @@ def ui(port: int, host: str, verbose: bool) -> None:
     if not is_loopback(host):
         click.echo(f"nixrepro: warning: listening on {host}: anyone who can reach it can read every "
                    "record of this store.", err=True)
-    click.echo(f"nixrepro: serving {runs.root} at {server.url} (read only; Ctrl-C stops)", err=True)
+    shown = source.remote.url if source is not None else runs.root
+    click.echo(f"nixrepro: serving {shown} at {server.url} (read only; Ctrl-C stops)", err=True)
     sys.stderr.flush()
     try:
         server.serve_forever()
@@ -67,21 +81,28 @@ def report(run_refs: tuple[str, ...], output: Path) -> None:
 
     Each run's status, code, environment, host, data, params, metrics, curves and logs; for two
     runs or more also their overlaid curves, their diff and each repeat group's mean ± SEM. RUN
-    is an id, a unique prefix, @latest, @latest~N or a repeat group (g...: all its runs).
+    is an id, a unique prefix, @latest, @latest~N or a repeat group (g...: all its runs). A RUN
+    not in this checkout's store is looked up in the remote run store ([runs] remote) and read
+    from there, verified as `nixrepro pull` verifies it, without writing it to the store.
 
     \b
     Example:
       nixrepro report @latest~1 @latest -o report.html
     """
     from ..ui.html import encode
+    from ..ui.remote import RemoteRuns
     from ..ui.report import build_report, write_report
 
     runs = store()
+
+    def remote() -> RemoteRuns | None:  # opened only for a RUN that is not here
+        return RemoteRuns.for_project(runs.root.parent)
+
     if str(output) == "-":
-        sys.stdout.buffer.write(encode(build_report(runs.root, list(run_refs))))
+        sys.stdout.buffer.write(encode(build_report(runs.root, list(run_refs), remote)))
         return
     try:
-        size = write_report(runs.root, list(run_refs), output)
+        size = write_report(runs.root, list(run_refs), output, remote)
     except OSError as exc:
         from ..errors import UsageError
 

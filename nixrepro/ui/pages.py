@@ -8,24 +8,25 @@ where a data version came from. Nothing here writes anything.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import NixreproError
+from ..filters import STATUSES, RunFilter
 from ..present import human_duration
 from ..record import RunRecord
 from ..table import Column, Columns, Condition, parse_where, sort_records
 from . import charts
 from .html import Assets, Markup, chart, el, page, render, run_href, section, url
 from .lineage_svg import lineage_svg
-from .readonly import RunIndex
+from .readonly import Runs
 from .sections import Links, diff_sections, link, run_link, run_sections, side_by_side, status_badge
 
 PER_PAGE = 100
 ASSETS = Assets(inline=False)
 LINKS = Links(server=True)
 Query = Mapping[str, list[str]]
-STATUSES = ("running", "succeeded", "failed", "interrupted", "crashed")
 
 
 def first(query: Query, key: str, default: str = "") -> str:
@@ -42,11 +43,7 @@ def error_page(status: int, message: str) -> tuple[int, str]:
 # --- the runs table ---------------------------------------------------------------------------------
 
 
-def _matches(record: RunRecord, status: str, name: str, tag: str, commit: str) -> bool:
-    return ((not status or record.status == status)
-            and (not name or name.lower() in (record.name or "").lower())
-            and (not tag or tag in record.tags)
-            and (not commit or record.code.commit.startswith(commit.lower())))
+FILTERS = ("status", "name", "tag", "commit", "since", "user", "host")  # as `nixrepro runs` has them
 
 
 def _sort(records: list[RunRecord], columns: Columns, query: Query) -> tuple[list[RunRecord], str, bool]:
@@ -71,10 +68,15 @@ def _sort_link(path: str, key: str, sorted_by: str, desc: bool, **state: Any) ->
     return url(path, **state, sort=("" if desc or sorted_by != key else "-") + key)
 
 
-def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
+def runs_page(index: Runs, query: Query) -> tuple[int, str]:
+    state = {key: first(query, key).strip() for key in FILTERS}
+    # the same filters as `nixrepro runs`: a bad value is its one sentence (400), before the listing
+    given = {key: value or None for key, value in state.items()}
+    chosen = RunFilter.parse(status=given["status"], name=given["name"], commit=given["commit"],
+                             since=given["since"], user=given["user"], host=given["host"],
+                             tags=[state["tag"]] if state["tag"] else [])
     everything = index.summaries()
-    status, name, tag, commit = (first(query, k).strip() for k in ("status", "name", "tag", "commit"))
-    records = [r for r in everything if _matches(r, status, name, tag, commit)]
+    records = chosen.apply(everything)
     columns = Columns(everything)
     records, sorted_by, descending = _sort(records, columns, query)
     try:
@@ -85,7 +87,6 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
     number = min(number, pages)
     shown = records[(number - 1) * PER_PAGE: number * PER_PAGE]
     extra = columns.varying(records)[:6]
-    state = {"status": status, "name": name, "tag": tag, "commit": commit}
 
     def header(key: str, label: str) -> Markup:
         mark = (" ▼" if descending else " ▲") if sorted_by == key else ""
@@ -97,11 +98,14 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
     rows = [_run_row(r, extra) for r in shown]
     filters = el("form", [
         el("label", "status ", el("select", el("option", "any", value=""),
-                                  [el("option", s, value=s, selected=s == status) for s in STATUSES],
-                                  name="status")),
-        el("label", "name ", el("input", name="name", value=name, placeholder="contains")),
-        el("label", "tag ", el("input", name="tag", value=tag)),
-        el("label", "commit ", el("input", name="commit", value=commit, placeholder="prefix")),
+                                  [el("option", s, value=s, selected=s == state["status"])
+                                   for s in STATUSES], name="status")),
+        el("label", "name ", el("input", name="name", value=state["name"], placeholder="contains")),
+        el("label", "tag ", el("input", name="tag", value=state["tag"])),
+        el("label", "commit ", el("input", name="commit", value=state["commit"], placeholder="prefix")),
+        el("label", "since ", el("input", name="since", value=state["since"], placeholder="2d", size=10)),
+        el("label", "user ", el("input", name="user", value=state["user"], size=10)),
+        el("label", "host ", el("input", name="host", value=state["host"], placeholder="gpu-*", size=10)),
         el("button", "filter", type="submit"),
     ], method="get", action="/", class_="filters")
     nav = _pager(number, pages, len(records),
@@ -111,7 +115,14 @@ def runs_page(index: RunIndex, query: Query) -> tuple[int, str]:
                  method="get", action="/compare", id="compare-form")
     count = f"{len(records)} of {len(everything)} runs" if len(records) != len(everything) \
         else f"{len(everything)} runs"
-    body = [el("h1", "Runs"), filters, el("p", count, class_="count", data_total=len(records)),
+    source = index.label
+    listed_at = getattr(index, "listed_at", None)  # a remote store's listing (nixrepro.ui.remote)
+    when = f" as its index listed them at {time.strftime('%H:%M:%S', time.localtime(listed_at))}" \
+        if listed_at else ""
+    where = el("p", f"In {source}{when}; a run's page pulls it (verified, into the viewer's own "
+                    "directory: nothing is written to this project's store).",
+               class_="source") if source else None
+    body = [el("h1", "Runs"), where, filters, el("p", count, class_="count", data_total=len(records)),
             compare if records else el("p", "No run matches." if everything else
                                        "No runs recorded yet. Start one with: nixrepro run -- CMD",
                                        class_="none"), nav]
@@ -144,7 +155,7 @@ def _pager(number: int, pages: int, total: int, state: dict[str, str]) -> Markup
 # --- one run -----------------------------------------------------------------------------------------
 
 
-def run_page(index: RunIndex, run_id: str) -> tuple[int, str]:
+def run_page(index: Runs, run_id: str) -> tuple[int, str]:
     record = index.load(run_id)
     children = [r for r in index.summaries() if r.parent == record.id]
     title = f"run {record.short_id}" + (f" {record.name}" if record.name else "")
@@ -160,7 +171,7 @@ def run_page(index: RunIndex, run_id: str) -> tuple[int, str]:
 # --- the experiment table ---------------------------------------------------------------------------
 
 
-def table_page(index: RunIndex, query: Query) -> tuple[int, str]:
+def table_page(index: Runs, query: Query) -> tuple[int, str]:
     everything = index.summaries()
     columns = Columns(everything)
     wheres = [w for w in query.get("where", []) if w.strip()]
@@ -222,7 +233,7 @@ def table_page(index: RunIndex, query: Query) -> tuple[int, str]:
 # --- comparing runs ----------------------------------------------------------------------------------
 
 
-def compare_page(index: RunIndex, query: Query) -> tuple[int, str]:
+def compare_page(index: Runs, query: Query) -> tuple[int, str]:
     refs = [r for r in query.get("run", []) if r.strip()]
     # oldest first: the diff reads as `nixrepro diff` of an older run with a newer one
     records = sorted(index.resolve_many(refs), key=lambda r: (r.started_at, r.id))
@@ -234,7 +245,7 @@ def compare_page(index: RunIndex, query: Query) -> tuple[int, str]:
     return 200, page("nixrepro: compare " + ", ".join(r.short_id for r in records[:4]), body, assets=ASSETS)
 
 
-def comparison(records: Sequence[RunRecord], index: RunIndex | None, links: Links, *, prefix: str,
+def comparison(records: Sequence[RunRecord], index: Runs | None, links: Links, *, prefix: str,
                run_dirs: Mapping[str, Any] | None = None, repo: Any = None) -> Markup:
     """The compare sections (page and report): the runs, overlaid curves, each repeat group's mean
     ± SEM, params and metrics side by side, and ``nixrepro diff`` of the first run with each other."""
@@ -292,7 +303,7 @@ def _group_means(gid: str, members: Sequence[RunRecord]) -> Markup:
 # --- lineage -----------------------------------------------------------------------------------------
 
 
-def lineage_page(index: RunIndex, query: Query) -> tuple[int, str]:
+def lineage_page(index: Runs, query: Query) -> tuple[int, str]:
     from ..datastore import DataRef
     from ..lineage import Lineage
 

@@ -15,7 +15,7 @@ import fcntl
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import NixreproError, RecordError, RunNotFoundError
 from ..record import RunRecord
@@ -80,8 +80,41 @@ def _stat_keys(runs_dir: Path) -> dict[str, StatKey]:
     return keys
 
 
+class Runs(Protocol):
+    """What the pages read runs from: the local store (:class:`RunIndex`) or a remote one
+    (nixrepro.ui.remote.RemoteRuns)."""
+
+    @property
+    def root(self) -> Path:
+        """The project's local store root (its parent is the git checkout the diff reads)."""
+
+    @property
+    def label(self) -> str | None:
+        """What the runs page says it lists, where that is not the local store."""
+
+    def summaries(self) -> list[RunRecord]:
+        """Every run's summary, newest first."""
+
+    def has(self, run_id: str) -> bool:
+        """Whether a run of exactly this id is there."""
+
+    def load(self, run_id: str) -> RunRecord:
+        """The complete record (with its closure)."""
+
+    def resolve(self, ref: str) -> RunRecord:
+        """A run by id, prefix or @latest; complete."""
+
+    def resolve_many(self, refs: list[str]) -> list[RunRecord]:
+        """Runs and repeat groups, each run once, in order; complete."""
+
+    def run_dir(self, run_id: str) -> Path:
+        """The directory of the run's logs and metrics."""
+
+
 class RunIndex:
     """Every run's summary, newest first, re-read only where a record changed. Thread-safe."""
+
+    label = None  # the local store: the runs page says nothing more
 
     def __init__(self, root: Path) -> None:
         self.store = ReadOnlyStore(root)

@@ -4,11 +4,13 @@ The viewer's sections for each run with the lineage graph of what it read (and, 
 more, the comparison: overlaid curves, repeat groups' mean ± SEM, params and metrics side by side,
 ``nixrepro diff``), with uPlot, the page's script and its styles inline. The file loads nothing:
 its Content-Security-Policy allows no network request at all, and links between its runs are
-anchors within it.
+anchors within it. A RUN not in the local store is read from the remote run store, verified as
+``nixrepro pull`` verifies it, into a temporary directory (nixrepro.ui.remote): never written here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
@@ -17,15 +19,26 @@ from .html import Assets, el, encode, page, render, section
 from .lineage_svg import lineage_svg
 from .pages import comparison
 from .readonly import RunIndex
+from .remote import LocalThenRemote, RemoteRuns
 from .sections import Links, run_sections
 
 
-def build_report(store_root: Path, refs: list[str]) -> str:
-    """The report's HTML for the runs and repeat groups ``refs`` names (each run once)."""
+def build_report(store_root: Path, refs: list[str],
+                 remote: Callable[[], RemoteRuns | None] | None = None) -> str:
+    """The report's HTML for the runs and repeat groups ``refs`` names (each run once). With
+    ``remote`` (it opens the project's remote run store, or gives None), a RUN not found in the
+    local store is looked up there and pulled, verified, into a temporary directory only."""
+    index = LocalThenRemote(RunIndex(store_root), remote or (lambda: None))
+    try:
+        return _report(index, store_root, refs)
+    finally:
+        index.close()
+
+
+def _report(index: LocalThenRemote, store_root: Path, refs: list[str]) -> str:
     from ..git import GitRepo
     from ..lineage import Lineage
 
-    index = RunIndex(store_root)
     records = index.resolve_many(refs)
     if not records:
         raise UsageError("name at least one run to report on; `nixrepro runs` lists them.")
@@ -59,10 +72,11 @@ def build_report(store_root: Path, refs: list[str]) -> str:
     return page(title, render(parts), assets=Assets(inline=True), nav=False)
 
 
-def write_report(store_root: Path, refs: list[str], output: Path) -> int:
+def write_report(store_root: Path, refs: list[str], output: Path,
+                 remote: Callable[[], RemoteRuns | None] | None = None) -> int:
     """Write the report to ``output``; its size in bytes."""
     from ..fsutil import atomic_write
 
-    data = encode(build_report(store_root, refs))
+    data = encode(build_report(store_root, refs, remote))
     atomic_write(output, data)
     return len(data)

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import NixreproError, RunNotFoundError
 from . import pages
 from .html import encode, static_file
-from .readonly import RunIndex
+from .readonly import RunIndex, Runs
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -34,7 +34,7 @@ _RUN = re.compile(r"^/run/([0-9a-f]{1,64})/?$")
 Page = tuple[int, str]
 
 
-def route(index: RunIndex, path: str, query: dict[str, list[str]]) -> Page | tuple[int, bytes, str]:
+def route(index: Runs, path: str, query: dict[str, list[str]]) -> Page | tuple[int, bytes, str]:
     """The page at ``path`` (already percent-decoded); a static file as (status, bytes, type)."""
     if ".." in path or "\\" in path or "\0" in path:
         return pages.error_page(404, "no such page.")
@@ -49,7 +49,7 @@ def route(index: RunIndex, path: str, query: dict[str, list[str]]) -> Page | tup
         if not index.has(run_id):
             return pages.error_page(404, f"no run {run_id} in this store; the runs page lists them.")
         return pages.run_page(index, run_id)
-    handlers: dict[str, Callable[[RunIndex, dict[str, list[str]]], Page]] = {
+    handlers: dict[str, Callable[[Runs, dict[str, list[str]]], Page]] = {
         "/": pages.runs_page, "/table": pages.table_page, "/compare": pages.compare_page,
         "/lineage": pages.lineage_page,
     }
@@ -150,7 +150,7 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], index: RunIndex, verbose: bool = False) -> None:
+    def __init__(self, address: tuple[str, int], index: Runs, verbose: bool = False) -> None:
         self.index = index
         self.verbose = verbose
         self.loopback = is_loopback(address[0])
@@ -162,6 +162,12 @@ class ViewerServer(ThreadingHTTPServer):
         """Read every run's summary in the background now, so that the first page is quick."""
         threading.Thread(target=self.index.summaries, name="nixrepro-ui-warm", daemon=True).start()
 
+    def server_close(self) -> None:
+        super().server_close()
+        close = getattr(self.index, "close", None)
+        if close is not None:
+            close()  # a remote store's pulled runs, in the viewer's own directory
+
     @property
     def url(self) -> str:
         host = str(self.server_address[0])
@@ -170,9 +176,10 @@ class ViewerServer(ThreadingHTTPServer):
 
 
 def make_server(store_root: Path, host: str = "127.0.0.1", port: int = 0,
-                verbose: bool = False) -> ViewerServer:
-    """A server bound to (host, port) over the run store at ``store_root``; port 0 picks a free one."""
-    return ViewerServer((host, port), RunIndex(store_root), verbose=verbose)
+                verbose: bool = False, runs: Runs | None = None) -> ViewerServer:
+    """A server bound to (host, port) over the run store at ``store_root`` (or over ``runs``: a
+    remote run store, nixrepro.ui.remote.RemoteRuns); port 0 picks a free one."""
+    return ViewerServer((host, port), runs if runs is not None else RunIndex(store_root), verbose=verbose)
 
 
 def serve_in_thread(server: ViewerServer) -> threading.Thread:
