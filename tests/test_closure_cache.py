@@ -118,3 +118,19 @@ def test_a_record_of_a_cached_closure_is_the_record_of_nixs_answer(env_path: Pat
     assert json.loads(cached.to_json()) == json.loads(plain.to_json())
     assert RunRecord.from_dict(json.loads(cached.to_json())) == RunRecord.from_dict(plain.to_dict())
     assert os.path.getsize(closures.cache_file(str(env_path))) > 0
+
+
+def test_the_cache_keeps_the_closures_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(closures, "CACHE_KEEP", 3)
+    nix = Nix()
+    paths = []
+    for i in range(5):
+        path = tmp_path / "store" / f"{i:032d}-env"
+        path.mkdir(parents=True)
+        paths.append(path)
+        cached_closure(str(path), "2.8.0", nix.closure)
+        cache = closures.cache_file(str(path))
+        os.utime(cache, ns=(i * 10**9, i * 10**9))  # written in this order
+    kept = sorted(p.name for p in cache.parent.iterdir() if not p.name.startswith("."))
+    assert kept == sorted(closures.cache_file(str(p)).name for p in paths[-3:])
