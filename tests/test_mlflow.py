@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ import pytest
 
 from tests.helpers import Project, git_commit, make_project, sh
 
-pytestmark = [pytest.mark.nix,  # and MLflow's own use of a deprecated SQLAlchemy loader
-              pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")]
+pytestmark = [pytest.mark.nix,  # and what MLflow's own imports warn about, not nixrepro's
+              pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+              pytest.mark.filterwarnings("ignore:SOCKS support in urllib3")]
 
 FAKE_NVIDIA = Path(__file__).parent / "fixtures" / "bin-fake-nvidia"
 
@@ -275,6 +278,125 @@ def test_mlflow_failing_mid_run_is_one_warning_and_a_complete_record(
         "MLflow stopped during the run: ")
 
 
+def wait_for_mlflow_run(client: Any, run_id: str, timeout: float = 60) -> Any:
+    """The MLflow run that carries nixrepro run ``run_id``'s tag, once it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.search_runs(["1"], f"tags.`nixrepro.run_id` = '{run_id}'")
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no MLflow run for {run_id}")
+
+
+def start_run(project: Project, env_path: str, script: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`nixrepro run` of ``script`` in a process group of its own, as a terminal starts it."""
+    (project.root / "slow.py").write_text(script)
+    git_commit(project.root, "slow")
+    return subprocess.Popen(
+        [sys.executable, "-m", "nixrepro", "run", "--env", env_path, "-p", "lr=0.5", "--",
+         sys.executable, "slow.py"],
+        cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def running_record(project: Project, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(project.runs_dir.glob("*/record.json")) if project.runs_dir.exists() else []
+        if found:
+            return dict(json.loads(found[0].read_text()))
+        time.sleep(0.05)
+    raise AssertionError("the run never started")
+
+
+SLOW = """\
+import time
+import nixrepro
+nixrepro.log({"loss": 0.5}, step=0)
+time.sleep(60)
+"""
+
+
+def test_ctrl_c_records_an_interrupted_run_and_a_killed_mlflow_run(
+    project: Project, store: Path, mlflow_client: Any
+) -> None:
+    env_path = project.build_env()
+    configure(project, tracker_toml(store))
+    proc = start_run(project, env_path, SLOW, mlflow_env())
+    client = mlflow_client(f"sqlite:///{store}")
+    wait_for_mlflow_run(client, running_record(project)["id"])
+    time.sleep(0.8)  # the first point reaches MLflow
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at the terminal sends: its whole group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, stderr
+    assert local_warnings(stderr) == []
+    record = the_record(project)
+    assert (record["status"], record["signal"]) == ("interrupted", "SIGINT")
+    run = client.get_run(record["trackers"]["mlflow"]["run_id"])
+    assert run.info.status == "KILLED"  # the tracker's own process was not interrupted: it ended it
+    assert run.data.tags["nixrepro.status"] == "interrupted"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]
+
+
+WAIT_FOR_GO = """\
+import os, time
+import nixrepro
+from nixrepro import datalog
+from nixrepro.record import DataVersion
+nixrepro.log({"loss": 0.5}, step=0)
+while not os.path.exists("go"):  # the test kills the tracker's process meanwhile
+    time.sleep(0.05)
+print("done")
+nixrepro.log({"loss": 0.5 ** 5}, step=1)
+time.sleep(1.2)  # nixrepro hands it to the tracker, and finds its process gone
+datalog.append(nixrepro.run_dir(), "output", DataVersion("s3://b/m", "v", None, 1))
+"""
+
+
+def test_the_trackers_process_dying_mid_run_is_one_warning_and_a_complete_record(
+    project: Project, store: Path, mlflow_client: Any
+) -> None:
+    env_path = project.build_env()
+    configure(project, tracker_toml(store))
+    (project.root / ".gitignore").write_text("go\n")
+    git_commit(project.root, "go is the test's")
+    proc = start_run(project, env_path, WAIT_FOR_GO, mlflow_env())
+    wait_for_mlflow_run(mlflow_client(f"sqlite:///{store}"), running_record(project)["id"])
+    (host,) = [pid for pid in _descendants(proc.pid) if b"nixrepro.trackers.host" in _cmdline(pid)]
+    os.kill(host, signal.SIGKILL)
+    (project.root / "go").write_text("")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert _assert_complete_without_mlflow(project, stderr) == (
+        "its process ended (exit status -9) before the run did")
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                parents[int(pid)] = int(file.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    found, todo = [], [root]
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, up in parents.items() if up == parent]
+        found += children
+        todo += children
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
 def test_mlflow_and_wandb_together_each_get_the_run(
     project: Project, store: Path, mlflow_client: Any
 ) -> None:
@@ -312,21 +434,27 @@ def test_every_run_of_a_repeat_group_reaches_mlflow(
     assert first["group"] == second["group"] and first["seed"] != second["seed"]
 
 
-def test_a_pipeline_stage_reaches_mlflow(project: Project, store: Path, mlflow_client: Any) -> None:
-    configure(project, tracker_toml(store) + f"""
-[stages.train]
+def test_pipeline_stages_reach_mlflow_also_two_at_once_on_a_new_store(
+    project: Project, tmp_path: Path, mlflow_client: Any
+) -> None:
+    store = tmp_path / "new.db"  # no tables yet: the first tracker makes them, the other waits
+    configure(project, tracker_toml(store) + "".join(f"""
+[stages.{name}]
 cmd = [{json.dumps(sys.executable)}, "train.py"]
 env = ".#env"
-params = {{ lr = 0.5 }}
-""")
-    result = project.nixrepro("pipeline", "run", env=mlflow_env())
+params = {{ lr = {lr} }}
+""" for name, lr in (("left", 0.5), ("right", 0.25))))
+    result = project.nixrepro("pipeline", "run", "-j", "2", env=mlflow_env())
     assert result.returncode == 0, result.stderr
-    record = the_record(project)
-    (run,) = mlflow_runs(mlflow_client(f"sqlite:///{store}")).values()
-    assert run.info.run_id == record["trackers"]["mlflow"]["run_id"]
-    assert run.data.tags["nixrepro.stage"] == "train"
-    assert run.data.params == {"lr": "0.5"}
-    assert run.info.status == "FINISHED"
+    assert local_warnings(result.stderr) == []
+    runs = mlflow_runs(mlflow_client(f"sqlite:///{store}"))
+    for record in records(project):
+        run = runs[record["id"]]
+        assert run.info.run_id == record["trackers"]["mlflow"]["run_id"]
+        assert run.data.tags["nixrepro.stage"] == record["stage"]["name"]
+        assert run.data.params == {"lr": str(record["params"]["lr"])}
+        assert run.info.status == "FINISHED"
+    assert sorted(r.data.tags["nixrepro.stage"] for r in runs.values()) == ["left", "right"]
 
 
 def test_a_reproduced_run_reaches_mlflow_with_its_parent(
@@ -339,6 +467,7 @@ def test_a_reproduced_run_reaches_mlflow_with_its_parent(
     assert result.returncode == 0, result.stderr
     result = project.nixrepro("reproduce", "@latest", "--json", env=env)
     assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["within_tolerance"] is True  # stdout: the JSON alone
     original, again = records(project)
     runs = mlflow_runs(mlflow_client(f"sqlite:///{store}"))
     assert sorted(runs) == sorted([original["id"], again["id"]])

@@ -120,10 +120,12 @@ def test_from_config_makes_one_fresh_observer_per_enabled_tracker(
         monkeypatch.setattr(sink, f"_import_{sink.__name__.rsplit('.', 1)[1]}", lambda: None)
     config = parse({"trackers": {"wandb": {"mode": "offline"}, "mlflow": {}}})
     store = tmp_path / ".nixrepro"
-    first = trackers.from_config(config, tmp_path, store, environ={})
-    second = trackers.from_config(config, tmp_path, store, environ={})
+    first = trackers.from_config(config, tmp_path, store, environ={}, in_process=True)
+    second = trackers.from_config(config, tmp_path, store, environ={}, in_process=True)
+    assert [type(o) for o in first] == [wandb_sink.WandbSink, mlflow_sink.MlflowSink]
     assert [o.name for o in first] == ["wandb", "mlflow"]
     assert all(a is not b for a, b in zip(first, second, strict=True))
+    # a disabled tracker is not started at all, in this process or in one of its own
     disabled = parse({"trackers": {"wandb": {"mode": "disabled"}}})
     assert trackers.from_config(disabled, tmp_path, store, environ={}) == []
     assert trackers.from_config(parse({"trackers": {"wandb": {}}}), tmp_path, store,

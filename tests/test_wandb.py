@@ -248,15 +248,23 @@ while time.time() < deadline:
 else:
     sys.exit("W&B never started")
 time.sleep(1.0)  # the first metric reaches W&B
-# wandb's service (wandb-core) is a child of nixrepro's own process
-for pid in os.listdir("/proc"):
+# wandb's service (wandb-core) is a child of the tracker's process, a child of nixrepro's
+parents, cmdlines = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        cmdlines[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read()
     except OSError:
         continue
-    if int(stat[1]) == os.getppid() and b"wandb-core" in cmdline:
-        os.kill(int(pid), signal.SIGKILL)
+def below_nixrepro(pid):
+    while pid > 1:
+        pid = parents.get(pid, 0)
+        if pid == os.getppid():
+            return True
+    return False
+for pid, cmdline in cmdlines.items():
+    if b"wandb-core" in cmdline and below_nixrepro(pid):
+        os.kill(pid, signal.SIGKILL)
 exec(open("train.py").read())
 time.sleep(1.2)  # nixrepro hands the metrics to the dead service, and notices
 """

@@ -8,8 +8,10 @@ its ``[trackers.<kind>]`` table in nixrepro.toml. It is imported only when that 
   config is read, like every section (nixrepro.config); a ``check()`` method may return
   ``(key, problem)`` for what types cannot say;
 * ``make(settings, context) -> RunObserver | None``: the observer for one run (None: it is
-  disabled, e.g. W&B's ``mode = "disabled"``); made fresh for every run, so it starts its
-  library's import in a thread when made, overlapping the run's preflight;
+  disabled); made fresh for every run, in a process of its own (nixrepro.trackers.host), where it
+  starts its library's import at once, overlapping the run's preflight;
+* optionally ``enabled(settings, environ) -> bool``: False when the run should not start it at all
+  (W&B's ``mode = "disabled"`` or WANDB_MODE=disabled);
 * optionally ``sync(store_root, dry_run) -> (done, failed)``: a step of ``nixrepro sync``.
 
 :func:`from_config` makes the observers of every configured tracker for one run; every command
@@ -84,17 +86,29 @@ TrackerFactory = Callable[[], Sequence["RunObserver"]]
 
 def from_config(
     config: Config, repo_root: Path, store_root: Path, *, environ: Mapping[str, str] | None = None,
+    in_process: bool = False,
 ) -> list[RunObserver]:
     """The observers of one run: one per ``[trackers.<kind>]`` in ``config`` that is enabled.
 
     Call it once per run (a repeat group or a pipeline calls it for each of its runs): an observer
-    follows one run. Only the configured trackers' modules are imported.
+    follows one run. Each tracker runs in a process of its own (nixrepro.trackers.host), started
+    now; ``in_process``: the trackers' own observers, in this process. Only the configured
+    trackers' modules are imported, and their libraries only by the tracker.
     """
     context = TrackerContext(repo_root, store_root, os.environ if environ is None else environ,
                              remote=config.runs.remote)
     observers: list[RunObserver] = []
     for kind, settings in config.trackers.items():
-        observer = tracker_module(kind).make(settings, context)
+        module = tracker_module(kind)
+        enabled = getattr(module, "enabled", None)
+        if enabled is not None and not enabled(settings, context.environ):
+            continue
+        if in_process:
+            observer = module.make(settings, context)
+        else:
+            from .host import HostedObserver
+
+            observer = HostedObserver(kind, settings, context)
         if observer is not None:
             observers.append(observer)
     return observers

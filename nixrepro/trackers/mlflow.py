@@ -51,7 +51,7 @@ PARAM_MAX = 6000
 TAG_MAX = 8000
 STEP_MAX = 2**63 - 1
 _NAME = re.compile(r"^[/\w.\- :]*$")  # the characters MLflow takes in a metric or param name
-_CLIENT_LOCK = threading.Lock()  # pipeline stages in threads: one store (and schema) made at a time
+_CLIENT_LOCK = threading.Lock()  # sinks in one process: one store (and schema) made at a time
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class MlflowSink:
             api = self._api.result()
             if _scheme(self._uri) in ("http", "https") and not reachable(self._uri):
                 raise TrackerError(f"the tracking server {self._shown_uri()} does not answer")
-            with _CLIENT_LOCK:
+            with _CLIENT_LOCK, self._store_lock():
                 self._prepare_local_store()
                 self._client = api.MlflowClient(tracking_uri=self._uri)
                 self._experiment_id = self._experiment_id_of(self._client)
@@ -279,6 +279,21 @@ class MlflowSink:
             except Exception as exc:
                 self._fail("MLflow stopped during the run", exc)
                 return
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Across processes (pipeline stages at once, each tracker in its own process): one
+        makes a new local store's tables and the experiment while the others wait."""
+        if not is_local(self._uri):
+            yield
+            return
+        import fcntl
+
+        home = self._context.store_root / MLFLOW_HOME
+        home.mkdir(parents=True, exist_ok=True)
+        with open(home / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _prepare_local_store(self) -> None:
         """The default store's directory (sqlite creates a file, not the directories above it)."""

@@ -61,6 +61,11 @@ class Settings:
         return None
 
 
+def enabled(settings: Settings, environ: Mapping[str, str]) -> bool:
+    """False for ``mode = "disabled"`` or WANDB_MODE=disabled: no W&B, not even its import."""
+    return resolve_mode(settings, environ) != "disabled"
+
+
 def make(settings: Settings, context: TrackerContext) -> WandbSink | None:
     """The W&B sink of one run; None when W&B is disabled (``mode``, or WANDB_MODE=disabled)."""
     sink = WandbSink(settings, context.store_root, default_project=context.repo_root.name,
