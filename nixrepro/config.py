@@ -210,6 +210,8 @@ def parse(table: Any, source: str = CONFIG_FILE) -> Config:
 def _read_trackers(body: dict[str, Any], source: str) -> dict[str, Any]:
     """``[trackers.<kind>]`` tables (and the older ``[tracker]``), each validated against its
     tracker's ``Settings``; the trackers' modules are imported here only when configured."""
+    if "trackers" not in body and "tracker" not in body:
+        return {}  # (nor the registry: most commands read the config and never run a tracker)
     from . import trackers as registry
 
     tables = body.pop("trackers", {})
