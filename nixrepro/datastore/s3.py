@@ -83,9 +83,10 @@ def range_size(size: int) -> int:
     return max(RANGE_MIN, min(RANGE_MAX, -(-size // THREADS)))
 
 
-def make_client(settings: DataConfig, *, retries: int = 3) -> Any:
+def make_client(settings: DataConfig, *, retries: int = 3, read_timeout: float = 60) -> Any:
     """An S3 client from botocore directly: boto3's session layer adds 0.1 s of imports and
-    nothing used here (the multipart transfers are our own)."""
+    nothing used here (the multipart transfers are our own). ``read_timeout``: the seconds a
+    request waits for the server's next bytes before it is given up (or retried)."""
     import botocore.session
     from botocore.config import Config
 
@@ -95,7 +96,7 @@ def make_client(settings: DataConfig, *, retries: int = 3) -> Any:
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
         config=Config(retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=5,
-                      read_timeout=60, max_pool_connections=POOL,
+                      read_timeout=read_timeout, max_pool_connections=POOL,
                       # botocore's default CRC32 of every body is redundant here: each object's
                       # sha256 is kept with it and checked on download, and SigV4 signs the
                       # payload over http (TLS guards it over https). Skipping it: +10-25%

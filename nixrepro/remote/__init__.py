@@ -30,6 +30,7 @@ from ..errors import RemoteError as RemoteError
 from ..errors import RemoteIntegrityError as RemoteIntegrityError
 from ..errors import RemoteUnreachable as RemoteUnreachable
 from ..errors import UsageError
+from ..redact import scrub_url
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -52,7 +53,8 @@ class RemoteURL:
     def parse(cls, text: str) -> RemoteURL:
         scheme, sep, rest = text.partition("://")
         if not sep or scheme not in BACKENDS:
-            raise UsageError(f"{text!r} is not a remote run store; use {EXAMPLES}.")
+            raise UsageError(f"{scrub_url(text)!r} is not a remote run store; use {EXAMPLES}.")
+        _check_no_secrets(scheme, rest)
         if scheme == "s3":
             bucket, _, prefix = rest.partition("/")
             if not _BUCKET.fullmatch(bucket):
@@ -71,11 +73,37 @@ class RemoteURL:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
+def _check_no_secrets(scheme: str, rest: str) -> None:
+    """A run store URL names a place, nothing more: credentials (``user:password@``) or a query
+    (``?token=...``) in it would reach every message, record and tracker that names the store.
+    The refusal quotes neither."""
+    authority = rest.split("/", 1)[0]
+    if "@" in authority:
+        raise UsageError(f"a {scheme}:// remote run store URL carries no credentials (the "
+                         "'user:password@' part); give them through the AWS variables or profile, "
+                         f"never in the URL; use {EXAMPLES}.")
+    for mark, what in (("?", "query"), ("#", "fragment")):
+        if mark in rest:
+            shown = f"{scheme}://{rest.split(mark, 1)[0]}"
+            raise UsageError(f"{shown}: a remote run store URL has no {what} ('{mark}...'); remove "
+                             "it (credentials come from the AWS variables or profile, never from "
+                             "the URL).")
+
+
 def _check_segments(text: str, path: str) -> None:
     parts = path.split("/") if path else []
     if any(part in ("", ".", "..") for part in parts):
         raise UsageError(f"{text}: empty, '.' and '..' path segments are not allowed; name the "
                          "directory or prefix directly.")
+
+
+class TooLarge(RemoteError):
+    """An object bigger than its reader takes (a record, an index entry, a page): never read."""
+
+    def __init__(self, key: str, size: int) -> None:
+        super().__init__(f"{key} is {size} bytes, more than it may be")
+        self.key = key
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -96,8 +124,17 @@ class ObjectStore(Protocol):
         """Store ``data`` (bytes or a file) under ``key`` unless an object is there already; True
         when written, False when another object was there (left as it was). ``sha256``: of data."""
 
-    def get(self, key: str) -> bytes:
-        """The object's bytes; :class:`NoSuchKey` when there is none."""
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The object's bytes; :class:`NoSuchKey` when there is none, :class:`TooLarge` when it
+        holds more than ``limit`` bytes (nothing that big is read into memory)."""
+
+    def get_file(self, key: str, dest: Path) -> str:
+        """Write the object to the new file ``dest``, in pieces (a log may be bigger than memory);
+        returns the sha256 of what was written. :class:`NoSuchKey` when there is none; an error
+        of the local disk is the OSError itself."""
+
+    def digest(self, key: str) -> str:
+        """The sha256 of the object's bytes, read in pieces; :class:`NoSuchKey` when there is none."""
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size (and sha256 where kept), None when there is none."""

@@ -15,6 +15,7 @@ quotes a credential, and the endpoint is scrubbed of any password in its URL.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import threading
@@ -24,12 +25,14 @@ from typing import Any, TypeVar
 
 from ..config import DataConfig
 from ..redact import scrub_url
-from . import NoSuchKey, ObjectInfo, RemoteError, RemoteUnreachable, RemoteURL
+from . import NoSuchKey, ObjectInfo, RemoteError, RemoteUnreachable, RemoteURL, TooLarge
 
 T = TypeVar("T")
 SHA_KEY = "sha256"  # x-amz-meta-sha256, as the data store keeps it
 PROBE = ".nixrepro-probe-"  # nixrepro.remote.store.PROBE: not an object that makes a prefix taken
 MAX_PUT = 5 * 1024**3  # one PutObject; a run's log beyond 5 GiB is refused with a sentence
+CHUNK = 1024 * 1024  # an object read in pieces (get_file, digest)
+READ_TIMEOUT = 15  # seconds without a byte from the server before a request is given up
 _WRONG_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                       "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
@@ -46,9 +49,11 @@ class S3Objects:
 
         self.url = url
         self.settings = settings
-        # two attempts, not the data store's three: a push at a run's end that cannot reach the
-        # remote should give up quickly and leave the run in the queue for `nixrepro sync`
-        self.client = make_client(settings, retries=2)
+        # two attempts, not the data store's three, and 15 s of silence, not 60, before one is
+        # given up: a push at a run's end that cannot reach the remote (or whose server accepts
+        # connections and then says nothing) should give up quickly and leave the run in the queue
+        # for `nixrepro sync` (60 s: a stalled server held a run's end for 3 minutes)
+        self.client = make_client(settings, retries=2, read_timeout=READ_TIMEOUT)
         self.conditional_writes = True
         self._bucket_checked = False
         self._lock = threading.Lock()
@@ -83,11 +88,34 @@ class S3Objects:
         raise RemoteError(f"S3 kept answering that another write of {key} is in progress in the "
                           f"remote run store {self.url}; retry (`nixrepro sync`).")
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int | None = None) -> bytes:
         def read() -> bytes:
             reply = self.client.get_object(Bucket=self.url.bucket, Key=self._key(key))
+            size = int(reply.get("ContentLength") or 0)
+            if limit is not None and size > limit:
+                reply["Body"].close()
+                raise TooLarge(key, size)
             data: bytes = reply["Body"].read()
             return data
+
+        return self._call(f"read {key}", read, missing=key)
+
+    def get_file(self, key: str, dest: Path) -> str:
+        with open(dest, "xb") as out:  # the local side's errors (a full disk) are the caller's
+            return self._stream(key, out.write)
+
+    def digest(self, key: str) -> str:
+        return self._stream(key, None)
+
+    def _stream(self, key: str, write: Callable[[bytes], object] | None) -> str:
+        def read() -> str:
+            reply = self.client.get_object(Bucket=self.url.bucket, Key=self._key(key))
+            digest = hashlib.sha256()
+            for chunk in reply["Body"].iter_chunks(CHUNK):
+                digest.update(chunk)
+                if write is not None:
+                    write(chunk)
+            return digest.hexdigest()
 
         return self._call(f"read {key}", read, missing=key)
 

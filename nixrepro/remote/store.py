@@ -44,18 +44,27 @@ import secrets
 import shutil
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import RecordError, RunNotFoundError
+from ..errors import NixreproError, RecordError, RunNotFoundError
 from ..fsutil import sha256_file
 from ..record import RunRecord, without_closure
 from ..rundir import DEV_PATCH
 from ..runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
-from . import NoSuchKey, ObjectInfo, ObjectStore, RemoteConflict, RemoteError, RemoteIntegrityError
+from . import (
+    NoSuchKey,
+    ObjectInfo,
+    ObjectStore,
+    RemoteConflict,
+    RemoteError,
+    RemoteIntegrityError,
+    TooLarge,
+)
 
 MARKER = "nixrepro-runstore.json"
 PROBE = ".nixrepro-probe-"  # the object that tests a service's conditional writes (remote.s3)
@@ -69,7 +78,15 @@ THREADS = 16  # objects fetched at once (the S3 client keeps 32 connections)
 # The run's objects besides record.json, in the order they are pushed; the record comes after them
 # and the index entry last, so a run that can be found is whole.
 RUN_OBJECTS = (SIGNATURE_FILE, *RUN_FILES, DEV_PATCH)
-RUN_ID = re.compile(r"[0-9a-f]{8,64}")
+# a run id: 24 hex digits, or the 12 of older runs (RunStore.new_run_dir); no other length, so
+# that nothing in a remote can extend a whole id into a prefix of two runs
+RUN_ID = re.compile(r"[0-9a-f]{24}|[0-9a-f]{12}")
+PULLING = "pulling"  # .nixrepro/pulling/<id>-<random>/: a pull in progress, renamed into runs/ whole
+# the most a reader takes of an object it holds in memory (anything bigger is no object of ours):
+MAX_RECORD = 256 * 2**20  # record.json (a 20,000-path closure is ~4 MB)
+MAX_SIGNATURE = 2**16  # record.sig
+MAX_ENTRY = 16 * 2**20  # index/<id>.json
+MAX_PAGE = 256 * 2**20  # a page, gzipped and decompressed alike (2,000 entries are ~4 MB)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -121,16 +138,36 @@ class RemoteRunStore:
         """The marker; None for an empty prefix. Objects without a marker are asked about twice:
         another machine's first push may have written its marker between the two looks."""
         with contextlib.suppress(NoSuchKey):
-            return self._read_marker(self.objects.get(MARKER))
+            return self._marker_doc()
         others = [item for item in self.objects.list("", limit=8) if not item.key.startswith(PROBE)]
         if not others:
             return None
         with contextlib.suppress(NoSuchKey):
-            return self._read_marker(self.objects.get(MARKER))
+            return self._marker_doc()
         raise RemoteError(
             f"{self.url} holds objects but no {MARKER}, so it is not a nixrepro run store; point "
             "[runs] remote in nixrepro.toml at an empty prefix (e.g. add /runs) or at an existing "
             "run store.")
+
+    def _marker_doc(self) -> dict[str, Any]:
+        """The marker as read; a marker cut short by a first push that was killed mid-write
+        (SeaweedFS keeps what it got, with the sha256 its writer meant) is written again whole:
+        its bytes can only be those of one of the two markers nixrepro writes."""
+        try:
+            raw = self.objects.get(MARKER, MAX_SIGNATURE)
+        except TooLarge:
+            raw = b""
+        try:
+            return self._read_marker(raw)
+        except RemoteError:
+            info = self.objects.head(MARKER)
+            for conditional in (True, False):
+                doc = _marker(conditional)
+                data = _marker_bytes(doc)
+                if info is not None and info.sha256 == _sha(data) and info.size != len(data):
+                    self.objects.repair(MARKER, data, info.sha256)
+                    return doc
+            raise
 
     def _read_marker(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -151,12 +188,10 @@ class RemoteRunStore:
         probe = getattr(self.objects, "probe_conditional_writes", None)
         conditional = bool(probe()) if probe is not None else True
         self.objects.conditional_writes = conditional
-        # The same bytes from every machine (no host, no time): two first pushes at once that
-        # both find the prefix empty write identical markers, whichever lands.
-        doc = {"format": FORMAT, "version": VERSION, "conditional_writes": conditional}
-        data = (json.dumps(doc, sort_keys=True) + "\n").encode()
+        doc = _marker(conditional)
+        data = _marker_bytes(doc)
         if not self.objects.put_if_absent(MARKER, data, _sha(data)):
-            return self._read_marker(self.objects.get(MARKER))
+            return self._marker_doc()
         return doc
 
     # --- push -----------------------------------------------------------------------------------
@@ -221,7 +256,7 @@ class RemoteRunStore:
         if info.sha256 == sha256 and info.size != size:
             self.objects.repair(key, data, sha256)
             return True
-        if info.size == size and (info.sha256 or _sha(self.objects.get(key))) == sha256:
+        if info.size == size and (info.sha256 or self.objects.digest(key)) == sha256:
             return False
         return None
 
@@ -233,7 +268,7 @@ class RemoteRunStore:
         small = [p for p in self._pages() if _page_count(p.key) < PAGE_RUNS]
         merged: dict[str, dict[str, Any]] = {}
         read: list[str] = []
-        for page, doc in zip(small, _parallel(self._maybe(self._read_page), small), strict=True):
+        for page, doc in zip(small, _parallel(self._maybe(self._page_to_fold), small), strict=True):
             if doc is not None:
                 merged.update(doc)
                 read.append(page.key)
@@ -304,8 +339,11 @@ class RemoteRunStore:
                 try:
                     found.append(RunRecord.from_dict(entry))
                 except RecordError as exc:
+                    why = ("cut short or altered" if set(entry) == {"id"} else
+                           str(exc).split("; ")[0])  # the record's own remedy is not this one
                     print(f"nixrepro: warning: run {run_id} of {self.url} is left out of the listing: "
-                          f"{exc}", file=sys.stderr)
+                          f"its listing entry does not read ({why}); `nixrepro pull {run_id}` still "
+                          "fetches and verifies the run.", file=sys.stderr)
         return sorted(found, key=lambda r: (r.started_at, r.id), reverse=True)
 
     def match(self, ref: str) -> list[str]:
@@ -313,95 +351,124 @@ class RemoteRunStore:
         if not re.fullmatch(r"[0-9a-f]+", ref) or not self.is_run_store(create=False):
             return []
         ids = {item.key.split("/")[1] for item in self.objects.list(RUNS + ref)
-               if item.key.endswith("/" + RECORD_FILE)}
+               if item.key.endswith("/" + RECORD_FILE) and item.key.count("/") == 2}
         return sorted(run_id for run_id in ids if run_id.startswith(ref) and RUN_ID.fullmatch(run_id))
 
     def pull(self, local: RunStore, run_id: str, trusted_keys: Sequence[str],
              team_keys: bool = False) -> RunRecord:
-        """Fetch one run, verify it, and only then write it into the local store (atomically:
-        a directory renamed into place). Raises :class:`RemoteIntegrityError` for a run that
-        fails verification; nothing local is written then.
+        """Fetch one run, verify it, and only then put it into the local store (atomically: a
+        directory renamed into place). Raises :class:`RemoteIntegrityError` for a run that fails
+        verification; nothing local is written then.
+
+        The files are fetched into ``.nixrepro/pulling/``, outside ``runs/``, a piece at a time
+        (a log may be bigger than memory) and checked against the record's hashes as they come:
+        a pull that is killed, or that fills the disk, leaves no run behind, whole or half.
 
         ``trusted_keys``: the public keys a signature is checked against; ``team_keys``: they
         include a team's list ([archive] trusted_keys), so a record signed by any other key is
         refused (without one, such a signature proves nothing either way, and the hashes decide).
         """
         if not RUN_ID.fullmatch(run_id):
-            raise RunNotFoundError(f"{run_id!r} is not a run id.")
+            raise RunNotFoundError(f"{run_id[:40]!r} is not a run id.")
         if (local.run_dir(run_id) / RECORD_FILE).is_file():
             return local.load(run_id)
         base = f"{RUNS}{run_id}/"
         try:
-            raw = self.objects.get(base + RECORD_FILE)
+            raw = self.objects.get(base + RECORD_FILE, MAX_RECORD)
         except NoSuchKey:
             raise RunNotFoundError(f"there is no run {run_id} in {self.url}; `nixrepro runs --remote` "
                                    "lists its runs.") from None
+        except TooLarge as exc:
+            raise self._refusal(run_id, f"its {RECORD_FILE} is {exc.size} bytes, more than any "
+                                        "record") from None
         doc = _json_object(raw, f"{self.url}'s record of run {run_id}", remote=True)
-        files = self._verified(run_id, doc, trusted_keys, team_keys, base)
-        files[RECORD_FILE] = raw
+        signature = self._verified(run_id, doc, trusted_keys, team_keys, base)
         local.ensure()
-        tmp = local.runs_dir / f".pull-{run_id}-{secrets.token_hex(4)}"
+        staging = local.root / PULLING / f"{run_id}-{secrets.token_hex(4)}"
         try:
-            tmp.mkdir()
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
+            staging.mkdir(parents=True)
+            self._fetch_files(run_id, doc, base, staging)
+            if signature is not None:
+                _write_synced(staging / SIGNATURE_FILE, signature)
+            _write_synced(staging / RECORD_FILE, raw)
             try:
-                os.rename(tmp, local.run_dir(run_id))
+                os.rename(staging, local.run_dir(run_id))
             except OSError:
                 if not (local.run_dir(run_id) / RECORD_FILE).is_file():
                     raise  # not a pull of the same run that won the race
+        except OSError as exc:
+            raise NixreproError(
+                f"cannot write run {run_id} into {local.runs_dir} ({exc.strerror or exc}); free space "
+                "there (or fix its permissions) and pull it again: nothing of it was kept.") from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
         local.summary(run_id)  # its summary.json, for listings
         return local.load(run_id)
 
+    def _refusal(self, run_id: str, why: str) -> RemoteIntegrityError:
+        return RemoteIntegrityError(
+            f"run {run_id} in {self.url} fails verification ({why}), so it is not pulled; "
+            "nothing was written locally: ask whoever pushed it to check it with `nixrepro "
+            "verify`, and the store's owner to look at who wrote it.")
+
     def _verified(self, run_id: str, doc: dict[str, Any], trusted_keys: Sequence[str],
-                  team_keys: bool, base: str) -> dict[str, bytes]:
-        """The run's files, each checked against the record; the record against its hashes and
-        signature. Everything is checked before anything is written."""
+                  team_keys: bool, base: str) -> bytes | None:
+        """The record checked against its id, its hashes, its shape and its signature (whose
+        bytes are returned, None for an unsigned record), before any file is fetched."""
         from ..verify import check_record, check_signature
 
-        def refuse(why: str) -> RemoteIntegrityError:
-            return RemoteIntegrityError(
-                f"run {run_id} in {self.url} fails verification ({why}), so it is not pulled; "
-                "nothing was written locally: ask whoever pushed it to check it with `nixrepro "
-                "verify`, and the store's owner to look at who wrote it.")
-
         if doc.get("id") != run_id:
-            raise refuse(f"its record is of run {str(doc.get('id'))[:40]!r}")
+            raise self._refusal(run_id, f"its record is of run {str(doc.get('id'))[:40]!r}")
         if doc.get("status") == "running":
-            raise refuse("its record says it is still running, which no push writes")
+            raise self._refusal(run_id, "its record says it is still running, which no push writes")
         record = check_record(doc)
         if not record.ok:
-            raise refuse(record.detail)
-        found: dict[str, bytes] = {}
-        with contextlib.suppress(NoSuchKey):
-            found[SIGNATURE_FILE] = self.objects.get(base + SIGNATURE_FILE)
-        if SIGNATURE_FILE in found:
-            sig = _json_object(found[SIGNATURE_FILE], f"run {run_id}'s {SIGNATURE_FILE}", remote=True)
-            signature = check_signature(doc, sig, trusted_keys)
-            if not signature.ok:
-                raise refuse(signature.detail)
-            if signature.result == "skip" and team_keys:
+            raise self._refusal(run_id, record.detail)
+        try:
+            RunRecord.from_dict(doc)  # a record of another shape, its hashes recomputed: never kept
+        except RecordError as exc:
+            raise self._refusal(run_id, f"its record does not read: {str(exc).split('; ')[0]}") from None
+        signature: bytes | None = None
+        try:
+            signature = self.objects.get(base + SIGNATURE_FILE, MAX_SIGNATURE)
+        except NoSuchKey:
+            pass
+        except TooLarge as exc:
+            raise self._refusal(run_id, f"its {SIGNATURE_FILE} is {exc.size} bytes, more than any "
+                                        "signature") from None
+        if signature is not None:
+            sig = _json_object(signature, f"run {run_id}'s {SIGNATURE_FILE}", remote=True)
+            checked = check_signature(doc, sig, trusted_keys)
+            if not checked.ok:
+                raise self._refusal(run_id, checked.detail)
+            if checked.result == "skip" and team_keys:
                 signer = str(sig.get("signature", "")).split(":", 1)[0][:60]
-                raise refuse(f"it is signed by {signer!r}, a key that [archive] trusted_keys does not "
-                             "list; if that is a team machine's key, add its public half there")
-        wanted = dict(doc.get("files") or {})
-        if not isinstance(doc.get("files") or {}, dict) or set(wanted) - set(RUN_FILES):
-            raise refuse("its record names files that no run writes")
+                raise self._refusal(run_id, f"it is signed by {signer!r}, a key that [archive] "
+                                            "trusted_keys does not list; if that is a team machine's "
+                                            "key, add its public half there")
+        if not isinstance(doc.get("files") or {}, dict) or set(doc.get("files") or {}) - set(RUN_FILES):
+            raise self._refusal(run_id, "its record names files that no run writes")
+        return signature
+
+    def _fetch_files(self, run_id: str, doc: dict[str, Any], base: str, staging: Path) -> None:
+        """Every file the record names, fetched into ``staging`` and checked against its sha256
+        (a log, the metrics, a dev run's patch). A local disk's error is the OSError itself."""
+        wanted = {str(name): value for name, value in dict(doc.get("files") or {}).items()}
         code: dict[str, Any] = doc["code"] if isinstance(doc.get("code"), dict) else {}
         if code.get("diff_sha256"):
             wanted[DEV_PATCH] = code["diff_sha256"]
-        names = sorted(wanted)
-        try:
-            contents = _parallel(lambda name: self.objects.get(base + name), names)
-        except NoSuchKey as exc:
-            raise refuse(f"a file its record names is missing: {exc}") from None
-        for name, data in zip(names, contents, strict=True):
-            if _sha(data) != wanted[name]:
-                raise refuse(f"{name} does not hash to the sha256 its record holds")
-            found[name] = data
-        return found
+
+        def fetch(name: str) -> None:
+            path = staging / name
+            try:
+                digest = self.objects.get_file(base + name, path)
+            except NoSuchKey as exc:
+                raise self._refusal(run_id, f"a file its record names is missing: {exc}") from None
+            if digest != wanted[name]:
+                raise self._refusal(run_id, f"{name} does not hash to the sha256 its record holds")
+            _sync(path)
+
+        _parallel(fetch, sorted(wanted))
 
     def _loose(self) -> list[ObjectInfo]:
         return [item for item in self.objects.list(INDEX) if _entry_id(item.key)]
@@ -411,27 +478,50 @@ class RemoteRunStore:
         return sorted(pages, key=lambda p: p.size, reverse=True)
 
     def _read_page(self, page: ObjectInfo) -> dict[str, dict[str, Any]]:
+        """The page's entries by run id ({} with a warning for a page that does not read)."""
         try:
-            raw = self.objects.get(page.key)
+            entries = _page_entries(self.objects.get(page.key, MAX_PAGE))
         except NoSuchKey:
             raise _Changed() from None
-        try:
-            doc = json.loads(gzip.decompress(raw))
-            entries = doc["entries"]
-            return {str(entry["id"]): entry for entry in entries if isinstance(entry, dict)}
-        except (OSError, ValueError, KeyError, TypeError, EOFError):
-            print(f"nixrepro: warning: {self.url}/{page.key} is not an index page; the runs it "
-                  "lists are left out (pushing them again lists them).", file=sys.stderr)
+        except TooLarge:
+            entries = None
+        if entries is None:
+            print(f"nixrepro: warning: {self.url}/{page.key} does not read as an index page (cut "
+                  "short, altered or not written by nixrepro); the runs listed only there are left "
+                  "out (pushing them again lists them).", file=sys.stderr)
             return {}
+        return entries
+
+    def _page_to_fold(self, page: ObjectInfo) -> dict[str, dict[str, Any]] | None:
+        """A page's entries for a compaction, which deletes the page once they are in a new one;
+        None for a page it must leave alone: one that does not read, unless it is a copy cut
+        short by a compaction killed mid-write (its kept sha256 is the one its name says, its
+        bytes are not), whose entries are still loose (a compaction deletes after it writes)."""
+        try:
+            raw = self.objects.get(page.key, MAX_PAGE)
+        except NoSuchKey:
+            raise _Changed() from None
+        except TooLarge:
+            return None  # never deleted unread
+        entries = _page_entries(raw)
+        if entries is not None:
+            return entries
+        named = page.key[len(PAGES):].removesuffix(PAGE_SUFFIX).partition("-")[2]
+        info = self.objects.head(page.key)
+        cut_short = bool(named) and info is not None and bool(info.sha256) \
+            and str(info.sha256).startswith(named) and not _sha(raw).startswith(named)
+        return {} if cut_short else None
 
     def _read_entry(self, item: ObjectInfo) -> tuple[str, dict[str, Any] | None]:
         """(run id, its entry); None for an entry that does not read (cut short by a push that
         was killed: the push, still queued, writes it again), which compaction leaves alone."""
+        run_id = _entry_id(item.key)
         try:
-            raw = self.objects.get(item.key)
+            raw = self.objects.get(item.key, MAX_ENTRY)
         except NoSuchKey:
             raise _Changed() from None
-        run_id = _entry_id(item.key)
+        except TooLarge:
+            return run_id, None
         try:
             entry = json.loads(raw)
         except ValueError:
@@ -447,6 +537,16 @@ class RemoteRunStore:
                 return None  # folded by another compaction meanwhile: its page holds it
 
         return wrapped
+
+
+def _marker(conditional: bool) -> dict[str, Any]:
+    # The same bytes from every machine (no host, no time): two first pushes at once that both
+    # find the prefix empty write identical markers, whichever lands.
+    return {"format": FORMAT, "version": VERSION, "conditional_writes": conditional}
+
+
+def _marker_bytes(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 
 def listing_entry(doc: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +574,18 @@ def _entry_id(key: str) -> str:
     name = key[len(INDEX):] if key.startswith(INDEX) else ""
     run_id = name.removesuffix(".json")
     return run_id if name.endswith(".json") and RUN_ID.fullmatch(run_id) else ""
+
+
+def _page_entries(raw: bytes) -> dict[str, dict[str, Any]] | None:
+    """A page's entries by run id, None for bytes that are no page. An entry whose id is no run
+    id (``../x``, a terminal's escape codes) is no run's and is left out."""
+    try:
+        entries = json.loads(_gunzip(raw, MAX_PAGE))["entries"]
+        return {entry["id"]: entry for entry in entries
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+                and RUN_ID.fullmatch(entry["id"])}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error):
+        return None
 
 
 def _page_count(key: str) -> int:
@@ -528,6 +640,31 @@ def _no_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """``data`` decompressed, refusing more than ``limit`` bytes (a small object that inflates
+    to gigabytes is no page)."""
+    inflate = zlib.decompressobj(wbits=31)  # the gzip format
+    out = inflate.decompress(data, limit)
+    if inflate.unconsumed_tail or not inflate.eof:
+        raise ValueError("not a whole gzip stream within the limit")
+    return out
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _sha(data: bytes) -> str:
