@@ -63,10 +63,15 @@ flake = {toml_string(flake)}  # the environment `nixrepro run` builds when given
 # [secrets]
 # extra_names = ["HF_TOKEN"]  # more variable names to redact, beyond KEY/SECRET/TOKEN/PASSWORD/...
 
-# [tracker]  # a W&B run per recorded run (docs/wandb.md)
-# kind = "wandb"
+# [trackers.wandb]  # each recorded run also a W&B run (docs/trackers.md)
 # project = "my-project"
 # mode = "offline"
+
+# [trackers.mlflow]  # each recorded run also an MLflow run (docs/trackers.md)
+# tracking_uri = "http://mlflow.internal:5000"
+
+# [runs]  # a shared run store every run is pushed to (docs/teams.md)
+# remote = "s3://ml-team/nixrepro"
 
 # [archive]  # where `nixrepro archive` keeps environments (docs/archive.md)
 # to = "file:///srv/nix-archive"
