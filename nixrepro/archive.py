@@ -164,6 +164,14 @@ def signing_key(config: ArchiveConfig, nix: Nix) -> SigningKey:
 def staging_dir(url: str) -> Path:
     """The local ``file://`` cache that holds (or mirrors) the archive at ``url``."""
     parsed = urlparse(url)
+    if "@" in parsed.netloc or "?" in url or "#" in url:
+        # a token in the URL would reach archives.json, the archive's own files and every message
+        from .redact import scrub_url
+
+        raise UsageError(
+            f"the archive URL {scrub_url(url.split('?', 1)[0].split('#', 1)[0])} carries "
+            "credentials or a query; give file:///dir or s3://bucket/prefix alone (S3 credentials "
+            "come from the AWS variables or profile, never from the URL).")
     if parsed.scheme == "file":
         if not parsed.path.startswith("/"):
             raise UsageError(f"archive URL {url!r} needs an absolute path, e.g. file:///srv/cache.")
@@ -193,8 +201,12 @@ def archive_run(
     store: RunStore, record: RunRecord, url: str, *, config: ArchiveConfig, nix: Nix,
     repo: GitRepo, build_deps: bool = False,
 ) -> ArchiveEntry:
-    """Archive ``record``'s environment at ``url`` and note it in the run's ``archives.json``."""
+    """Archive ``record``'s environment at ``url`` and note it in the run's ``archives.json``
+    once the archive holds it (an upload that fails notes nothing)."""
     env = record.environment
+    local = staging_dir(url)
+    s3 = urlparse(url).scheme == "s3"
+    _check_target(url, local, config)  # what is not an archive is never written into
     valid, invalid = nix.path_infos([info.path for info in env.closure])
     if invalid:
         raise ArchiveError(
@@ -202,7 +214,6 @@ def archive_run(
             f"({invalid[0]}...); restore them with `nixrepro rebuild {record.short_id}` first."
         )
     key = signing_key(config, nix)
-    local = staging_dir(url)
     local.mkdir(parents=True, exist_ok=True)
     # zstd: xz took 94 s for a 126 MiB Python closure on 2 cores, zstd 1.3 s (any nix reads both)
     target = f"file://{quote(str(local))}?compression=zstd&secret-key={quote(str(key.secret_file))}"
@@ -229,10 +240,8 @@ def archive_run(
         count += len(set(requisites) - {info.path for info in env.closure})
     entry = ArchiveEntry(url=url, public_key=key.public_key, archived_at=_now(), levels=levels,
                          paths=count)
-    add_entry(store, record.id, entry)
     if record.status != "running":  # the archived record is signed by the key that signed its paths
         store.sign(record.id, key.secret_file.read_text())
-    s3 = urlparse(url).scheme == "s3"
     if s3:  # the keys other machines archived with are kept in the list the README shows
         from .archive_mirror import fetch_into, objects
 
@@ -243,7 +252,23 @@ def archive_run(
     if s3:
         rewritten = {*changed, archive_runs.CACHE_INFO}
         upload(local, url, endpoint_url=config.endpoint_url, always=rewritten.__contains__)
+    add_entry(store, record.id, entry)
     return entry
+
+
+def _check_target(url: str, local: Path, config: ArchiveConfig) -> None:
+    """Refuse a location that holds something other than an archive (archive_runs.check_target):
+    a directory, or an S3 prefix, which is looked at without a full listing where it is one."""
+    if urlparse(url).scheme != "s3":
+        archive_runs.check_target(local, url)
+        return
+    from .archive_mirror import fetch_into, objects
+
+    remote = objects(url, config.endpoint_url)
+    local.mkdir(parents=True, exist_ok=True)
+    missing = fetch_into(remote, local, [archive_runs.CACHE_INFO, archive_runs.README_FILE])
+    names = remote.list_keys() if archive_runs.CACHE_INFO in missing else None
+    archive_runs.check_target(local, url, names)
 
 
 def recorded_flake(record: RunRecord, repo: GitRepo) -> str | None:

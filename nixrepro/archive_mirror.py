@@ -86,7 +86,7 @@ def download(url: str, local: Path, *, endpoint_url: str | None, always: Callabl
     """Copy every object under ``url`` into ``local`` that is not there yet (or that ``always``
     accepts), leaving out the keys ``skip`` accepts. Returns the count."""
     store = objects(url, endpoint_url)
-    todo = [key for key in store.list_keys() if not skip(key)
+    todo = [key for key in store.list_keys() if safe_key(key) and not skip(key)
             and (always(key) or not (local / key).is_file())]
     fetch_into(store, local, todo)
     return len(todo)
@@ -95,10 +95,14 @@ def download(url: str, local: Path, *, endpoint_url: str | None, always: Callabl
 def fetch_into(store: Objects, local: Path, keys: Iterable[str]) -> list[str]:
     """Download ``keys`` into ``local`` (each written whole, then renamed into place, so an
     interrupted download never leaves a short file that a later mirror would take as complete).
-    Returns the keys that are not there."""
+    Returns the keys that are not there; a key that is no relative path inside ``local``
+    (``../x``, ``/etc/x``: what a hostile bucket may list) is never fetched, and counts as not there."""
     missing: list[str] = []
 
     def one(key: str) -> None:
+        if not safe_key(key):
+            missing.append(key)
+            return
         target = local / key
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.part")
@@ -112,6 +116,14 @@ def fetch_into(store: Objects, local: Path, keys: Iterable[str]) -> list[str]:
 
     _parallel(one, list(keys))
     return missing
+
+
+def safe_key(key: str) -> bool:
+    """A key that names a file inside the mirror: relative, with no empty, ``.`` or ``..`` part
+    (a binary cache, its records and its front never have another)."""
+    parts = key.split("/")
+    return bool(key) and "\\" not in key and "\0" not in key \
+        and not any(part in ("", ".", "..") for part in parts)
 
 
 def _parallel(call: Callable[[T], None], items: list[T]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ArchiveError, RunNotFoundError, UsageError
+from .errors import ArchiveError, RecordError, RunNotFoundError, UsageError
 from .fsutil import atomic_write
 from .record import RunRecord
 from .rundir import DEV_PATCH
@@ -40,6 +41,10 @@ ENTRY_FILE = "archive.json"
 # the run's files an archive carries: the record, its signature, and what verify checks
 CARRIED = (RECORD_FILE, SIGNATURE_FILE, *RUN_FILES, DEV_PATCH)
 CACHE_INFO = "nix-cache-info"
+STAGING_DIR = "pulling"  # .nixrepro/pulling/: a run on its way into runs/ (nixrepro.remote.store)
+# a run id: 24 hex digits, or the 12 of older runs; a directory or key of another name is no run's
+RUN_ID = re.compile(r"[0-9a-f]{24}|[0-9a-f]{12}")
+README_TITLE = "# A signed Nix binary cache of nixrepro runs"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,45 @@ def copy_atomic(source: Path, target: Path) -> None:
         raise
 
 
+def check_target(local: Path, url: str, remote_names: Sequence[str] | None = None) -> None:
+    """Refuse to archive into what is not an archive: a directory (or an S3 prefix:
+    ``remote_names``, a few of the names there) that holds other files but no nix-cache-info,
+    or an archive whose README.md nixrepro did not write (the archive's own would replace it).
+    An empty directory, or one that does not exist yet, becomes an archive."""
+    try:
+        names = remote_names if remote_names is not None else [
+            p.name for p in local.iterdir() if not p.name.startswith(".") and p.name != "lost+found"]
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise UsageError(f"{url} is a file, not a directory; archive into a directory (an empty "
+                         "one, or an existing archive).") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot read the archive directory {local} ({exc.strerror or exc}); "
+                           "check it is mounted and readable.") from None
+    archive = CACHE_INFO in names if remote_names is not None else (local / CACHE_INFO).is_file()
+    if names and not archive:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise UsageError(
+            f"{url} holds files ({shown}) but no {CACHE_INFO}, so it is not an archive, and "
+            "archiving would write into it; archive into an empty directory or an existing "
+            "archive (e.g. add /nix-archive to the URL).")
+    readme = local / README_FILE
+    try:
+        with open(readme, "rb") as handle:
+            first = handle.readline(len(README_TITLE) + 2)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise ArchiveError(f"cannot read {readme} ({exc.strerror or exc}); check its permissions.") \
+            from None
+    if first.rstrip(b"\n") != README_TITLE.encode():
+        raise UsageError(
+            f"{url} has a {README_FILE} that nixrepro did not write, which the archive's own "
+            f"{README_FILE} would replace; move it elsewhere, or archive into a directory of its "
+            "own (e.g. add /nix-archive to the URL).")
+
+
 def known_keys(local: Path) -> list[str]:
     """The public keys ``public-keys.txt`` lists, in order."""
     try:
@@ -123,8 +167,7 @@ def readme(url: str, keys: Sequence[str]) -> str:
     return README.format(where=where, keys=shown_keys, fetch=fetch, url=url)
 
 
-README = """\
-# A signed Nix binary cache of nixrepro runs
+README = README_TITLE + """
 
 `nixrepro archive` wrote {where}: the Nix store paths of the environments of the runs archived
 into it, each signed, and each run's record. Restoring an environment needs only `nix` (2.4 or
@@ -207,11 +250,13 @@ A nix with S3 support reads it in place: `nix copy --from 's3://{bucket}/{prefix
 
 
 def run_ids(local: Path) -> list[str]:
-    """The runs the archive at ``local`` carries (each with a record)."""
+    """The runs the archive at ``local`` carries (each with a record; a name that is no run id is
+    no run's)."""
     runs = local / RUNS_DIR
     if not runs.is_dir():
         return []
-    return sorted(p.name for p in runs.iterdir() if (p / RECORD_FILE).is_file())
+    return sorted(p.name for p in runs.iterdir()
+                  if RUN_ID.fullmatch(p.name) and (p / RECORD_FILE).is_file())
 
 
 def match(url: str, ref: str, ids: Sequence[str]) -> str:
@@ -263,6 +308,15 @@ def prove(local: Path, url: str, run_id: str, trusted: Sequence[str]) -> Archive
                   file=sys.stderr)
     runs = RunStore(local)  # runs/<id>/ is a run directory: verify's checks read it as they are
     checks = check_record_file(runs, run_id, keys)
+    try:
+        doc = json.loads((local / RUNS_DIR / run_id / RECORD_FILE).read_bytes())
+    except (OSError, ValueError):
+        doc = None  # the record check has failed it
+    if isinstance(doc, dict) and doc.get("id") != run_id:  # a record, even signed, of another run
+        raise ArchiveError(
+            f"run {run_id}'s record in the archive {url} is the record of run "
+            f"{str(doc.get('id'))[:40]!r}, so it is not used (a record copied under another run's "
+            "directory). Archive the run again from a machine that has it.")
     failed = [check for check in checks if check.result == "fail"]
     if failed:
         raise ArchiveError(
@@ -278,9 +332,15 @@ def prove(local: Path, url: str, run_id: str, trusted: Sequence[str]) -> Archive
             f"does not trust ({', '.join(k.split(':', 1)[0] for k in keys)}); if you trust it, add "
             f"its public key (in {KEYS_FILE} there) to [archive] trusted_keys in nixrepro.toml."
         )
-    doc = json.loads((local / RUNS_DIR / run_id / RECORD_FILE).read_bytes())
     signed_by = signer if signed else None
-    return ArchivedRun(RunRecord.from_dict(doc), url, local, public, keys, signed_by)
+    try:
+        record = RunRecord.from_dict(doc)  # a dict: the record check has read it
+    except RecordError as exc:  # its hashes recomputed over a record of another shape
+        raise ArchiveError(
+            f"run {run_id}'s record in the archive {url} does not read "
+            f"({str(exc).split('; ')[0]}); it is not used. Archive the run again from a machine "
+            "that has it.") from None
+    return ArchivedRun(record, url, local, public, keys, signed_by)
 
 
 def find(url: str, ref: str, local: Path, *, endpoint_url: str | None,
@@ -299,9 +359,12 @@ def find(url: str, ref: str, local: Path, *, endpoint_url: str | None,
                              "`nixrepro archive` wrote to.")
         keys = store.list_keys(RUNS_DIR)
         ids = sorted({key.split("/")[1] for key in keys
-                      if key.count("/") == 2 and key.endswith("/" + RECORD_FILE)})
+                      if key.count("/") == 2 and key.endswith("/" + RECORD_FILE)
+                      and RUN_ID.fullmatch(key.split("/")[1])})
         run_id = match(url, ref, ids)
-        files = [key for key in keys if key.startswith(f"{RUNS_DIR}/{run_id}/")]
+        # the run's own files, by name: nothing else under runs/<id>/ is fetched
+        names = {f"{RUNS_DIR}/{run_id}/{name}" for name in (*CARRIED, ENTRY_FILE)}
+        files = [key for key in keys if key in names]
         stale = local / RUNS_DIR / run_id
         if stale.is_dir():  # only what the archive holds now: a file it dropped must not linger
             shutil.rmtree(stale)
@@ -325,7 +388,9 @@ def import_run(store: RunStore, archived: ArchivedRun) -> None:
     if (store.run_dir(run_id) / RECORD_FILE).is_file():
         return
     store.ensure()
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=store.runs_dir))
+    # outside runs/: a copy that is killed midway leaves no half run that listings would show
+    (store.root / STAGING_DIR).mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=store.root / STAGING_DIR))
     try:
         source = archived.local / RUNS_DIR / run_id
         for name in CARRIED:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -46,6 +47,9 @@ from .runstore import RunStore
 
 if TYPE_CHECKING:
     from .trackers import RunObserver
+
+# a store path as nix prints it: a store directory, 32 characters of nix's base32, a name
+_STORE_PATH = re.compile(r"/[^\0\n]*/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+\-._?=]+")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ def locate(store: RunStore, ref: str, *, repo: GitRepo, config: Config,
     except RemoteError as away:
         if url is None or isinstance(away, RemoteIntegrityError):  # a tampered run: never around it
             raise
+        archive.staging_dir(url)  # a URL that carries credentials is refused, never printed
         print(f"nixrepro: warning: {away} Looking for run {ref} in the archive {url}.", file=sys.stderr)
         missing: NixreproError | None = None
     except RunNotFoundError as not_found:
@@ -182,6 +187,13 @@ def rebuild(
     """Build ``record``'s environment again and compare its closure with the recorded one.
     ``archived``: the record came from that archive (:func:`locate`), which is then the substituter."""
     env = record.environment
+    if env.flake_ref is None and not _STORE_PATH.fullmatch(env.env_path):
+        # what `nix build` is given: a record from a remote or an archive is only as honest as
+        # whoever wrote it, and a flake reference or an option there would be built, or obeyed
+        raise RebuildError(
+            f"run {record.short_id}'s record names {env.env_path[:80]!r} as its environment, which is "
+            "no Nix store path (/nix/store/<hash>-<name>), so it is not built; the record was not "
+            "written by nixrepro: `nixrepro verify` it where it was recorded.")
     substituter = substituter_for(store, record, from_url, config, repo, nix, archived)
     options: dict[str, str] = {}
     if substituter is not None:
