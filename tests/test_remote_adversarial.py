@@ -526,3 +526,29 @@ def test_a_server_that_accepts_and_then_says_nothing_is_one_sentence_not_a_hang(
     assert one_error(result) == (
         f"Error: cannot reach S3 at {endpoint} to read nixrepro-runstore.json in the remote run store "
         "s3://team-bucket/runs (ReadTimeoutError); check the network and [runs] endpoint_url, then retry.")
+
+
+def test_a_run_whose_files_cannot_be_read_ends_queued_with_one_warning_never_a_traceback(
+        team: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from nixrepro.record import RunRecord
+    from tests.test_remote import FIXTURE
+
+    origin, url = team
+    store = RunStore(clone(origin, tmp_path / "a") / ".nixrepro")
+    run_id, run_dir = store.new_run_dir()
+    for name in ("stdout.log", "stderr.log", "metrics.jsonl"):
+        (run_dir / name).write_text("")
+
+    def unreadable(path: Path) -> str:  # a log another user owns, or a disk that fails
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(layout, "sha256_file", unreadable)
+    with store.hold(run_id):  # the run's end: its push fails, the run is recorded all the same
+        store.save(RunRecord.from_dict(json.loads(FIXTURE.read_text())).replace(id=run_id))
+    err = capsys.readouterr().err
+    assert f"nixrepro: warning: run {run_id} is recorded here but not pushed: cannot read run {run_id} in " \
+           f"{run_dir} to push it (Permission denied: {run_dir}/" in err
+    assert queued(store) == [run_id] and store.load(run_id).status == "succeeded"
+    monkeypatch.undo()
+    assert sync_step(store.root, dry_run=False) == ([f"run {run_id} -> {url}"], [])

@@ -202,7 +202,18 @@ class RemoteRunStore:
         Raises :class:`PushWaits` for a run that is not ready (it stays queued), RecordError for
         a local record or file that was changed after the run ended (verify fails it: it is not
         shared), :class:`RemoteConflict` when the remote holds a different run under this id.
+        A local file that cannot be read is one sentence too (the run stays queued): a run's end
+        pushes, and a run's end never raises anything else.
         """
+        try:
+            return self._push(local, run_id)
+        except OSError as exc:  # the backends' own errors are RemoteErrors: this one is local
+            raise NixreproError(
+                f"cannot read run {run_id} in {local.run_dir(run_id)} to push it "
+                f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}); fix its "
+                "permissions (or the disk), then `nixrepro sync` pushes it.") from None
+
+    def _push(self, local: RunStore, run_id: str) -> Pushed:
         run_dir = local.run_dir(run_id)
         raw = (run_dir / RECORD_FILE).read_bytes()
         doc = _json_object(raw, f"run {run_id}'s {RECORD_FILE}")
