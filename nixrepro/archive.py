@@ -179,6 +179,10 @@ def staging_dir(url: str) -> Path:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise UsageError(f"archive URL {url!r} names no bucket; write s3://bucket/prefix.")
+        if any(part in (".", "..") for part in parsed.path.split("/")):
+            # the mirror is <cache>/nixrepro/archives/<bucket>/<prefix>: '..' would put it elsewhere
+            raise UsageError(f"archive URL {url!r}: '.' and '..' path segments are not allowed; "
+                             "name the prefix directly.")
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "nixrepro" / "archives" / parsed.netloc / parsed.path.strip("/")
     raise UsageError(

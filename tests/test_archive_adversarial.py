@@ -259,3 +259,15 @@ def test_an_archived_record_whose_environment_is_no_store_path_is_never_built(tm
         f"Error: run {run_id[:8]}'s record names 'github:mallory/pwn#default' as its environment, which is "
         "no Nix store path (/nix/store/<hash>-<name>), so it is not built; the record was not written by "
         "nixrepro: `nixrepro verify` it where it was recorded.")
+
+
+def test_an_s3_archive_url_with_dot_dot_segments_is_refused_before_its_mirror_is_made(tmp_path: Path) -> None:
+    repo = project_repo(tmp_path / "repo", None)
+    _, (run_id,) = stored_runs(repo, 1)
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    before = sorted(p.name for p in cache.parent.iterdir())
+    url = "s3://team-archive/../../../../escaped-mirror"  # the mirror would be <cache>/../escaped-mirror
+    refused = cli_in_process(["archive", run_id, "--to", url], repo)
+    assert one_error(refused, 2) == (
+        f"Error: archive URL {url!r}: '.' and '..' path segments are not allowed; name the prefix directly.")
+    assert sorted(p.name for p in cache.parent.iterdir()) == before
