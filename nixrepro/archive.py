@@ -256,8 +256,29 @@ def archive_run(
     if s3:
         rewritten = {*changed, archive_runs.CACHE_INFO}
         upload(local, url, endpoint_url=config.endpoint_url, always=rewritten.__contains__)
+        _settle_keys(local, url, config, key.public_key)
     add_entry(store, record.id, entry)
     return entry
+
+
+def _settle_keys(local: Path, url: str, config: ArchiveConfig, public_key: str) -> None:
+    """Make sure the S3 archive's ``public-keys.txt`` still lists every key this machine wrote
+    there: another machine archiving at the same time uploads the list it read before this one's
+    key was in it, and the README's plain-nix restore would then refuse this machine's paths.
+    Read back after the upload; where keys went missing, the union is written again (a few
+    rounds: each round's window is one GET and two PUTs)."""
+    from .archive_mirror import fetch_into, objects
+
+    remote = objects(url, config.endpoint_url)
+    for _round in range(4):
+        wanted = archive_runs.known_keys(local)
+        fetch_into(remote, local, [archive_runs.KEYS_FILE])
+        if set(wanted) <= set(archive_runs.known_keys(local)):
+            return
+        for name in archive_runs.write_front(local, url, public_key, extra=wanted):
+            remote.put(name, local / name)
+    raise ArchiveError(f"the archive {url} kept losing keys from {archive_runs.KEYS_FILE} while "
+                       "other machines wrote it; archive the run again.")
 
 
 def _check_target(url: str, local: Path, config: ArchiveConfig) -> None:

@@ -73,6 +73,8 @@ def upload(local: Path, url: str, *, endpoint_url: str | None,
     todo, skipped = [], 0
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         key = path.relative_to(local).as_posix()
+        if any(part.startswith(".") for part in key.split("/")):
+            continue  # a write in progress or cut short (.x.part, .x.tmp), a lock: no archive's file
         if key in existing and not always(key):
             skipped += 1
         else:

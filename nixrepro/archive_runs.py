@@ -17,13 +17,14 @@ prove an archived record before ``rebuild --from`` uses it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,6 +46,8 @@ STAGING_DIR = "pulling"  # .nixrepro/pulling/: a run on its way into runs/ (nixr
 # a run id: 24 hex digits, or the 12 of older runs; a directory or key of another name is no run's
 RUN_ID = re.compile(r"[0-9a-f]{24}|[0-9a-f]{12}")
 README_TITLE = "# A signed Nix binary cache of nixrepro runs"
+FRONT_LOCK = ".nixrepro-front.lock"  # held while public-keys.txt and the README are rewritten
+_PUBLIC_KEY = re.compile(r"[^\s:]+:[A-Za-z0-9+/]{43}=")  # name:base64 of 32 bytes, as nix writes one
 
 
 @dataclass(frozen=True)
@@ -144,14 +147,45 @@ def known_keys(local: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def write_front(local: Path, url: str, public_key: str) -> list[str]:
-    """Add ``public_key`` to ``public-keys.txt`` and write the README; returns the keys written."""
-    keys = known_keys(local)
-    if public_key not in keys:
-        keys.append(public_key)
-    atomic_write(local / KEYS_FILE, "".join(key + "\n" for key in keys))
-    atomic_write(local / README_FILE, readme(url, keys))
+def write_front(local: Path, url: str, public_key: str, extra: Sequence[str] = ()) -> list[str]:
+    """Add ``public_key`` to ``public-keys.txt`` and write the README; returns the keys written.
+
+    Machines archive into one archive at once: the list is read and written under a lock of
+    the archive's directory (two writers would each drop the other's key, and the README's
+    restore would then refuse that machine's paths), and it also takes every key a run's
+    ``archive.json`` here names, so a key dropped before (by an older nixrepro, or an S3 upload
+    racing another) comes back with the next archive; and ``extra``, keys known otherwise."""
+    with _locked(local / FRONT_LOCK):
+        keys = known_keys(local)
+        for key in (*extra, *archived_keys(local), public_key):
+            if key not in keys:
+                keys.append(key)
+        atomic_write(local / KEYS_FILE, "".join(key + "\n" for key in keys))
+        atomic_write(local / README_FILE, readme(url, keys))
     return [KEYS_FILE, README_FILE]
+
+
+def archived_keys(local: Path) -> list[str]:
+    """The public keys the runs' ``archive.json`` files in the archive at ``local`` name."""
+    found: list[str] = []
+    for run_id in run_ids(local):
+        key = entry_of(local, run_id).get("public_key")
+        if isinstance(key, str) and _PUBLIC_KEY.fullmatch(key) and key not in found:
+            found.append(key)
+    return found
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock of ``path`` (flock: local disks, and NFS v4), held by this process."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def readme(url: str, keys: Sequence[str]) -> str:

@@ -271,3 +271,73 @@ def test_an_s3_archive_url_with_dot_dot_segments_is_refused_before_its_mirror_is
     assert one_error(refused, 2) == (
         f"Error: archive URL {url!r}: '.' and '..' path segments are not allowed; name the prefix directly.")
     assert sorted(p.name for p in cache.parent.iterdir()) == before
+
+
+def _key(name: str) -> str:
+    import base64
+
+    return f"{name}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+def test_machines_archiving_into_one_archive_at_once_keep_every_key_in_its_list(tmp_path: Path) -> None:
+    import threading
+
+    for trial in range(3):
+        archive = tmp_path / f"archive-{trial}"
+        archive.mkdir()
+        keys = [_key(f"machine-{i}-1") for i in range(8)]
+        start = threading.Barrier(len(keys))
+
+        def archive_with(key: str, into: Path = archive, start: threading.Barrier = start) -> None:
+            start.wait()
+            archive_runs.write_front(into, f"file://{into}", key)
+
+        threads = [threading.Thread(target=archive_with, args=(key,)) for key in keys]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(archive_runs.known_keys(archive)) == sorted(keys)  # none dropped by another
+    # a key dropped before (a list written by an older nixrepro racing) comes back with the next archive
+    (tmp_path / "healing").mkdir()
+    archive, public, _, _ = _archive(tmp_path / "healing")
+    (archive / "public-keys.txt").write_text(_key("someone-1") + "\n")
+    archive_runs.write_front(archive, f"file://{archive}", _key("machine-c-1"))
+    assert public in archive_runs.known_keys(archive)
+    assert f"    {public}\n" in (archive / "README.md").read_text()
+
+
+def test_an_s3_archive_keeps_the_key_another_machine_dropped_while_both_archived(
+        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nixrepro.archive import archive_run
+    from nixrepro.config import ArchiveConfig
+    from nixrepro.git import GitRepo
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.new_bucket()
+    key = tmp_path / "team.sec"
+    public = signing_key(key, "machine-a-1")
+    key.with_suffix(".pub").write_text(public + "\n")
+    other = _key("machine-b-1")
+    real_upload = archive_mirror.upload
+
+    def upload_raced(local: Path, url: str, **options: object) -> tuple[int, int]:
+        done = real_upload(local, url, **options)  # type: ignore[arg-type]
+        # machine B, archiving at the same time, uploads the list it read before A's key was in it
+        s3_server.client().put_object(Bucket=bucket, Key="nix/public-keys.txt", Body=f"{other}\n".encode())
+        return done
+
+    monkeypatch.setattr(archive_mirror, "upload", upload_raced)
+    repo = project_repo(tmp_path / "repo", None)
+    store, (run_id,) = stored_runs(repo, 1)
+    config = ArchiveConfig(key_file=str(key), endpoint_url=s3_server.endpoint_url)
+    archive_run(store, store.load(run_id), f"s3://{bucket}/nix", config=config, nix=NoNix(),  # type: ignore[arg-type]
+                repo=GitRepo(repo))
+    client = s3_server.client()
+    listed = client.get_object(Bucket=bucket, Key="nix/public-keys.txt")["Body"].read().decode().split()
+    assert sorted(listed) == sorted([public, other])
+    readme = client.get_object(Bucket=bucket, Key="nix/README.md")["Body"].read().decode()
+    assert f"    {public}\n" in readme and f"    {other}\n" in readme
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in keys if any(part.startswith(".") for part in k.split("/"))]  # no lock, no .part
