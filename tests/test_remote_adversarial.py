@@ -552,3 +552,51 @@ def test_a_run_whose_files_cannot_be_read_ends_queued_with_one_warning_never_a_t
     assert queued(store) == [run_id] and store.load(run_id).status == "succeeded"
     monkeypatch.undo()
     assert sync_step(store.root, dry_run=False) == ([f"run {run_id} -> {url}"], [])
+
+
+def test_a_huge_remote_object_is_refused_unread(team: tuple[Path, str], tmp_path: Path) -> None:
+    origin, url = team
+    _, ids = _pushed(origin, tmp_path, 2)
+    root = Path(url.removeprefix("file://"))
+    record = root / "runs" / ids[0] / "record.json"
+    record.chmod(0o644)
+    with open(record, "r+b") as handle:  # 300 MB (sparse: nothing is written, nothing may be read)
+        handle.truncate(300 * 2**20)
+    entry = root / "index" / f"{ids[1]}.json"
+    entry.chmod(0o644)
+    with open(entry, "r+b") as handle:
+        handle.truncate(20 * 2**20)
+    b = clone(origin, tmp_path / "b")
+    assert one_error(cli_in_process(["pull", ids[0]], b)) == (
+        f"Error: run {ids[0]} in {url} fails verification (its record.json is {300 * 2**20} bytes, more than "
+        "any record), so it is not pulled; nothing was written locally: ask whoever pushed it to check it "
+        "with `nixrepro verify`, and the store's owner to look at who wrote it.")
+    listed = cli_in_process(["runs", "--remote", "--json"], b)
+    assert listed.returncode == 0 and [run["id"] for run in json.loads(listed.stdout)] == [ids[0]]
+    assert listed.stderr == (
+        f"nixrepro: warning: run {ids[1]} of {url} is left out of the listing: its listing entry does not "
+        f"read (cut short or altered); `nixrepro pull {ids[1]}` still fetches and verifies the run.\n")
+
+
+def test_an_archive_and_a_run_store_in_one_place_never_write_over_each_other(
+        team: tuple[Path, str], tmp_path: Path) -> None:
+    from nixrepro import archive_runs
+
+    origin, url = team
+    store, (run_id,) = _pushed(origin, tmp_path)
+    remote_dir = Path(url.removeprefix("file://"))
+    before = {p: p.read_bytes() for p in remote_dir.rglob("*") if p.is_file()}
+    refused = cli_in_process(["archive", run_id, "--to", url], store.root.parent)  # into the run store
+    assert one_error(refused, 2).startswith(f"Error: {url} holds files (index, nixrepro-runstore.json, runs) "
+                                            "but no nix-cache-info, so it is not an archive")
+    assert {p: p.read_bytes() for p in remote_dir.rglob("*") if p.is_file()} == before
+    archive = tmp_path / "archive"  # and the other way: an archive named as the run store
+    archive.mkdir()
+    (archive / "nix-cache-info").write_text("StoreDir: /nix/store\n")
+    archive_runs.carry(store, run_id, archive, {"url": f"file://{archive}"})
+    repo = project_repo(tmp_path / "other", f"file://{archive}")
+    _, (second,) = stored_runs(repo, 1)
+    assert one_error(cli_in_process(["push", second], repo)).startswith(
+        f"Error: file://{archive} holds objects but no nixrepro-runstore.json, so it is not a nixrepro run "
+        "store")
+    assert sorted(p.name for p in (archive / "runs").iterdir()) == [run_id]
