@@ -63,13 +63,12 @@ class SigningKey:
 
 
 def default_key_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "nixrepro" / "archive-key.sec"
+    return ArchiveConfig().secret_key_file()
 
 
 def key_files(config: ArchiveConfig) -> tuple[Path, Path]:
     """(secret, public) key files: ``[archive] key_file`` or the default, and its ``.pub``."""
-    secret_file = Path(config.key_file).expanduser() if config.key_file else default_key_file()
+    secret_file = config.secret_key_file()
     return secret_file, secret_file.with_name(secret_file.name.removesuffix(".sec") + ".pub")
 
 

@@ -50,6 +50,14 @@ class ArchiveConfig:
     # check records and archives on every machine (nixrepro.archive.trusted_keys)
     trusted_keys: list[str] = field(default_factory=list)
 
+    def secret_key_file(self) -> Path:
+        """The signing key's file: ``key_file``, or ~/.config/nixrepro/archive-key.sec
+        (XDG_CONFIG_HOME); where it is not, runs are recorded unsigned (nixrepro.archive)."""
+        if self.key_file:
+            return Path(self.key_file).expanduser()
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(base) / "nixrepro" / "archive-key.sec"
+
 
 # [trackers.<kind>]: the dashboards every recorded run also goes to (docs/trackers.md). Each table is
 # read into its tracker module's Settings dataclass (nixrepro.trackers.TRACKERS); the older

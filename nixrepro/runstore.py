@@ -194,13 +194,19 @@ class RunStore:
         """Sign with the project's key, if it has one. A key that cannot be used costs the
         signature, never the record (this runs as a run ends): it is one warning."""
         try:
-            from .archive import project_key
-            from .signing import sign
-
             if not self._key:
-                self._key.append(project_key(self.root.parent))
+                from . import config as config_module
+
+                if not config_module.load(self.root.parent).archive.secret_key_file().exists():
+                    self._key.append(None)  # the usual case: no key, nothing of archive imported
+                else:
+                    from .archive import project_key
+
+                    self._key.append(project_key(self.root.parent))
             key = self._key[0]
             if key is not None:
+                from .signing import sign
+
                 self._write_signature(run_id, digest, sign(key.secret_file.read_text(), digest))
         except (NixreproError, OSError, UnicodeDecodeError) as exc:
             print(f"nixrepro: warning: run {run_id} is recorded unsigned: {exc}.", file=sys.stderr)
