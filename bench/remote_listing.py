@@ -8,8 +8,9 @@ tags, host); the baseline is the same number of one-object-per-run keys under an
 listed with a paginated ListObjectsV2 and not even read. Printed: medians of the library listing
 (``RemoteRunStore.summaries``, in-process, the client made), of ``nixrepro runs --remote --json``
 and of ``nixrepro runs --remote`` end to end (a fresh process: imports, the client, the listing,
-the output), each with its ratio to the plain LIST; and what the command costs on a store with
-no run (its fixed part).
+the output), each with its ratio to the plain LIST; the output step alone (the JSON or the table
+of the listed runs, in-process); and what the command costs on a store with no run (its fixed
+part).
 
     .venv/bin/python bench/remote_listing.py             # 100, 1,000 and 10,000 runs (~2 minutes)
     .venv/bin/python bench/remote_listing.py --runs 1000
@@ -123,13 +124,32 @@ def measure(s3: S3Server, bucket: str, project: Path, count: int, repeat: int) -
     def library() -> None:  # the client made once, as a command makes it
         assert len(RemoteRunStore(objects).summaries()) == count
 
+    listed = RemoteRunStore(objects).summaries()
     base = median_time(lambda: plain_list(client, bucket, f"baseline-{prefix}/"), repeat)
     lib = median_time(library, repeat)
     as_json = median_time(command(project, "--json", count=count), repeat)
     table = median_time(command(project), repeat)
+    out_json, out_table = median_time(lambda: json_output(listed), repeat), \
+        median_time(lambda: table_output(listed), repeat)
     return (f"{count:>6} {base:>10.3f}s {lib:>7.3f}s {lib / base:>6.2f}x "
             f"{as_json:>12.3f}s {as_json / base:>6.2f}x {table:>9.3f}s {table / base:>6.2f}x"
-            f"   (set up in {setup:.0f}s)")
+            f" {out_json:>9.3f}s {out_table:>6.3f}s   (set up in {setup:.0f}s)")
+
+
+def json_output(records: list[RunRecord]) -> str:
+    """What ``runs --json`` makes of the listed runs (in-process: the output step alone)."""
+    from nixrepro.cli import json_text
+    from nixrepro.cli.run import _summary_dict
+
+    return json_text([_summary_dict(r) for r in records])
+
+
+def table_output(records: list[RunRecord]) -> str:
+    """What ``runs`` makes of them: the columns that vary, then the table."""
+    from nixrepro.table import Columns, render_text
+
+    columns, _ = Columns(records).default(records)
+    return render_text(records, columns)
 
 
 def main() -> None:
@@ -158,12 +178,13 @@ def main() -> None:
             print(f"runs --remote --json of a store with no run (start-up, botocore, the marker): "
                   f"{floor:.3f}s")
             print(f"{'runs':>6} {'plain LIST':>11} {'library':>16} {'runs --remote --json':>22} "
-                  f"{'runs --remote':>18}")
+                  f"{'runs --remote':>18} {'output: json':>13} {'table':>7}")
             for count in args.runs or [100, 1000, 10000]:
                 print(measure(s3, bucket, project, count, args.repeat), flush=True)
         finally:
             s3.stop()
-    print("ratio: time / plain ListObjectsV2 of as many keys (< 1: faster than listing the keys alone)")
+    print("ratio: time / plain ListObjectsV2 of as many keys (< 1: faster than listing the keys alone); "
+          "output: what the command spends writing the listed runs as JSON or as the table (in-process)")
 
 
 if __name__ == "__main__":
