@@ -18,10 +18,12 @@ prove an archived record before ``rebuild --from`` uses it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -124,8 +126,7 @@ def check_target(local: Path, url: str, remote_names: Sequence[str] | None = Non
             "archive (e.g. add /nix-archive to the URL).")
     readme = local / README_FILE
     try:
-        with open(readme, "rb") as handle:
-            first = handle.readline(len(README_TITLE) + 2)
+        first = _read_file(readme, len(README_TITLE) + 1).partition(b"\n")[0]
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:
@@ -138,11 +139,21 @@ def check_target(local: Path, url: str, remote_names: Sequence[str] | None = Non
             "own (e.g. add /nix-archive to the URL).")
 
 
+def _read_file(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path``: something else put in an archive
+    (a FIFO, waited on forever; /dev/zero, never ending) raises OSError, unread."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read(limit)
+
+
 def known_keys(local: Path) -> list[str]:
     """The public keys ``public-keys.txt`` lists, in order."""
     try:
-        text = (local / KEYS_FILE).read_text()
-    except (FileNotFoundError, UnicodeDecodeError):
+        text = _read_file(local / KEYS_FILE, 2**20).decode()
+    except (OSError, UnicodeDecodeError):  # none there, or none that reads: no key listed
         return []
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -314,7 +325,7 @@ def match(url: str, ref: str, ids: Sequence[str]) -> str:
 def entry_of(local: Path, run_id: str) -> dict[str, object]:
     """The run's ``archive.json`` in the archive ({} where there is none or it is unreadable)."""
     try:
-        doc = json.loads((local / RUNS_DIR / run_id / ENTRY_FILE).read_bytes())
+        doc = json.loads(_read_file(local / RUNS_DIR / run_id / ENTRY_FILE, 2**20))
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -340,6 +351,20 @@ def prove(local: Path, url: str, run_id: str, trusted: Sequence[str]) -> Archive
                   f"names ({', '.join(k.split(':', 1)[0] for k in keys)}); pin it with [archive] "
                   "trusted_keys in nixrepro.toml to check the archive against a key you hold.",
                   file=sys.stderr)
+    for name in CARRIED:  # only files are read: a FIFO would be waited on forever, a device read
+        path = local / RUNS_DIR / run_id / name  # without end (/dev/zero)
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ArchiveError(f"cannot read {path} ({exc.strerror or exc}); check the archive is "
+                               "mounted and readable.") from None
+        if not regular:
+            raise ArchiveError(
+                f"run {run_id}'s {name} in the archive {url} is not a file, so it is not what "
+                "`nixrepro archive` wrote; it is not used. Archive the run again from a machine "
+                "that has it.")
     runs = RunStore(local)  # runs/<id>/ is a run directory: verify's checks read it as they are
     checks = check_record_file(runs, run_id, keys)
     try:

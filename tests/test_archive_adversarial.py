@@ -341,3 +341,22 @@ def test_an_s3_archive_keeps_the_key_another_machine_dropped_while_both_archived
     assert f"    {public}\n" in readme and f"    {other}\n" in readme
     keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert not [k for k in keys if any(part.startswith(".") for part in k.split("/"))]  # no lock, no .part
+
+
+@pytest.mark.parametrize("name", ["stdout.log", "archive.json", "../../public-keys.txt"])
+def test_a_fifo_in_an_archive_is_refused_or_skipped_and_never_hangs_a_rebuild(name: str,
+                                                                             tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    archive, _, (run_id, _), _ = _archive(tmp_path)
+    fifo = archive / "runs" / run_id / name
+    fifo.unlink()
+    os.mkfifo(fifo)  # open() of it waits for a writer: forever
+    fresh = project_repo(tmp_path / "fresh", None)  # no trusted key: the archive's own list is read
+    result = run_cli(["rebuild", run_id, "--from", f"file://{archive}"], cwd=fresh, timeout=60)
+    assert "Traceback" not in result.stderr and result.returncode in (1, 2), result.stderr
+    if name == "stdout.log":
+        assert one_error(result) == (
+            f"Error: run {run_id}'s stdout.log in the archive file://{archive} is not a file, so it is not "
+            "what `nixrepro archive` wrote; it is not used. Archive the run again from a machine that has "
+            "it.")
