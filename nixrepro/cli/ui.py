@@ -7,6 +7,7 @@ these commands runs.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def ui(port: int, host: str, verbose: bool, remote: bool) -> None:
     shown = source.remote.url if source is not None else runs.root
     click.echo(f"nixrepro: serving {shown} at {server.url} (read only; Ctrl-C stops)", err=True)
     sys.stderr.flush()
+    # SIGTERM (kill, a service manager) stops it as Ctrl-C does: through the finally below, which
+    # also removes the runs pulled from a remote store
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         server.serve_forever()
     finally:
