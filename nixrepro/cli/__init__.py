@@ -71,12 +71,19 @@ def json_text(data: Any, depth: int = 0) -> str:
     """
     pad = "  " * (depth + 1)
     if isinstance(data, dict) and data:
-        items = [f"{pad}{_compact(str(key))}: {json_text(data[key], depth + 1)}"
-                 for key in sorted(data, key=str)]
+        items = [f"{pad}{_compact(_key(key))}: {json_text(data[key], depth + 1)}"
+                 for key in sorted(data, key=_key)]
         return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
     if isinstance(data, (list, tuple)) and any(isinstance(item, (dict, list, tuple)) for item in data):
         return "[\n" + ",\n".join(pad + _compact(item) for item in data) + "\n" + "  " * depth + "]"
     return _compact(data)
+
+
+def _key(key: Any) -> str:
+    """An object's key as JSON spells it (True is "true", None "null")."""
+    if isinstance(key, str):
+        return key
+    return _compact(key) if key is None or isinstance(key, bool) else str(key)
 
 
 @click.group(context_settings=CONTEXT)
