@@ -178,6 +178,10 @@ def test_json_lists_each_run_with_its_params_and_parent(runs: Any, project: Any)
     assert [r["name"] for r in listed] == ["fastest", "faster"]
     assert listed[0]["params"] == {"lr": 2.0, "batch": 32, "opt": "adam"}
     assert listed[0]["parent"] == saved["faster"].id and listed[0]["metrics"]["acc"] == 0.95
+    lines = runs("--json").lines  # one run a line, for grep and a reader alike
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 2 + 5
+    assert [json.loads(line.rstrip(","))["name"] for line in lines[1:-1]] == [
+        "tweak", "broken", "fastest", "faster", "base"]
 
 
 def test_tree_draws_each_run_under_its_parent(runs: Any, project: Any) -> None:
