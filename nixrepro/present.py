@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Sequence
 
 from .host import where as who_and_where
 from .record import RunRecord
+
+# Colour codes (SGR: ESC [ digits m, which diff writes itself) and every other control character
+# except tab and newline.
+_CONTROL = re.compile(r"\x1b\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` as a terminal may be given it: colour codes are kept, every other control
+    character (the escape sequences that set a window title, move the cursor or clear the screen;
+    BEL, backspace, carriage return) is written out as ``\\xNN``, so that a run's name, tags or
+    params cannot drive the terminal of whoever lists them."""
+    return _CONTROL.sub(lambda m: m[0] if len(m[0]) > 1 else f"\\x{ord(m[0]):02x}", text)
 
 
 def human_bytes(size: int | None) -> str:

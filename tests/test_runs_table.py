@@ -298,3 +298,35 @@ def test_a_long_chain_of_parents_is_a_tree_without_recursion() -> None:
     order = tree_order(list(reversed(chain)))
     assert [r.id for _, r in order] == [r.id for r in chain]
     assert order[-1][0].endswith("└─ ") and len(order[-1][0]) == 3 * 2999
+
+
+def test_a_record_s_strings_cannot_drive_the_terminal_of_whoever_lists_or_shows_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name or tag with escape sequences (set the window title, clear the screen, a bell, a
+    carriage return that overwrites the line) is printed as visible \\xNN text by runs, show,
+    diff and lineage; their own colour codes still work."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    sh(["git", "init", "-q", "-b", "main"], cwd=root)
+    store = RunStore.for_repo(root)
+    base = RunRecord.from_dict(json.loads(FIXTURE.read_text()))
+    hostile = "evil\x1b]0;pwned\x07\x1b[2J\rok"
+    ids = []
+    for i in range(2):
+        run_id, _ = store.new_run_dir()
+        store.save(base.replace(id=run_id, name=hostile, tags=[hostile], params={"lr": i},
+                                started_at=f"2026-11-22T13:5{i}:00+00:00"))
+        ids.append(run_id)
+    monkeypatch.chdir(root)
+    for args in (["runs"], ["runs", "-c", "name,tags"], ["show", ids[0]], ["diff", ids[0], ids[1], "--all"]):
+        capsys.readouterr()
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert exc.code in (0, None, 1), (args, exc.code)
+        out = capsys.readouterr().out
+        assert "\x1b]" not in out and "\x07" not in out and "\r" not in out and "\x1b[2J" not in out, args
+        assert "\\x1b]0;pwned\\x07" in out or "\\x1b" in out, (args, out)
+    from nixrepro.present import terminal_safe
+
+    assert terminal_safe("\x1b[31mred\x1b[0m\ttab\n") == "\x1b[31mred\x1b[0m\ttab\n"

@@ -49,14 +49,16 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool, color: bool | No
         echo_json(to_json(result))
         return
     from ..diffview import render_text
+    from ..present import terminal_safe
 
     use_color = sys.stdout.isatty() if color is None else color
-    click.echo(render_text(result, all=show_all, color=use_color), color=use_color)
+    click.echo(terminal_safe(render_text(result, all=show_all, color=use_color)), color=use_color)
 
 
 def _diff_groups(ref_a: str, ref_b: str, as_json: bool) -> None:
     from ..errors import UsageError
     from ..groups import compare_groups, comparison_json, comparison_text, resolve_group
+    from ..present import terminal_safe
     from ..runstore import is_group_ref
 
     if not (is_group_ref(ref_a) and is_group_ref(ref_b)):
@@ -71,7 +73,7 @@ def _diff_groups(ref_a: str, ref_b: str, as_json: bool) -> None:
         return
     click.echo(f"A = group {a.short_id} ({len(a.succeeded)} of {len(a.runs)} runs succeeded)")
     click.echo(f"B = group {b.short_id} ({len(b.succeeded)} of {len(b.runs)} runs succeeded)")
-    click.echo(comparison_text(comparison))
+    click.echo(terminal_safe(comparison_text(comparison)))
 
 
 @cli.command(context_settings=CONTEXT)

@@ -35,6 +35,7 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
         run_to_json,
         to_json,
     )
+    from ..present import terminal_safe
 
     runs = store()
     index = Lineage(runs.summaries())
@@ -46,7 +47,7 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
         if as_json:
             click.echo(json_text(run_to_json(record, inputs)))
         else:
-            click.echo(render_run_text(record, inputs))
+            click.echo(terminal_safe(render_run_text(record, inputs)))
         return
     tree = index.trace(DataRef.parse(ref))
     if as_json:
@@ -54,4 +55,4 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
     elif as_dot:
         click.echo(render_dot(tree))
     else:
-        click.echo(render_text(tree))
+        click.echo(terminal_safe(render_text(tree)))

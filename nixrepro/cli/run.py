@@ -163,6 +163,7 @@ def runs(status: str | None, name: str | None, tags: tuple[str, ...], commit: st
     """
     from ..errors import UsageError
     from ..filters import RunFilter
+    from ..present import terminal_safe
     from ..table import Columns, csv_columns, parse_where, render_text, sort_records, to_csv
 
     if as_csv and as_json:
@@ -208,7 +209,7 @@ def runs(status: str | None, name: str | None, tags: tuple[str, ...], commit: st
         click.echo("No runs recorded yet. Start one with: nixrepro run -- CMD" if not everything
                    else f"No run of the {len(everything)} recorded matches.")
         return
-    click.echo(render_text(records, chosen, tree=tree))
+    click.echo(terminal_safe(render_text(records, chosen, tree=tree)))
     if left_out:
         click.echo(f"nixrepro: {left_out} more varying params and metrics are not shown; "
                    "choose columns with -c (e.g. -c 'params.*').", err=True)
@@ -248,7 +249,7 @@ def show(run_ref: str, as_json: bool) -> None:
       nixrepro show g3f9a2c
     """
     from ..groups import group_json, group_summary, resolve_group
-    from ..present import run_summary
+    from ..present import run_summary, terminal_safe
     from ..runstore import is_group_ref
 
     if is_group_ref(run_ref):
@@ -256,13 +257,13 @@ def show(run_ref: str, as_json: bool) -> None:
         if as_json:
             echo_json(group_json(group))
         else:
-            click.echo(group_summary(group))
+            click.echo(terminal_safe(group_summary(group)))
         return
     record = store().resolve(run_ref)
     if as_json:
         echo_json(record.to_dict())
     else:
-        click.echo(run_summary(record))
+        click.echo(terminal_safe(run_summary(record)))
 
 
 @cli.group("gc-roots", context_settings=CONTEXT, invoke_without_command=True)
