@@ -625,7 +625,8 @@ def _flat_sequence(build: Converter, cls: type, pairs: tuple[tuple[str, frozense
     """A list of objects whose fields are all JSON scalars (a closure's 2,000 store paths): each
     one that has exactly its fields, of their types, is made at once; any other goes through the
     full check, which names what is wrong (or fills in a default)."""
-    count = len(pairs)
+    names = frozenset(name for name, _ in pairs)
+    three = pairs if len(pairs) == 3 else None
     new = object.__new__
 
     def sequence(value: Any) -> Any:
@@ -634,11 +635,13 @@ def _flat_sequence(build: Converter, cls: type, pairs: tuple[tuple[str, frozense
         converted: list[Any] = []
         append = converted.append
         for index, doc in enumerate(value):
-            if type(doc) is dict and len(doc) == count:
-                for name, kinds in pairs:
-                    if type(doc.get(name, _MISSING)) not in kinds:
-                        break
+            if type(doc) is dict and doc.keys() == names:  # exactly its fields (one C compare)
+                if three is not None:  # a store path: three checks inline, 40,000 times in a diff
+                    (n0, k0), (n1, k1), (n2, k2) = three
+                    fits = type(doc[n0]) in k0 and type(doc[n1]) in k1 and type(doc[n2]) in k2
                 else:
+                    fits = all(type(doc[name]) in kinds for name, kinds in pairs)
+                if fits:
                     instance: Any = new(cls)
                     instance.__dict__.update(doc)
                     append(instance)
