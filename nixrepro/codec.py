@@ -26,14 +26,16 @@ with ``metadata={"codec": "skip"}`` is neither read nor written (``Config.source
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
@@ -620,6 +622,20 @@ def _sequence(item: Converter, make: type, dialect: Dialect) -> Converter:
     return sequence
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while many objects are made at once (a 20,000-path
+    closure, a listing of 10,000 runs): none of them is in a cycle, and the collections their
+    allocation sets off cost a third again of the decoding."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _flat_sequence(build: Converter, cls: type, pairs: tuple[tuple[str, frozenset[type]], ...],
                    dialect: Dialect) -> Converter:
     """A list of objects whose fields are all JSON scalars (a closure's 2,000 store paths): each
@@ -632,6 +648,12 @@ def _flat_sequence(build: Converter, cls: type, pairs: tuple[tuple[str, frozense
     def sequence(value: Any) -> Any:
         if type(value) is not list:
             raise CodecError("type", value, "a list", object_name=dialect.object_name)
+        if len(value) < 1000:
+            return each(value)
+        with no_gc():
+            return each(value)
+
+    def each(value: list[Any]) -> list[Any]:
         converted: list[Any] = []
         append = converted.append
         for index, doc in enumerate(value):

@@ -163,7 +163,11 @@ class Listing:
         self.compacted = len(self.order)
 
     def _read_journal(self) -> None:
-        for line in (self.root / JOURNAL_FILE).read_bytes().splitlines():
+        with codec.no_gc():
+            self._read_lines((self.root / JOURNAL_FILE).read_bytes().splitlines())
+
+    def _read_lines(self, lines: list[bytes]) -> None:
+        for line in lines:
             digest, _, text = line.partition(b" ")
             if hashlib.sha256(text).hexdigest().encode() != digest:
                 continue  # a torn last line, or an edit
@@ -185,7 +189,8 @@ class Listing:
         body, self.body = self.body, None
         if body is None:
             return
-        with contextlib.suppress(ValueError, KeyError, TypeError, IndexError, AttributeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, IndexError, AttributeError), \
+                codec.no_gc():
             doc = json.loads(body)
             objects = {name: [codec.trusted(_hints()[name], value) for value in values]
                        for name, values in doc["shared"].items()}
