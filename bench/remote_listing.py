@@ -35,14 +35,14 @@ from _common import ROOT, compile_bytecode  # (importing _common also puts the p
 
 from nixrepro.config import DataConfig
 from nixrepro.record import RunRecord
-from nixrepro.remote import RemoteURL, open_objects
-from nixrepro.remote import store as layout
-from nixrepro.remote.store import RemoteRunStore, listing_entry
+from nixrepro.remote import RemoteURL, index, open_objects
+from nixrepro.remote.index import listing_entry
+from nixrepro.remote.store import RemoteRunStore
 from tests.s3server import S3Server
 
 FIXTURE = ROOT / "tests" / "fixtures" / "record-minimal.json"
 # entries not yet compacted: compaction keeps them under COMPACT_AT, so on average half of it
-LOOSE = layout.COMPACT_AT // 2
+LOOSE = index.COMPACT_AT // 2
 
 
 def median_time(action: Callable[[], object], repeat: int) -> float:
@@ -84,7 +84,7 @@ def lay_out(s3: S3Server, bucket: str, prefix: str, count: int) -> None:
     def put(item: tuple[str, bytes]) -> None:
         client.put_object(Bucket=bucket, Key=item[0], Body=item[1])
 
-    objects = [(f"{prefix}/{layout.INDEX}{e['id']}.json", json.dumps(e).encode()) for e in loose]
+    objects = [(f"{prefix}/{index.INDEX}{e['id']}.json", json.dumps(e).encode()) for e in loose]
     objects += [(f"baseline-{prefix}/index/{e['id']}.json", json.dumps(e).encode()) for e in made]
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, objects))

@@ -3,7 +3,7 @@
 :class:`RunFilter` holds what ``--status``, ``--name``, ``--tag``, ``--commit``, ``--since``,
 ``--user`` and ``--host`` asked for, each checked when parsed (a bad value is one UsageError
 sentence with the remedy) and then applied to summaries, which hold every field it reads (a
-remote listing entry too: nixrepro.remote.store.listing_entry keeps the host's user, name and
+remote listing entry too: nixrepro.remote.index.listing_entry keeps the host's user, name and
 scheduler facts).
 
 ``--name`` matches a part of the name in any case, or with ``*``, ``?`` or ``[`` the whole name as

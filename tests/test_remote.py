@@ -20,6 +20,7 @@ from nixrepro.errors import RemoteConflict, RunNotFoundError
 from nixrepro.host import SlurmJob
 from nixrepro.record import RunRecord, record_sha256, summary_sha256
 from nixrepro.remote import RemoteURL, open_objects
+from nixrepro.remote import index as index_layout
 from nixrepro.remote import store as layout
 from nixrepro.remote.pending import open_remote, push_one, queued, sync_step
 from nixrepro.remote.store import RemoteRunStore
@@ -184,8 +185,8 @@ def test_a_run_waiting_for_a_data_output_is_pushed_once_the_output_is_uploaded(
 PUSHER = """
 import sys, threading, time
 from pathlib import Path
-from nixrepro.remote import store as layout
-layout.COMPACT_AT = 8  # compactions of the index race with the pushes
+from nixrepro.remote import index
+index.COMPACT_AT = 8  # compactions of the index race with the pushes
 from nixrepro.remote.pending import open_remote, push_one, queued
 from nixrepro.runstore import RunStore
 store = RunStore(Path(sys.argv[1]))
@@ -229,7 +230,7 @@ def test_two_machines_pushing_20_runs_at_once_each_lose_and_overwrite_nothing(
     remote = remote_of(remote_url)
     assert set(remote.entries()) == everyone  # every run listed, through the compactions
     keys = object_keys(remote_url)
-    assert len([k for k in keys if k.startswith("index/")]) < layout.COMPACT_AT + 40
+    assert len([k for k in keys if k.startswith("index/")]) < index_layout.COMPACT_AT + 40
     assert any(k.startswith("pages/") for k in keys)  # the index was compacted meanwhile
     # each machine sees the other's runs, and pulls them verified and byte for byte
     store_a, ids_a = stores["machine-a"]
@@ -246,7 +247,7 @@ def test_two_machines_pushing_20_runs_at_once_each_lose_and_overwrite_nothing(
 
 def test_listing_reads_pages_and_loose_entries_and_never_lists_a_run_twice(
         remote_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(layout, "PAGE_RUNS", 5)  # a few full pages and one that is not
+    monkeypatch.setattr(index_layout, "PAGE_RUNS", 5)  # a few full pages and one that is not
     store, ids = stored_runs(project_repo(tmp_path / "a", remote_url), 13)
     remote = open_remote(store.root.parent)
     assert remote is not None

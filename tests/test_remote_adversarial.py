@@ -92,7 +92,8 @@ elif moment == "before the record":  # the run's logs and metrics pushed, its re
         return real_put(self, key, data, sha256)
     file_backend.FileObjects.put_if_absent = put
 elif moment == "compaction's first delete":  # the pages written, nothing folded deleted yet
-    layout.COMPACT_AT = 2
+    from nixrepro.remote import index
+    index.COMPACT_AT = 2
     file_backend.FileObjects.delete = lambda self, key: die()
 from nixrepro.cli import main
 main(argv)
