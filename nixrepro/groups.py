@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RunNotFoundError
-from .present import COMMAND_WIDTH, NAME_WIDTH, clip, human_duration, local_time, run_row, table
+from .present import table
 from .record import RunRecord
 from .runstore import GROUP_PREFIX, ID_BYTES, RunStore
 from .stats import ALPHA, Summary, Welch, summarize, welch
@@ -113,43 +113,6 @@ def format_mean(summary: Summary) -> str:
         beyond = " ± beyond a float" if summary.n >= 2 else ""
         return f"{summary.mean:.4g}{beyond} (n={summary.n})"
     return f"{summary.mean:.4g} ± {summary.sem:.2g} (n={summary.n})"
-
-
-def runs_listing(records: Sequence[RunRecord]) -> str:
-    """The ``runs`` table, with each repeat group collapsed into one line plus its mean ± SEM."""
-    if not records:
-        return "No runs recorded yet. Start one with: nixrepro run -- CMD"
-    groups = groups_of(records)
-    rows: list[tuple[str, ...]] = []
-    notes: dict[int, str] = {}
-    shown: set[str] = set()
-    for record in records:
-        if record.group is None:
-            rows.append(run_row(record))
-            continue
-        if record.group in shown:
-            continue
-        shown.add(record.group)
-        group = groups[record.group]
-        first = group.runs[0]
-        counts = _status_counts(group.runs)
-        rows.append((
-            group.short_id, f"group x{len(group.runs)}" + (f" ({counts})" if counts else ""),
-            local_time(first.started_at),
-            human_duration(sum(r.duration_s or 0 for r in group.runs)),
-            first.code.commit[:8] + ("+" if first.code.dirty else ""),
-            clip(first.name or "", NAME_WIDTH), clip(" ".join(first.command.argv), COMMAND_WIDTH),
-        ))
-        metrics = group.metrics()
-        if metrics:
-            notes[len(rows) - 1] = "    " + ", ".join(f"{k} {format_mean(s)}" for k, s in metrics.items())
-    lines = table(("ID", "STATUS", "STARTED", "DURATION", "COMMIT", "NAME", "COMMAND"), rows).splitlines()
-    out = [lines[0]]
-    for index, line in enumerate(lines[1:]):
-        out.append(line)
-        if index in notes:
-            out.append(notes[index])
-    return "\n".join(out)
 
 
 def _status_counts(runs: Sequence[RunRecord]) -> str:

@@ -88,23 +88,6 @@ def status_label(record: RunRecord) -> str:
     return record.status + (" (dev)" if record.dev else "")
 
 
-def runs_table(records: Sequence[RunRecord]) -> str:
-    if not records:
-        return "No runs recorded yet. Start one with: nixrepro run -- CMD"
-    header = ("ID", "STATUS", "STARTED", "DURATION", "COMMIT", "NAME", "COMMAND")
-    return table(header, [run_row(r) for r in records])
-
-
-def run_row(r: RunRecord) -> tuple[str, ...]:
-    return (
-        r.short_id,
-        status_label(r),
-        local_time(r.started_at),
-        human_duration(r.duration_s),
-        r.code.commit[:8] + ("+" if r.code.dirty else ""),
-        clip(r.name or "", NAME_WIDTH),
-        clip(" ".join(r.command.argv), COMMAND_WIDTH),
-    )
 
 
 NAME_WIDTH, COMMAND_WIDTH = 30, 50  # a 10 KB name must not push every row off the screen
