@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import codec
 from .fsutil import append_line
 from .record import DataRecord, DataVersion
 
@@ -22,7 +23,7 @@ PINS_VARIABLE = "NIXREPRO_DATA_PINS"
 
 def append(run_dir: Path, direction: str, version: DataVersion, **extra: Any) -> None:
     """Append one line (atomic with O_APPEND, like metrics)."""
-    line = json.dumps({"direction": direction, **version.__dict__, **extra}, sort_keys=True) + "\n"
+    line = json.dumps({"direction": direction, **codec.encode(version), **extra}, sort_keys=True) + "\n"
     append_line(run_dir / DATA_FILE, line)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import codec
 from .datastore import DataRef
 from .errors import UsageError
 from .record import DataVersion, RunRecord
@@ -157,8 +158,8 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
 
 
 def _version_json(version: DataVersion) -> dict[str, Any]:
-    return {"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
-            "size": version.size, "pending": version.pending}
+    doc: dict[str, Any] = codec.encode(version)
+    return doc
 
 
 def _node_json(node: LineageNode) -> dict[str, Any]:

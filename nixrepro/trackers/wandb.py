@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from .. import codec
 from ..errors import TrackerError, WandbSyncError
 from ..metrics import MetricPoint
 from ..parallel import Background
@@ -369,8 +370,7 @@ def data_artifact(wandb: Any, version: DataVersion) -> Any:
     parsed = urlparse(version.uri)
     artifact = wandb.Artifact(
         artifact_name(version.uri), type="dataset",
-        metadata={"uri": version.uri, "version_id": version.version_id, "sha256": version.sha256,
-                  "size": version.size},
+        metadata={key: value for key, value in codec.encode(version).items() if key != "pending"},
     )
     name = Path(parsed.path).name or artifact_name(version.uri)
     ref = f"{version.uri}?versionId={version.version_id}"
