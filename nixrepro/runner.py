@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -31,9 +31,10 @@ from .data import SETTINGS_VARIABLE
 from .errors import NixreproError, RefusedError, UsageError
 from .git import GitRepo, format_dirty
 from .host import HostInfo
-from .lock import FlakeLock, LockedInput
-from .nix import FlakeRef, Nix
+from .lock import FlakeLock
+from .nix import Nix
 from .parallel import Background
+from .projectflake import checked_lock, project_flake_dir, unpinned_input_warnings
 from .record import (
     BuildFacts,
     CodeState,
@@ -153,7 +154,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
     remote = Background(repo.remote_url)
     version = Background(nix.version)  # a cached answer (nix.py): ready at once but the first time
     host_info = Background(host.collect)
-    flake_dir = _flake_dir(repo, request, config)
+    flake_dir = project_flake_dir(repo, request, config)
     lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
     tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
@@ -186,7 +187,7 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
                 f"the work tree has uncommitted changes ({format_dirty(dirty)}); commit them, or "
                 "pass --dev to record a development run with the diff."
             )
-        lock = _checked_lock(
+        lock = checked_lock(
             flake_dir, lock_rel, request.dev, tracked.result() if tracked else False,
             {e.path for e in dirty},
         )
@@ -259,67 +260,6 @@ def _closure(nix: Nix, env_path: str, version: Background[str]) -> Closure:
     never changes, nixrepro.closure), else asked of ``nix path-info``."""
     nix_version = version.result()
     return cached_closure(env_path, nix_version, lambda: nix.closure(env_path, nix_version))
-
-
-def unpinned_input_warnings(inputs: Mapping[str, LockedInput]) -> list[str]:
-    """One sentence per input the record cannot pin for someone else: it must never look more
-    pinned than it is."""
-    warnings = []
-    for name, inp in sorted(inputs.items()):
-        if inp.locked is False:
-            warnings.append(f"the flake input {name!r} ({inp.url}) is not locked (no rev or narHash "
-                            "that Nix accepts as a pin); the record names it but cannot pin it.")
-        elif inp.local:
-            warnings.append(f"the flake input {name!r} ({inp.url}) is fetched from this machine's "
-                            "file system; the record pins it, but another machine cannot fetch it.")
-    return warnings
-
-
-def _flake_dir(repo: GitRepo, request: RunRequest, config: Config) -> Path | None:
-    """The project's flake: the --flake path if local, else the nearest flake.nix up to the root."""
-    ref = request.flake or (None if request.env_path else config.run.flake)
-    if ref is not None:
-        local = FlakeRef.parse(ref).local_path
-        if local is not None and local.startswith(("/", ".")):
-            candidate = (request.cwd / local).resolve()
-            if (candidate / "flake.nix").is_file():
-                return candidate
-    here = request.cwd.resolve()
-    root = repo.root.resolve()
-    for directory in (here, *here.parents):
-        if (directory / "flake.nix").is_file():
-            return directory
-        if directory == root:
-            break
-    return None
-
-
-def _checked_lock(
-    flake_dir: Path | None, lock_rel: str | None, dev: bool, tracked: bool, dirty_paths: set[str]
-) -> FlakeLock | None:
-    """The project's flake.lock, refused when it is missing, untracked or modified."""
-    if flake_dir is None or lock_rel is None:
-        raise RefusedError(
-            "no flake.nix between the working directory and the repository root; nixrepro pins "
-            "the environment with a flake (start one with `nix flake init`)."
-        )
-    lock_file = flake_dir / "flake.lock"
-    if not lock_file.is_file():
-        if not re.search(r"\binputs\b", (flake_dir / "flake.nix").read_text(errors="replace")):
-            return None  # a flake without inputs has nothing to lock (nix writes no file)
-        raise RefusedError(
-            f"{lock_rel} is missing, so the flake's inputs are not pinned; run `nix flake lock` "
-            "and commit flake.lock."
-        )
-    if not dev:
-        if not tracked:
-            raise RefusedError(f"{lock_rel} is not tracked by git; `git add {lock_rel}` and commit it.")
-        if lock_rel in dirty_paths:
-            raise RefusedError(
-                f"{lock_rel} has uncommitted changes; commit it, or restore it with "
-                f"`git checkout {lock_rel}`."
-            )
-    return FlakeLock.read(lock_file)
 
 
 def _normal_store_path(path: str) -> str:
