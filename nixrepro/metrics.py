@@ -42,15 +42,22 @@ def _number(text: str) -> float | str:
     return value if math.isfinite(value) else non_finite(value)  # 1e999 overflows to inf
 
 
+_SCALARS = frozenset((int, float, bool, str, type(None)))  # what JSON gives a record can keep
+
+
 def parse_point(raw: bytes) -> MetricPoint | None:
-    """One line of the metrics file, or None when it is torn or not ours."""
+    """One line of the metrics file, or None when it is torn or not ours (nested deeper than the
+    parser's stack, say). A value that is no number, boolean, string or null (a list, an object)
+    is left out: a record keeps none (it would be a record no command reads)."""
     try:
         doc = json.loads(raw, parse_constant=NON_FINITE.__getitem__, parse_float=_number)
         values = doc["metrics"]
         if not isinstance(values, dict):
             return None
+        if not all(type(value) in _SCALARS for value in values.values()):
+            values = {key: value for key, value in values.items() if type(value) in _SCALARS}
         return MetricPoint(float(doc.get("time") or 0), doc.get("step"), values)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None
 
 
