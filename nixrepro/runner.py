@@ -462,7 +462,11 @@ def _run_and_record(
                 f"{store.root} so that later runs are recorded."
             ) from None
         if sinks:
-            record = _with_trackers(record, sinks.ended(record, run_dir))
+            # a signal while the trackers finish their runs stops them (a warning each), and the
+            # run ends as asked: execute raises Interrupted for it
+            with contextlib.suppress(Interrupted):
+                ended = stops.interruptible(lambda: sinks.ended(record, run_dir))
+                record = _with_trackers(record, ended)
             with contextlib.suppress(OSError):  # the outcome is saved; only tracker ids would wait
                 store.save(record)
     return record

@@ -18,9 +18,11 @@ its ``[trackers.<kind>]`` table in nixrepro.toml. It is imported only when that 
 that records a run (run, run --repeat, pipeline run, reproduce) passes them on.
 
 Like sacred's observers they fail in isolation: an observer that raises is reported with one
-warning and dropped for the rest of the run; the local record stays complete either way.
-An observer may return a small dict from ``started``/``ended`` that is kept in the record under
-``trackers.<name>`` (a tracker's run id and URL, say). Documented in docs/trackers.md.
+warning (its secrets scrubbed) and dropped for the rest of the run; the local record stays complete
+either way. An observer may return a small dict from ``started``/``ended`` that is kept in the
+record under ``trackers.<name>`` (a tracker's run id and URL, say). At the end every observer is
+told first (``ending``, when it has one) and waited for after, so the trackers finish their runs
+at the same time; a signal while they do stops them (``stop``). Documented in docs/trackers.md.
 """
 
 from __future__ import annotations
@@ -181,6 +183,15 @@ class RunObserver(Protocol):
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None: ...
 
 
+def scrub(text: str) -> str:
+    """``text`` without the credentials of any URL in it and without the values of this
+    process's secret-named variables (nixrepro.redact): a tracker's message may quote its
+    tracking URI, user and password included, or a token."""
+    from ..redact import Redactor
+
+    return Redactor.from_env(os.environ).scrub(text)
+
+
 class Observers:
     """Calls every live observer; one that raises is warned about and dropped."""
 
@@ -192,17 +203,30 @@ class Observers:
     def __bool__(self) -> bool:
         return bool(self._live)
 
+    def _drop(self, observer: RunObserver, reason: str) -> None:
+        self._live.remove(observer)
+        self._warn(scrub(f"{observer.name} failed and is dropped for this run ({reason}); "
+                         "the local record is complete"))
+
     def _each(self, call: Callable[[RunObserver], dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
         info: dict[str, dict[str, Any]] = {}
         with self._lock:
-            for observer in list(self._live):
+            live = list(self._live)
+            for index, observer in enumerate(live):
                 try:
                     result = call(observer)
                 except Exception as exc:  # isolation is the point: any failure drops the sink
-                    self._live.remove(observer)
-                    self._warn(f"{observer.name} failed and is dropped for this run ({exc}); "
-                               "the local record is complete")
+                    self._drop(observer, str(exc))
                     continue
+                except KeyboardInterrupt as exc:  # a signal (StopSignals): the rest are stopped
+                    how = getattr(exc, "signum", None)
+                    name = _signal_name(how) if isinstance(how, int) else "Ctrl-C"
+                    for stopped in live[index:]:
+                        stop = getattr(stopped, "stop", None)
+                        if stop is not None:
+                            stop()
+                        self._drop(stopped, f"interrupted by {name} before it finished its run")
+                    raise
                 if result:
                     info[observer.name] = result
         return info
@@ -214,7 +238,24 @@ class Observers:
         self._each(lambda o: o.logged(point))
 
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, dict[str, Any]]:
+        """Every observer is told first, then each is waited for: they finish at the same time."""
+        self._each(lambda o: _ending(o, record, run_dir))
         return self._each(lambda o: o.ended(record, run_dir))
+
+
+def _ending(observer: RunObserver, record: RunRecord, run_dir: Path) -> None:
+    ending = getattr(observer, "ending", None)
+    if ending is not None:
+        ending(record, run_dir)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class MetricsTail:
@@ -236,13 +277,15 @@ class MetricsTail:
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
-        self._read_new()  # whatever was logged at the very end
+        # whatever was logged at the very end, a last line without its newline too (the record
+        # reads it: a writer in another language may not end the file with one)
+        self._read_new(final=True)
 
     def _follow(self) -> None:
         while not self._stop.wait(POLL_INTERVAL_S):
             self._read_new()
 
-    def _read_new(self) -> None:
+    def _read_new(self, final: bool = False) -> None:
         if not self._observers:
             return
         try:
@@ -251,7 +294,8 @@ class MetricsTail:
                 data = handle.read()
         except FileNotFoundError:
             return
-        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for next time
+        # a line still being written waits for next time
+        complete = data if final else data[: data.rfind(b"\n") + 1]
         self._offset += len(complete)
         for raw in complete.splitlines():
             point = parse_point(raw)

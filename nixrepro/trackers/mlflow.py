@@ -50,6 +50,7 @@ KEY_MAX = 250  # MLflow's limits (mlflow.utils.validation)
 PARAM_MAX = 6000
 TAG_MAX = 8000
 STEP_MAX = 2**63 - 1
+TIME_MAX = STEP_MAX / 1000  # seconds: a metric's timestamp is a long of milliseconds
 _NAME = re.compile(r"^[/\w.\- :]*$")  # the characters MLflow takes in a metric or param name
 _CLIENT_LOCK = threading.Lock()  # sinks in one process: one store (and schema) made at a time
 
@@ -239,6 +240,16 @@ class MlflowSink:
             raise TrackerError(self._error or describe(exc)) from exc
         return self._info()
 
+    def abandoned(self) -> None:
+        """nixrepro went away before the run's end (killed, or it dropped this tracker): what
+        was logged is sent, and the MLflow run ends as FAILED instead of staying RUNNING."""
+        self._points.put(None)
+        if self._worker is not None:
+            self._worker.join()
+        if self._run_id is not None and self._client is not None and self._error is None:
+            with _no_url_line():
+                self._client.set_terminated(self._run_id, status="FAILED")
+
     # --- the worker thread: the run, then every metric batch as it arrives ---------------------
 
     def _work(self, record: RunRecord) -> None:
@@ -271,11 +282,11 @@ class MlflowSink:
                 except queue.Empty:
                     break
             done = None in batch
-            metrics = [m for point in batch if point is not None for m in self._metrics(api, point)]
-            if not metrics:
-                continue
             try:
-                self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
+                metrics = [m for point in batch if point is not None
+                           for m in self._metrics(api, point)]
+                if metrics:
+                    self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
             except Exception as exc:
                 self._fail("MLflow stopped during the run", exc)
                 return
@@ -349,7 +360,10 @@ class MlflowSink:
         if not isinstance(step, int) or isinstance(step, bool) or not -STEP_MAX <= step <= STEP_MAX:
             step = 0 if self._last_step is None else min(self._last_step + 1, STEP_MAX)
         self._last_step = step
-        stamp = int((point.time or time.time()) * 1000)
+        when = point.time
+        if not isinstance(when, (int, float)) or not 0 < when < TIME_MAX:
+            when = time.time()  # MLflow keeps a timestamp of 0 to 2^63-1 ms; a writer's -1 or 1e300
+        stamp = int(when * 1000)
         metrics = []
         for key, raw in point.metrics.items():
             value = metric_value(raw)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the sink's module stays light: made before the run path is 
 WANDB_HOME = "wandb"  # .nixrepro/wandb: cache, artifact staging; runs in .nixrepro/wandb/*-run-*
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 TAG_MAX = 64  # W&B refuses longer tags
+STEP_MAX = 2**63 - 1
 MODES = ("online", "offline", "disabled")
 
 
@@ -90,6 +91,14 @@ def run_tags(record: RunRecord) -> list[str]:
     tags = (["dev"] if record.dev else []) + ([record.code.branch] if record.code.branch else [])
     tags += record.tags
     return list(dict.fromkeys(tag[:TAG_MAX] for tag in tags if tag))
+
+
+def wandb_step(step: Any) -> int | None:
+    """A point's step as W&B takes it (an integer of 0 to 2^63-1), else None (the point then
+    takes the step after the last): a writer's "3", 2.5 or 10^30 would stop W&B's run."""
+    if isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= STEP_MAX:
+        return step
+    return None
 
 
 def _wandb_value(value: Any) -> Any:
@@ -184,6 +193,7 @@ class WandbSink:
         self._points: queue.SimpleQueue[MetricPoint | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._run: Any = None
+        self._record_id: str | None = None  # the W&B run's id, its directory's name
         self._error: str | None = None
 
     @property
@@ -222,37 +232,78 @@ class WandbSink:
         except Exception as exc:
             self._fail("W&B failed at the end of the run", exc)
             raise TrackerError(self._error or describe(exc)) from exc
+        finally:
+            self._scrub_logs(record.id)
         info = {"run_id": run.id, "project": self._project, "mode": self._mode,
                 "url": getattr(run, "url", None), "dir": self._run_dir_of(run)}
         if self._config.entity:
             info["entity"] = self._config.entity
         return info
 
+    def abandoned(self) -> None:
+        """nixrepro went away before the run's end (killed, or it dropped this tracker): what
+        was logged is sent, and the W&B run is finished as failed instead of left running."""
+        self._points.put(None)
+        if self._worker is not None:
+            self._worker.join()
+        run = self._run
+        if run is not None and self._error is None:
+            with wandb_environ(self._home):
+                run.finish(exit_code=1)
+            _LIVE.discard(id(self))
+        self._scrub_logs(self._record_id)
+
+    def _scrub_logs(self, run_id: str | None) -> None:
+        """W&B's own logs of the run without the secrets of this process's environment and the
+        credentials of any URL: wandb-core logs every URL it retries, WANDB_BASE_URL's user and
+        password included."""
+        if run_id is None:
+            return
+        from . import scrub
+
+        for path in self._home.glob(f"*-{run_id}/logs/*.log"):
+            with contextlib.suppress(OSError):
+                target = path.resolve()
+                if self._home.resolve() not in target.parents:
+                    continue  # a log of the user's own (WANDB_CACHE_DIR elsewhere)
+                text = target.read_bytes().decode("utf-8", "surrogateescape")
+                clean = scrub(text)
+                if clean != text:
+                    temporary = target.with_name(target.name + ".scrubbed")
+                    temporary.write_bytes(clean.encode("utf-8", "surrogateescape"))
+                    os.replace(temporary, target)
+
     # --- the worker thread: init, then every metric as it arrives -------------------------------
 
     def _work(self, record: RunRecord) -> None:
+        self._record_id = record.id
         try:
             wandb = self._wandb.result()
             if self._mode == "online" and not reachable(self._base_url):
                 self._mode = "offline"
-                self._note(f"W&B ({self._base_url}) is unreachable; the W&B run is kept offline, "
-                           "`nixrepro sync` uploads it later.")
+                from ..redact import scrub_url
+
+                self._note(f"W&B ({scrub_url(self._base_url)}) is unreachable; the W&B run is kept "
+                           "offline, `nixrepro sync` uploads it later.")
             with wandb_environ(self._home), _program_argv(record.command.argv):
                 self._run = wandb.init(**self._init_args(wandb, record))
             _LIVE.add(id(self))
         except Exception as exc:
             self._fail("W&B could not start", exc)
             return
+        last_step: int | None = None
         while True:
             point = self._points.get()
             if point is None:
                 return
             values = {key: _wandb_value(value) for key, value in point.metrics.items()}
+            step = wandb_step(point.step)
+            if step is None:  # the step after the last one, as MLflow's sink numbers it (W&B's
+                # own numbering would log it into the last step's row, over its values)
+                step = 0 if last_step is None else min(last_step + 1, STEP_MAX)
+            last_step = step if last_step is None else max(step, last_step)
             try:
-                if point.step is None:
-                    self._run.log(values)
-                else:
-                    self._run.log(values, step=point.step)
+                self._run.log(values, step=step)
             except Exception as exc:
                 self._fail("W&B stopped during the run", exc)
                 return
@@ -346,6 +397,7 @@ class WandbSink:
             # teardown unregisters wandb's atexit hook first, so a dead service prints no traceback
             with contextlib.suppress(Exception):
                 wandb.teardown()
+        self._scrub_logs(self._record_id)
 
 
 def _settings(wandb: Any, settings: dict[str, Any]) -> Any:
