@@ -233,8 +233,8 @@ def test_a_signal_while_the_trackers_finish_stops_them_at_once_with_the_signals_
 ) -> None:
     """Ctrl-C (a second one) or a scheduler's SIGTERM once the experiment is done, while nixrepro
     waits for a tracker that cannot finish: nixrepro stops it and exits at once, 130 or 143."""
-    configure(project, both(mlflow_store).replace(f"sqlite:///{mlflow_store}",
-                                           f"http://127.0.0.1:{listener.port}"), DONE)
+    silent = f"http://127.0.0.1:{listener.port}"
+    configure(project, both(mlflow_store).replace(f"sqlite:///{mlflow_store}", silent), DONE)
     proc = start(project, mlflow_env())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the final record is written: the trackers are finishing
