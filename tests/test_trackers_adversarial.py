@@ -481,3 +481,39 @@ def test_a_full_disk_under_a_tracker_costs_one_warning_and_prints_no_traceback(
     assert result.stderr.count("\n") <= len(warnings(result.stderr)) + 3  # and the run's summary
     record = the_record(project)
     assert (record["status"], record["metrics"]["loss"]) == ("succeeded", 0.5)
+
+
+SECRET_OUTPUT = """\
+import os, sys
+import nixrepro
+nixrepro.log({"loss": 0.5}, step=0)
+print("token", os.environ["WANDB_API_KEY"], os.environ["HF_TOKEN"], sys.argv[1:])
+print("https://carol:PrintedPw_77aa@git.example/r", file=sys.stderr)
+print("done")
+"""
+
+
+def test_no_secret_reaches_the_mlflow_store_or_its_artifacts(
+    project: Project, mlflow_store: Path,
+) -> None:
+    """What test_faults_secrets checks of W&B's files, for MLflow's: the sqlite store (params,
+    tags, the run's name and source) and the artifacts (the record, the logs)."""
+    secrets = {"WANDB_API_KEY": "wbKey_0123456789abcdef", "HF_TOKEN": "EnvTok3n_aa11bb22"}
+    configure(project, both(mlflow_store).split("\n\n")[0] + "\n", SECRET_OUTPUT)
+    result = project.nixrepro(
+        "run", "--flake", ".#env", "--name", "sweep EnvTok3n_aa11bb22", "--tag",
+        "https://t:TagUrlPw_mm33@h/x", "-p", "api_key=ParamSecret_cc33", "-p",
+        "db=postgres://u:ParamUrlPw_dd44@h/db", "--", sys.executable, "exp.py",
+        "--token=FlagEqSecret_ee55", "https://bob:UrlPassword_hh88@git.example/x",
+        env=mlflow_env(**secrets))
+    assert result.returncode == 0, result.stderr
+    record = the_record(project)
+    artifacts = project.root / record["trackers"]["mlflow"]["dir"]
+    assert (artifacts / "stdout.log").is_file()
+    written = [mlflow_store, *(p for p in artifacts.rglob("*") if p.is_file())]
+    assert record["id"].encode() in mlflow_store.read_bytes()  # the run's tags are in the file
+    for secret in (*secrets.values(), "TagUrlPw_mm33", "ParamSecret_cc33", "ParamUrlPw_dd44",
+                   "FlagEqSecret_ee55", "UrlPassword_hh88", "PrintedPw_77aa"):
+        assert not [p for p in written if secret.encode() in p.read_bytes()], secret
+        assert secret not in "\n".join(line for line in result.stderr.splitlines()
+                                       if line.startswith("nixrepro:"))
