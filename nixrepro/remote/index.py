@@ -14,6 +14,7 @@ without the record): a run is verified when it is pulled.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -107,7 +108,11 @@ class ListingIndex:
         """Compact when :data:`COMPACT_AT` loose entries have gathered (after a push)."""
         loose = self._loose()
         if len(loose) >= COMPACT_AT:
-            self.compact(loose)
+            # Another machine's compaction may fold away a page this one is comparing or reading:
+            # the run is pushed and listed either way, and that compaction goes on (nothing is
+            # deleted before the pages holding it are written).
+            with contextlib.suppress(NoSuchKey, _Changed):
+                self.compact(loose)
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """Every listed run's entry, by id."""
