@@ -439,7 +439,7 @@ def _run_and_record(
             store.save(record)
         if not stops.received:
             with MetricsTail(run_dir, sinks):
-                outcome = _start(prepared, env, run_dir, stdout, stderr)
+                outcome = _start(prepared, env, run_dir, stdout, stderr, stops.received)
         pin.result()
     except KeyboardInterrupt:
         status = "interrupted"
@@ -489,7 +489,7 @@ def _pin(prepared: Prepared, run_dir: Path, stderr: BinaryIO | None) -> None:
 
 def _start(
     prepared: Prepared, env: dict[str, str], run_dir: Path,
-    stdout: BinaryIO | None, stderr: BinaryIO | None,
+    stdout: BinaryIO | None, stderr: BinaryIO | None, noted: list[int],
 ) -> Outcome:
     try:
         return supervise(
@@ -501,6 +501,7 @@ def _start(
             redactor=prepared.redactor,
             stdout=stdout,
             stderr=stderr,
+            noted=noted,
         )
     except OSError as exc:  # the command could not be started: recorded as a shell would say
         program = prepared.request.argv[0]

@@ -74,8 +74,13 @@ def supervise(
     redactor: Redactor,
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
+    noted: Sequence[int] = (),
 ) -> Outcome:
-    """Run ``argv`` to completion; raises FileNotFoundError/PermissionError if it cannot start."""
+    """Run ``argv`` to completion; raises FileNotFoundError/PermissionError if it cannot start.
+
+    ``noted``: the signals nixrepro noted (StopSignals.received, a live list) up to the moment
+    forwarding starts; one that came while the child was being started is forwarded to it then.
+    """
     term_out = stdout if stdout is not None else sys.stdout.buffer
     term_err = stderr if stderr is not None else sys.stderr.buffer
     started = time.monotonic()
@@ -106,7 +111,7 @@ def supervise(
             _tee(child.stderr, term_err, redactor.writer(err_log),
                  lambda exc: log_failed(stderr_log, exc)),
         ]
-        with _foreground(child.pid), _forwarding(child.pid, received):
+        with _foreground(child.pid), _forwarding(child.pid, received, noted):
             returncode = child.wait()
         drain_until = time.monotonic() + DRAIN_TIMEOUT_S  # one budget for both streams
         for tee in tees:
@@ -226,8 +231,9 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def _forwarding(pid: int, received: list[int]) -> Iterator[None]:
-    """Forward SIGINT/SIGTERM/SIGHUP to the child's process group while it runs."""
+def _forwarding(pid: int, received: list[int], noted: Sequence[int] = ()) -> Iterator[None]:
+    """Forward SIGINT/SIGTERM/SIGHUP to the child's process group while it runs, and the first
+    signal of ``noted`` if one came before this handler was installed (while the child started)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -239,6 +245,8 @@ def _forwarding(pid: int, received: list[int]) -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
+        if noted and not received:  # checked after the handler is in place: none falls between
+            forward(noted[0], None)
         yield
     finally:
         for sig, handler in previous.items():

@@ -347,6 +347,30 @@ def test_an_unhandled_sigterm_marks_the_run_interrupted(project: Project) -> Non
     assert proc.returncode == 128 + signal.SIGTERM
 
 
+def test_a_signal_while_the_command_starts_reaches_the_command(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM delivered after nixrepro checked for signals and before it forwards them (the
+    child being started) still stops the command: it is not left to run to its end."""
+    from nixrepro import runner, supervise
+    from nixrepro.runner import RunRequest
+
+    real_popen = subprocess.Popen
+
+    def popen_after_a_signal(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        if args and args[0] == ["sleep", "30"]:  # the command, not git or nix before it
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by nixrepro's handler, not forwarded yet
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(supervise.subprocess, "Popen", popen_after_a_signal)
+    started = time.monotonic()
+    with pytest.raises(supervise.Interrupted):
+        runner.run(RunRequest(argv=["sleep", "30"], cwd=project.root, flake=".#env"))
+    assert time.monotonic() - started < 20, "the command ran to its end"
+    record = only_record(project)
+    assert (record["status"], record["signal"], record["exit_code"]) == ("interrupted", "SIGTERM", None)
+
+
 def test_a_killed_recorder_shows_as_crashed_and_keeps_metrics(project: Project) -> None:
     script = "import nixrepro, time\nnixrepro.log({'loss': 0.5}, step=1)\ntime.sleep(30)\n"
     proc = subprocess.Popen(
