@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import pytest
 
 from nixrepro import datalog, determinism, metrics, rundir, runstore
 from nixrepro.archive import ARCHIVES_FILE
+from nixrepro.cli import COMMANDS as cli_commands
 from nixrepro.cli import cli
 from nixrepro.record import RunRecord
 
@@ -99,7 +102,12 @@ def test_every_file_of_a_run_directory_is_documented_in_record_md(name: str) -> 
 
 
 def _commands(group: click.Group, prefix: str = "nixrepro") -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
+    """Every command as `nixrepro --help` lists it: through the group's own API, which imports
+    each command's module (nixrepro.cli loads them lazily)."""
+    ctx = click.Context(group, info_name=prefix)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, f"`{prefix} {name}` is listed, and its module does not define it"
         path = f"{prefix} {name}"
         yield path, command
         if isinstance(command, click.Group):
@@ -112,6 +120,21 @@ COMMANDS = list(_commands(cli))
 def test_the_command_list_is_read_from_the_cli_itself() -> None:
     names = {path for path, _ in COMMANDS}
     assert {"nixrepro run", "nixrepro diff", "nixrepro data put"} <= names
+
+
+def test_every_registered_command_is_in_the_lazy_map() -> None:
+    """A command a module registers without its line in nixrepro.cli.COMMANDS would be missing
+    from `nixrepro --help` and unknown to `nixrepro NAME` until another command imported its module."""
+    # every module is imported by now (COMMANDS above): what they registered is all there is
+    assert set(cli.commands) == set(cli_commands), (
+        f"add {sorted(set(cli.commands) - set(cli_commands))} to nixrepro.cli.COMMANDS")
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    code = ("import sys; from nixrepro.cli import cli; cli.get_command(None, 'run'); "
+            "print(sorted(m for m in sys.modules if m.startswith('nixrepro.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "['nixrepro.cli.run']\n"
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
