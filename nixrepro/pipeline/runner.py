@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
+from ..closure import cached_closure
 from ..codec import canonical_sha256
 from ..config import Config, DataConfig
 from ..errors import ConfigError, NixreproError, RefusedError
@@ -123,7 +124,10 @@ class PipelineRunner:
             if env_path not in self._closures:
                 if self._nix_version is None:  # once: it chooses path-info's --json-format
                     self._nix_version = self.nix.version()
-                self._closures[env_path] = self.nix.closure(env_path, self._nix_version).hash
+                version = self._nix_version
+                # the closure cache nixrepro run keeps: nix is asked once per environment
+                self._closures[env_path] = cached_closure(
+                    env_path, version, lambda: self.nix.closure(env_path, version)).hash
             return self._closures[env_path]
 
     def key_parts(
