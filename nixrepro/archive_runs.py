@@ -27,10 +27,10 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .codec import frozen
 from .errors import ArchiveError, RecordError, RunNotFoundError, UsageError
 from .fsutil import atomic_write
 from .record import RunRecord
@@ -52,7 +52,7 @@ FRONT_LOCK = ".nixrepro-front.lock"  # held while public-keys.txt and the README
 _PUBLIC_KEY = re.compile(r"[^\s:]+:[A-Za-z0-9+/]{43}=")  # name:base64 of 32 bytes, as nix writes one
 
 
-@dataclass(frozen=True)
+@frozen
 class ArchivedRun:
     """A run found in an archive, its record proven (record_sha256, signature where signed)."""
 

@@ -22,10 +22,10 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .codec import frozen
 from .errors import RefusedError, UsageError
 from .lock import FlakeLock, LockedInput
 from .record import BuildFacts, EvaluatedInput
@@ -34,7 +34,7 @@ SCHEMA = "nixrepro.facts/1"
 Origin = Literal["checkout", "flake"]
 
 
-@dataclass(frozen=True)
+@frozen
 class FactsFile:
     """The facts, and the flake.lock the build was evaluated with (None: the flake has none)."""
 

@@ -6,10 +6,10 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import proc
+from .codec import frozen
 from .errors import GitCommandError, RefusedError
 from .redact import strip_credentials
 
@@ -20,7 +20,7 @@ STORE_DIR = ".nixrepro"
 _HINT = "install git (Debian: `apt-get install git`)"
 
 
-@dataclass(frozen=True)
+@frozen
 class FileStatus:
     """One line of ``git status``: a two-letter code (``??`` untracked, `` M`` modified...)."""
 
@@ -31,7 +31,7 @@ class FileStatus:
         return f"{self.code.strip() or '?'} {self.path}"
 
 
-@dataclass(frozen=True)
+@frozen
 class Snapshot:
     """The state of the work tree that a run depends on."""
 
@@ -40,7 +40,7 @@ class Snapshot:
     changes: list[FileStatus]
 
 
-@dataclass(frozen=True)
+@frozen
 class GitRepo:
     root: Path
 

@@ -15,16 +15,17 @@ import os
 import platform
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
 from . import proc
+from .codec import frozen
 
 GPU_QUERY = "name,uuid,memory.total,compute_cap,driver_version"
 
 
-@dataclass(frozen=True)
+@frozen
 class Gpu:
     name: str
     uuid: str
@@ -32,7 +33,7 @@ class Gpu:
     compute_capability: str | None
 
 
-@dataclass(frozen=True)
+@frozen
 class SlurmJob:
     """The Slurm job a run ran in: an array job's tasks share ``array_job_id`` and differ in
     ``array_task_id`` (each task also has a ``job_id`` of its own)."""
@@ -44,7 +45,7 @@ class SlurmJob:
     partition: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class KubernetesPod:
     """The pod a run ran in. ``pod`` is the downward API's POD_NAME, or else HOSTNAME (a pod's host
     name is its name); an Indexed Job's pods differ in ``completion_index``."""
@@ -73,7 +74,7 @@ KUBERNETES_VARIABLES: dict[str, tuple[str, ...]] = {
 MAX_VALUE = 256  # a scheduler fact longer than this is cut: a record is not a place for a blob
 
 
-@dataclass(frozen=True)
+@frozen
 class HostInfo:
     os: str
     kernel: str

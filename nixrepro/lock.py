@@ -22,11 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from .codec import frozen
 from .errors import LockError
 from .redact import scrub_url
 
@@ -42,7 +42,7 @@ _STRING_ATTRS = frozenset({"type", "rev", "narHash", "url", "owner", "repo", "re
 _MAX_FOLLOWS = 200
 
 
-@dataclass(frozen=True)
+@frozen
 class LockedInput:
     """One locked flake input, as recorded in ``environment.inputs.<name>``."""
 
@@ -71,7 +71,7 @@ class LockedInput:
         return self.locked is not False and not self.local
 
 
-@dataclass(frozen=True)
+@frozen
 class FlakeLock:
     sha256: str
     version: int

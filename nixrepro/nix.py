@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +23,7 @@ from .closure import (
     nix32_encode,
     parse_path_info,
 )
+from .codec import frozen
 from .errors import NixCommandError, PathInfoParseError, RefusedError
 from .fsutil import atomic_write
 
@@ -31,7 +31,7 @@ NIX_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 _INSTALL_HINT = "install Nix (Debian: `apt-get install nix-bin`) or put it on PATH"
 
 
-@dataclass(frozen=True)
+@frozen
 class FlakeRef:
     """An installable as nix reads it, ``SOURCE#ATTR``: the flake and the output in it.
 
@@ -74,7 +74,7 @@ def _version_cache() -> Path:
     return Path(base) / "nixrepro" / "nix-version.json"
 
 
-@dataclass(frozen=True)
+@frozen
 class Nix:
     """A handle on the ``nix`` CLI. ``env`` overrides the process environment (tests, NIX_CONFIG)."""
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
+from .codec import frozen
 from .errors import SigningError
 
 PREFIX = "nixrepro.run/1;"
 Verdict = Literal["good", "bad", "unknown"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Checked:
     verdict: Verdict  # good: signed by a trusted key; bad: it does not verify; unknown: no such key
     key_name: str
