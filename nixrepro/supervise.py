@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
 
+from .codec import frozen
 from .redact import Redactor
 
 T = TypeVar("T")
@@ -33,9 +33,15 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 # How long to keep reading output after the child exits (a daemonised grandchild may hold it open).
 DRAIN_TIMEOUT_S = 5.0
+# The child in a process group of its own: Python 3.11's process_group calls setpgid(0, 0) in the
+# child, as os.setpgrp does, without a preexec_fn, which makes subprocess fork the whole process
+# instead of vfork (~3.8 ms instead of ~1.1 ms to start a command, measured with a run's modules
+# imported).
+_OWN_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     exit_code: int | None  # None when killed by a signal
     signal: str | None  # "SIGTERM" ...
@@ -93,7 +99,7 @@ def supervise(
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=os.setpgrp,
+            **_OWN_GROUP,
         )
         assert child.stdout is not None and child.stderr is not None
 
