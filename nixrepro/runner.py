@@ -131,10 +131,12 @@ def _typed(raw: str) -> Scalar:
     return raw
 
 
-def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
+def prepare(request: RunRequest, config: Config, nix: Nix, *, repo: GitRepo | None = None) -> Prepared:
     """All refusals happen here, before anything is recorded.
 
     The git, nix and nvidia-smi calls are independent and overlap (see bench/run_overhead.py).
+    ``repo``: the repository around ``request.cwd``, where the caller has found it already (the
+    CLI, to read the config): git is not asked for it again.
     """
     if not request.argv:
         raise UsageError("no command given; put it after --, e.g. nixrepro run -- python train.py.")
@@ -148,15 +150,16 @@ def prepare(request: RunRequest, config: Config, nix: Nix) -> Prepared:
         from .datastore import flags
 
         flags.check_flags(request.inputs, request.outputs)
-    repo = GitRepo.discover(request.cwd)
+    repo = repo or GitRepo.discover(request.cwd)
     store = RunStore.for_repo(repo.root)
+    # the three git calls start together: the slowest one, not a chain, is what the run waits for
+    flake_dir = project_flake_dir(repo, request, config)
+    lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
+    tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     snapshot = Background(repo.snapshot)
     remote = Background(repo.remote_url)
     version = Background(nix.version)  # a cached answer (nix.py): ready at once but the first time
     host_info = Background(host.collect)
-    flake_dir = project_flake_dir(repo, request, config)
-    lock_rel = repo.relative(flake_dir / "flake.lock") if flake_dir else None
-    tracked = Background(repo.is_tracked, lock_rel) if lock_rel else None
     env_path = _normal_store_path(request.env_path) if request.env_path else ""
     # nix 2.33+ wants --json-format, chosen from the version (cached: no wait but the first time)
     closure = Background(_closure, nix, env_path, version) if env_path else None
@@ -545,11 +548,15 @@ def run(
     config: Config | None = None,
     nix: Nix | None = None,
     observers: Sequence[RunObserver] = (),
+    *,
+    repo: GitRepo | None = None,
 ) -> RunRecord:
-    """Check, run and record ``request``; the library entry point behind ``nixrepro run``."""
+    """Check, run and record ``request``; the library entry point behind ``nixrepro run``.
+    ``repo``: the repository around ``request.cwd``, if the caller has found it (see prepare)."""
     from . import config as config_module
 
     nix = nix or Nix()
     if config is None:
-        config = config_module.load(GitRepo.discover(request.cwd).root)
-    return execute(prepare(request, config, nix), observers=observers)
+        repo = repo or GitRepo.discover(request.cwd)
+        config = config_module.load(repo.root)
+    return execute(prepare(request, config, nix, repo=repo), observers=observers)

@@ -63,7 +63,8 @@ def run(
     from ..trackers import from_config
 
     cwd = Path.cwd()
-    root = GitRepo.discover(cwd).root
+    repo = GitRepo.discover(cwd)  # found once: the runner is handed it
+    root = repo.root
     config = config_module.load(root)
     # The trackers first: each starts importing its library now, overlapping all that follows.
     trackers = from_config(config, root, root / STORE_DIR) if repeat is None else []
@@ -78,7 +79,7 @@ def run(
         outputs=list(outputs), facts=facts_file,
     )
     if repeat is None:
-        record = run_request(request, config, nix=nix_cli(), observers=trackers)
+        record = run_request(request, config, nix=nix_cli(), observers=trackers, repo=repo)
         _report(record)
     else:
         from ..repeats import run_repeated  # with the statistics: not on the single run's path
