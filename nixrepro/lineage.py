@@ -12,14 +12,15 @@ run daily for years) is as deep as the tree gets, and Python's recursion limit i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
 from .datastore import DataRef
 from .errors import UsageError
-from .record import DataVersion, RunRecord
+from .record import DataRecord, DataVersion, RunRecord
 
 SCHEMA = "nixrepro.lineage/1"
 
@@ -35,17 +36,36 @@ class LineageNode:
 
 
 class Lineage:
-    """An index of the run store: (uri, version id) -> the run that wrote it."""
+    """An index of the run store: (uri, version id) -> the run that wrote it.
 
-    def __init__(self, records: Iterable[RunRecord]) -> None:
+    Made from each run's data alone (``RunStore.values("data")``: the listing index parses that
+    field only); the few runs a tree shows are read when it is built (``load``).
+    """
+
+    def __init__(self, data: Iterable[tuple[str, str, DataRecord]],
+                 load: Callable[[str], RunRecord]) -> None:
         # Oldest first, so the latest producer of a URI wins in `by_uri`.
-        self.records = sorted(records, key=lambda r: (r.started_at, r.id))
-        self.by_version: dict[tuple[str, str | None], tuple[RunRecord, DataVersion]] = {}
-        self.by_uri: dict[str, tuple[RunRecord, DataVersion]] = {}
-        for record in self.records:
-            for output in record.data.outputs:
-                self.by_version[(output.uri, output.version_id)] = (record, output)
-                self.by_uri[output.uri] = (record, output)
+        self.data = sorted(data, key=operator.itemgetter(0, 1))
+        self.load = load
+        self.loaded: dict[str, RunRecord] = {}
+        self.by_version: dict[tuple[str, str | None], tuple[str, DataVersion]] = {}
+        self.by_uri: dict[str, tuple[str, DataVersion]] = {}
+        for _, run_id, data_record in self.data:
+            for output in data_record.outputs:
+                self.by_version[(output.uri, output.version_id)] = (run_id, output)
+                self.by_uri[output.uri] = (run_id, output)
+
+    @classmethod
+    def of_records(cls, records: Iterable[RunRecord]) -> Lineage:
+        """The index of runs already in memory (the web view's summaries)."""
+        by_id = {record.id: record for record in records}
+        return cls([(r.started_at, r.id, r.data) for r in by_id.values()], by_id.__getitem__)
+
+    def _run(self, run_id: str) -> RunRecord:
+        found = self.loaded.get(run_id)
+        if found is None:
+            found = self.loaded[run_id] = self.load(run_id)
+        return found
 
     def trace(self, ref: DataRef) -> LineageNode:
         """The lineage tree of ``ref``; an unknown version is a usage error naming the remedy."""
@@ -54,17 +74,18 @@ class Lineage:
         else:
             found = self.by_version.get((ref.uri, ref.version_id))
         if found is None:
-            readers = [r for r in self.records if any(self._same(i, ref) for i in r.data.inputs)]
+            readers = [data for _, _, data in self.data
+                       if any(self._same(i, ref) for i in data.inputs)]
             if readers:  # read by recorded runs but produced outside them: an external source
-                version = next(i for i in readers[-1].data.inputs if self._same(i, ref))
+                version = next(i for i in readers[-1].inputs if self._same(i, ref))
                 return LineageNode(version, None)
             raise UsageError(
                 f"no recorded run wrote or read {ref}; `nixrepro data versions {ref.uri}` lists "
                 "its versions."
             )
-        run, version = found
+        run_id, version = found
         top: list[LineageNode] = []
-        self._grow([(version, run, top)], seen=set())
+        self._grow([(version, self._run(run_id), top)], seen=set())
         return top[0]
 
     def _grow(self, todo: list[tuple[DataVersion, RunRecord | None, list[LineageNode]]],
@@ -89,7 +110,7 @@ class Lineage:
 
     def _producer(self, item: DataVersion) -> RunRecord | None:
         found = self.by_version.get((item.uri, item.version_id))
-        return found[0] if found else None
+        return self._run(found[0]) if found else None
 
     def trace_run(self, run: RunRecord) -> list[LineageNode]:
         """The lineage of each input ``run`` read (for ``nixrepro lineage RUN``)."""

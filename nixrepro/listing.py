@@ -1,9 +1,11 @@
 """The run store's listing index: every run's summary in one file, so that listing 10,000 runs
 reads one file and stats 10,000 records, instead of reading and hashing 10,000 summary.json.
 
-    .nixrepro/summaries.json    the compacted index, three lines: a header {"schema", "layout",
-                                "sha256"} (of the other two lines), the order (each run's id, the
-                                stat key of its record.json and its start time) and the rows
+    .nixrepro/summaries.json    the compacted index, lines of JSON: a header {"schema", "layout",
+                                "sha256"} (of the lines after it); the order (each run's id, the
+                                stat key of its record.json and its start time); the names of
+                                the row's fields; each row's refs into the shared objects; the
+                                shared objects, a line per field; then a line per run
     .nixrepro/summaries.jsonl   rows added since, one line each: "<sha256 of the row> <row>"
 
 A row is a run's summary (the record without its closure, what summary.json holds) with the
@@ -18,12 +20,13 @@ checking the record's own hashes as before, and a new row is appended. So every 
 a summary tied to a record whose hashes held, and the index shows what ``verify`` would: it is a
 cache, and deleting it costs one slower listing.
 
-The order line alone answers ``@latest`` (the rows are parsed only by a listing that needs them).
-In the rows, what repeats across runs (the host, the environment, the code, the data...) is stored
-once, and the environment variables as the changes from the values most runs had. The rows were
-checked by the codec when they were made and are built as they are (nixrepro.codec.trusted) while
-the checksum holds; ``layout`` is a hash of the record types' fields: an index made by a nixrepro
-with other fields is not read.
+The order line alone answers ``@latest``; one field of every run (the pipeline's stages, the
+data lineage reads) parses only that field's refs and objects; one run, only its line; a listing
+of every run, all of it. In the rows, what repeats across runs (the host, the environment, the
+code, the data...) is stored once, and the environment variables as the changes from the values
+most runs had. The rows were checked by the codec when they were made and are built as they are
+(nixrepro.codec.trusted) while the checksum holds; ``layout`` is a hash of the record types'
+fields: an index made by a nixrepro with other fields is not read.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from .record import RecordError, RunRecord, read_head
 INDEX_FILE = "summaries.json"
 JOURNAL_FILE = "summaries.jsonl"
 LOCK_FILE = "summaries.lock"
-SCHEMA = "nixrepro.summaries/2"
+SCHEMA = "nixrepro.summaries/3"
 # A compaction rewrites the whole index: done when the journal holds more than this many rows or
 # a 64th of the index, so that it costs about as much again as the listings it saves.
 COMPACT_AT = 64
@@ -107,7 +110,11 @@ _WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 class Listing:
-    """The index of one run store, read once per process and re-validated at each listing."""
+    """The index of one run store, read once per process and re-validated at each listing.
+
+    Only what a listing asks for is parsed: the order line always; the shared objects of one field
+    (:meth:`value`); the line of one run (:meth:`record`); all of it for a listing of every run.
+    """
 
     _open: typing.ClassVar[dict[Path, Listing]] = {}
     _guard = threading.Lock()
@@ -120,8 +127,13 @@ class Listing:
     def _clear(self) -> None:
         # run id -> (stat key, start time, racy hashes or None): the order line and the journal
         self.order: dict[str, tuple[StatKey, str, tuple[str, str] | None]] = {}
-        self.records: dict[str, RunRecord] = {}  # built rows, by run id
-        self.body: bytes | None = None  # the compacted rows, parsed when a listing needs them
+        self.records: dict[str, RunRecord] = {}  # built rows and the journal's, by run id
+        self.position: dict[str, int] = {}  # run id -> its row in the compacted index
+        self.body: bytes | None = None  # the compacted index, split into lines on first use
+        self.lines: list[bytes] = []  # the body's lines: see _compact for what each holds
+        self.meta: dict[str, Any] | None = None
+        self.refs: list[list[int]] | None = None  # each row's index into each shared field
+        self.objects: dict[str, list[Any]] = {}  # a shared field's objects, built
         self.compacted = 0  # rows in the compacted index
         self.journal = 0  # rows in the journal
         self.loaded: tuple[int, ...] | None = None  # the index files' stat when read
@@ -150,16 +162,19 @@ class Listing:
 
     def _read_order(self) -> None:
         raw = (self.root / INDEX_FILE).read_bytes()
-        head, _, rest = raw.partition(b"\n")
-        header = json.loads(head)
+        head_end = raw.index(b"\n")  # offsets, not slices: the index is 10 MB at 10,000 runs
+        header = json.loads(raw[:head_end])
         if header.get("schema") != SCHEMA or header.get("layout") != layout() or \
-                header.get("sha256") != hashlib.sha256(rest).hexdigest():
+                header.get("sha256") != hashlib.sha256(memoryview(raw)[head_end + 1:]).hexdigest():
             return  # another nixrepro's, or edited: rebuilt from the records
-        order_line, _, self.body = rest.partition(b"\n")
-        order = json.loads(order_line)
+        order_end = raw.index(b"\n", head_end + 1)
+        order = json.loads(raw[head_end + 1:order_end])
+        self.body = raw
         racy = order["racy"]
+        runs = order["runs"]
         self.order = {run_id: ((size, mtime, ctime), started, _pair(racy.get(run_id)))
-                      for run_id, size, mtime, ctime, started in order["runs"]}
+                      for run_id, size, mtime, ctime, started in runs}
+        self.position = {entry[0]: at for at, entry in enumerate(runs)}
         self.compacted = len(self.order)
 
     def _read_journal(self) -> None:
@@ -182,35 +197,110 @@ class Listing:
             racy = (record.record_sha256, record.summary_sha256) if row["racy"] else None
             self.order[row["id"]] = ((size, mtime, ctime), record.started_at, racy)
             self.records[row["id"]] = record
+            self.position.pop(row["id"], None)  # the journal's row is the newer one
             self.journal += 1
 
-    def _rows(self) -> None:
-        """Build the compacted rows (the first time a listing needs more than the order)."""
-        body, self.body = self.body, None
-        if body is None:
+    def _open_body(self) -> dict[str, Any]:
+        """The body's lines and its meta line (the first time a listing needs more than the
+        order); a body that does not parse is dropped, and its runs are read from their records."""
+        if self.meta is None:
+            if self.body is not None:
+                try:
+                    self.lines = self.body.split(b"\n")[2:]  # after the header and the order
+                    self.meta = json.loads(self.lines[0])
+                except ValueError:
+                    self.position.clear()
+                self.body = None
+            if self.meta is None:
+                self.meta = {"shared": [], "names": [], "env": []}
+        return self.meta
+
+    def _shared(self, name: str) -> list[Any]:
+        """The built objects of shared field ``name`` (every row's refs too), parsed once. Raises
+        LookupError if the body does not hold what its checksum promised (a bug, never a user's
+        edit): the listing then reads the runs from their records."""
+        if name not in self.objects:
+            try:
+                meta = self._open_body()
+                at = meta["shared"].index(name)
+                with codec.no_gc():
+                    if self.refs is None:
+                        self.refs = json.loads(self.lines[1])
+                    hint = _hints()[name]
+                    self.objects[name] = [codec.trusted(hint, value)
+                                          for value in json.loads(self.lines[2 + at])]
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                self.position.clear()
+                raise LookupError("the listing index's shared objects do not parse") from None
+        return self.objects[name]
+
+    def values(self, run_ids: list[str], name: str) -> list[Any]:
+        """Field ``name`` of each run's current row (a shared field: nothing else is parsed).
+        Raises LookupError if the index has no row of one of them."""
+        if name not in shared():
+            self.build_all(run_ids)
+            return [getattr(self.records[run_id], name) for run_id in run_ids]
+        records, position = self.records, self.position
+        objects: list[Any] | None = None
+        refs: list[list[int]] = []
+        at = 0
+        found = []
+        for run_id in run_ids:
+            record = records.get(run_id)
+            if record is not None:
+                found.append(getattr(record, name))
+                continue
+            if objects is None:
+                objects = self._shared(name)
+                refs, at = self.refs or [], self._open_body()["shared"].index(name)
+            found.append(objects[refs[position[run_id]][at]])
+        return found
+
+    def record(self, run_id: str) -> RunRecord:
+        """The run's current row, built (once). Raises LookupError if the index has none."""
+        record = self.records.get(run_id)
+        if record is None:
+            self._build([run_id])
+            record = self.records[run_id]
+        return record
+
+    def build_all(self, run_ids: list[str]) -> None:
+        """Build the rows of every run of ``run_ids`` the index holds and has not built."""
+        self._build([run_id for run_id in run_ids
+                     if run_id not in self.records and run_id in self.position])
+
+    def _build(self, run_ids: list[str]) -> None:
+        if not run_ids:
             return
-        with contextlib.suppress(ValueError, KeyError, TypeError, IndexError, AttributeError), \
-                codec.no_gc():
-            doc = json.loads(body)
-            objects = {name: [codec.trusted(_hints()[name], value) for value in values]
-                       for name, values in doc["shared"].items()}
-            bases = doc["env"]
-            names = doc["names"]
-            new = object.__new__
-            for row in doc["runs"]:
-                values = dict(zip(names, row, strict=True))
-                if values["id"] in self.records:
-                    continue  # the journal's newer row
-                for name in shared():
-                    values[name] = objects[name][values[name]]
-                base, changed, removed = values["env_vars"]
-                env = {**bases[base], **changed}
-                for name in removed:
-                    del env[name]
-                values["env_vars"] = env
-                record: Any = new(RunRecord)
-                record.__dict__.update(values)
-                self.records[record.id] = record
+        try:
+            meta = self._open_body()
+            names, shared_names, bases = meta["names"], meta["shared"], meta["env"]
+            objects = [self._shared(name) for name in shared_names]
+            refs = self.refs
+            lines, position, first = self.lines, self.position, 2 + len(shared_names)
+            with codec.no_gc():
+                rows = json.loads(b"[" + b",".join(
+                    lines[first + position[run_id]] for run_id in run_ids) + b"]")
+                new = object.__new__
+                for run_id, row in zip(run_ids, rows, strict=True):
+                    values = dict(zip(names, row, strict=True))
+                    if refs is not None:
+                        for name, found, ref in zip(shared_names, objects, refs[position[run_id]],
+                                                    strict=True):
+                            values[name] = found[ref]
+                    base, changed, removed = values["env_vars"]
+                    env = {**bases[base], **changed}
+                    for name in removed:
+                        del env[name]
+                    values["env_vars"] = env
+                    record: Any = new(RunRecord)
+                    record.__dict__.update(values)
+                    self.records[run_id] = record
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            # a body that does not hold what its checksum promised (a bug, never a user's edit):
+            # its runs are read from their records
+            self.position.clear()
+            raise LookupError("the listing index's rows do not parse") from None
 
     def _current(self, run_id: str, key: StatKey, record_path: str) -> bool:
         """Whether the index holds a row of the run made from the record.json of this stat key.
@@ -228,15 +318,13 @@ class Listing:
                 self.order[run_id] = (key, entry[1], None)
         return True
 
-    def scan(self, runs: str, names: list[str], record_file: str, records: bool) -> tuple[
-            list[tuple[str, str, RunRecord | None]], list[tuple[str, StatKey]], dict[str, StatKey]]:
-        """Stat each run's record.json (before it is read) and look it up: (start time, run id,
-        summary or None) of the runs the index holds current rows of, (run id, stat key) of the
-        others, and every run's stat key. One loop with its names local: it runs 10,000 times."""
-        if records:
-            self._rows()
-        order, built, stat_of, regular = self.order, self.records, os.stat, stat.S_ISREG
-        found: list[tuple[str, str, RunRecord | None]] = []
+    def scan(self, runs: str, names: list[str], record_file: str) -> tuple[
+            list[tuple[str, str]], list[tuple[str, StatKey]], dict[str, StatKey]]:
+        """Stat each run's record.json (before it is read) and look it up: (start time, run id)
+        of the runs the index holds current rows of, (run id, stat key) of the others, and every
+        run's stat key. One loop with its names local: it runs 10,000 times."""
+        order, stat_of, regular = self.order, os.stat, stat.S_ISREG
+        found: list[tuple[str, str]] = []
         missing: list[tuple[str, StatKey]] = []
         listed: dict[str, StatKey] = {}
         for run_id in names:
@@ -252,13 +340,8 @@ class Listing:
             entry = order.get(run_id)
             if entry is not None and entry[0] == key and (entry[2] is None or
                                                           self._current(run_id, key, path)):
-                if not records:
-                    found.append((entry[1], run_id, None))
-                    continue
-                record = built.get(run_id)
-                if record is not None:
-                    found.append((entry[1], run_id, record))
-                    continue
+                found.append((entry[1], run_id))
+                continue
             missing.append((run_id, key))
         return found, missing, listed
 
@@ -297,28 +380,36 @@ class Listing:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return
-            self._rows()
+            with contextlib.suppress(LookupError):
+                self.build_all(list(listed))
             kept = [(run_id, key) for run_id, key in listed.items()
                     if run_id in self.records and self.order.get(run_id, (None,))[0] == key]
             encoded = [codec.encode(self.records[run_id]) for run_id, _ in kept]
             bases, envs = _environments([values["env_vars"] for values in encoded])
-            seen: dict[str, dict[str, int]] = {name: {} for name in shared()}
-            docs: dict[str, list[Any]] = {name: [] for name in shared()}
-            rows = []
+            names = shared()
+            seen: dict[str, dict[str, int]] = {name: {} for name in names}
+            docs: dict[str, list[Any]] = {name: [] for name in names}
+            refs, rows = [], []
+            own = [name for name in NAMES if name not in names]
             for values, env in zip(encoded, envs, strict=True):
-                for name in shared():
-                    values[name] = _intern(values[name], seen[name], docs[name])
+                refs.append([_intern(values[name], seen[name], docs[name]) for name in names])
                 values["env_vars"] = env
-                rows.append([values[name] for name in NAMES])
+                rows.append(_compact_json([values[name] for name in own]))
             order = {"runs": [[run_id, *key, self.order[run_id][1]] for run_id, key in kept],
                      "racy": {run_id: self.order[run_id][2] for run_id, _ in kept
                               if self.order[run_id][2] is not None}}
-            rest = (_compact_json(order) + b"\n"
-                    + _compact_json({"names": NAMES, "shared": docs, "env": bases, "runs": rows}))
+            rest = b"\n".join([
+                _compact_json(order),
+                _compact_json({"names": own, "shared": names, "env": bases}),
+                _compact_json(refs),
+                *(_compact_json(docs[name]) for name in names),
+                *rows,
+            ])
             header = json.dumps({"schema": SCHEMA, "layout": layout(),
                                  "sha256": hashlib.sha256(rest).hexdigest()})
             atomic_write(self.root / INDEX_FILE, header.encode() + b"\n" + rest)
             atomic_write(self.root / JOURNAL_FILE, b"")
+            self.position.clear()  # every row kept is built: the old body is not read again
             self.compacted, self.journal = len(kept), 0
 
 

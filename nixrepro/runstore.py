@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import operator
 import os
 import re
 import secrets
@@ -68,6 +69,8 @@ from .record import (
 
 RECORD_FILE = "record.json"
 SUMMARY_FILE = "summary.json"
+EVERY_FIELD = "*"  # RunStore._listed: the whole summary
+_SUMMARY_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord))
 # The record's signature: beside the record, never in it, so that signing a record that ended
 # unsigned (`nixrepro archive`) leaves its bytes as they were. {"record_sha256", "signature"}.
 SIGNATURE_FILE = "record.sig"
@@ -324,12 +327,19 @@ class RunStore:
         hashes is left out with one warning naming it (once per process): one bad record never
         breaks the listing.
         """
-        return _newest_first([record for _, _, record in self._listed(records=True)
-                              if record is not None])
+        return _newest_first([record for _, _, record in self._listed(EVERY_FIELD)])
 
-    def _listed(self, records: bool) -> list[tuple[str, str, RunRecord | None]]:
-        """(start time, run id, summary) of every run that lists; the summary only if
-        ``records`` (the index's order line alone answers @latest)."""
+    def values(self, name: str) -> list[tuple[str, str, Any]]:
+        """(start time, run id, the summary's field ``name``) of every run, newest first: what
+        :meth:`summaries` would give, for a listing that needs one field of each run (lineage its
+        data, the pipeline its stages). The index parses only that field for the runs it holds."""
+        if name not in _SUMMARY_FIELDS:
+            raise ValueError(f"a run record has no field {name!r}")
+        return sorted(self._listed(name), key=operator.itemgetter(0, 1), reverse=True)
+
+    def _listed(self, name: str | None) -> list[tuple[str, str, Any]]:
+        """(start time, run id, X) of every run that lists: X is its summary (``name`` is
+        EVERY_FIELD), one field of it, or None (the index's order line alone answers @latest)."""
         from .listing import Listing
 
         names = self._names()
@@ -337,7 +347,12 @@ class RunStore:
         made: list[tuple[str, tuple[int, int, int], RunRecord]] = []
         with listing.lock:
             listing.refresh()
-            found, missing, listed = listing.scan(str(self.runs_dir), names, RECORD_FILE, records)
+            found, missing, listed = listing.scan(str(self.runs_dir), names, RECORD_FILE)
+            try:
+                results = self._from_index(listing, found, name)
+            except LookupError:  # the index's rows could not be read: each run from its record
+                results = []
+                missing = [(run_id, listed[run_id]) for _, run_id in found] + missing
             for run_id, key in missing:  # not in the index, or changed since: read and checked
                 try:
                     record = self.summary(run_id)
@@ -346,10 +361,23 @@ class RunStore:
                     continue
                 if record.status != "running":
                     made.append((run_id, key, record))
-                found.append((record.started_at, run_id, record))
+                value = record if name == EVERY_FIELD else None if name is None \
+                    else getattr(record, name)
+                results.append((record.started_at, run_id, value))
             if made and self._writable():
                 listing.add(made, listed)
-        return found
+        return results
+
+    @staticmethod
+    def _from_index(listing: Any, found: list[tuple[str, str]],
+                    name: str | None) -> list[tuple[str, str, Any]]:
+        if name is None:
+            return [(started, run_id, None) for started, run_id in found]
+        if name == EVERY_FIELD:
+            listing.build_all([run_id for _, run_id in found])
+            return [(started, run_id, listing.record(run_id)) for started, run_id in found]
+        values = listing.values([run_id for _, run_id in found], name)
+        return [(started, run_id, value) for (started, run_id), value in zip(found, values, strict=True)]
 
     def _writable(self) -> bool:
         """Whether this store may write its listing index (a read-only view's ensure() refuses)."""
@@ -390,7 +418,7 @@ class RunStore:
 
     def latest(self, back: int = 0) -> RunRecord:
         """The newest run (``back`` = 1: the one before it...), complete."""
-        ordered = sorted(((started, run_id) for started, run_id, _ in self._listed(records=False)),
+        ordered = sorted(((started, run_id) for started, run_id, _ in self._listed(None)),
                          reverse=True)
         if back >= len(ordered):
             raise RunNotFoundError(

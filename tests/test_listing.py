@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,59 @@ def test_a_row_is_trusted_on_its_stat_once_the_clock_has_moved_on(tmp_path: Path
     reads: list[Path] = []
     monkeypatch.setattr(listing, "read_head", lambda path: reads.append(path))
     assert [r.id for r in store.summaries()] == [saved[0].id] and reads == []
+
+
+def expected_values(store: RunStore, name: str) -> list[tuple[str, str, Any]]:
+    return [(r.started_at, r.id, getattr(r, name)) for r in slow_listing(store)]
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+@pytest.mark.parametrize("name", ["data", "stage", "metrics", "env_vars", "started_at"])
+def test_one_field_of_every_run_is_what_the_listing_of_every_run_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compacted: bool, name: str) -> None:
+    monkeypatch.setattr(listing, "COMPACT_AT", 0 if compacted else 1000)
+    store, saved = make_store(tmp_path, count=4)
+    store.summaries()
+    rewrite(store, saved[1].id, lambda doc: doc["metrics"].update(loss=7))  # changed since indexed
+    for reader in (store, fresh_process(store)):
+        assert reader.values(name) == expected_values(store, name)
+
+
+def test_one_field_of_a_compacted_index_parses_only_that_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listing, "COMPACT_AT", 0)
+    store, _ = make_store(tmp_path)
+    store.summaries()
+    reader = fresh_process(store)
+    assert reader.values("data") == expected_values(store, "data")
+    index = listing.Listing.of(store.root)
+    assert index.records == {} and set(index.objects) == {"data"}  # no run built, no other field
+
+
+def test_an_index_whose_rows_do_not_parse_lists_every_run_from_its_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that does not hold what its checksum promises (never a user's edit: the checksum
+    catches those) costs a slower listing, not a run."""
+    monkeypatch.setattr(listing, "COMPACT_AT", 0)
+    store, _ = make_store(tmp_path)
+    store.summaries()
+    index = store.root / listing.INDEX_FILE
+    head, order, *lines = index.read_bytes().split(b"\n")
+    lines[-1] = b'["not a row"'
+    rest = b"\n".join([order, *lines])
+    header = json.loads(head)
+    header["sha256"] = hashlib.sha256(rest).hexdigest()
+    index.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+    assert fresh_process(store).summaries() == slow_listing(store)
+    lines[2] = b"{}"  # the shared objects of the first shared field
+    rest = b"\n".join([order, *lines])
+    header["sha256"] = hashlib.sha256(rest).hexdigest()
+    index.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+    first = listing.shared()[0]
+    assert fresh_process(store).values(first) == expected_values(store, first)
+
+
+def test_a_field_a_record_does_not_have_is_refused(tmp_path: Path) -> None:
+    store, _ = make_store(tmp_path)
+    with pytest.raises(ValueError, match="no field 'colour'"):
+        store.values("colour")

@@ -38,7 +38,7 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
     from ..present import terminal_safe
 
     runs = store()
-    index = Lineage(runs.summaries())
+    index = Lineage(runs.values("data"), runs.summary)
     if "://" not in ref:  # a run, not a data URI
         if as_dot:
             raise UsageError("--dot draws the lineage of a data version; give URI[@VERSION].")

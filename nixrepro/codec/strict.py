@@ -406,12 +406,19 @@ def _make_trusted(hint: Any) -> Converter | None:
             for name, convert in built:
                 if values[name] is not None:
                     values[name] = convert(values[name])
-            if not direct:
-                return cls(**values)
+            return cls(**values)
+
+        def build_direct(doc: Any) -> Any:
+            # encode wrote exactly these fields: the document is the instance's __dict__
             instance: Any = new(cls)
-            instance.__dict__.update(values)
+            values = instance.__dict__
+            values.update(doc)
+            for name, convert in built:
+                value = values[name]
+                if value is not None:
+                    values[name] = convert(value)
             return instance
-        return build
+        return build_direct if direct else build
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Union or (origin is not None and _is_union_type(origin)):
         members = [(arg, _trusted(arg)) for arg in args if arg is not type(None)]

@@ -349,9 +349,9 @@ def plan(runner: PipelineRunner, targets: Sequence[str] = ()) -> list[StageOutco
 
 def _previous_stage_runs(store: RunStore) -> dict[str, StageInfo]:
     latest: dict[str, StageInfo] = {}
-    for record in reversed(store.summaries()):  # oldest first, so the newest wins
-        if record.stage is not None:
-            latest[record.stage.name] = record.stage
+    for _, _, stage in reversed(store.values("stage")):  # oldest first, so the newest wins
+        if stage is not None:
+            latest[stage.name] = stage
     return latest
 
 

@@ -307,7 +307,7 @@ def lineage_page(index: Runs, query: Query) -> tuple[int, str]:
     from ..datastore import DataRef
     from ..lineage import Lineage
 
-    trace = Lineage(index.summaries())
+    trace = Lineage.of_records(index.summaries())
     run_ref, ref = first(query, "run"), first(query, "ref")
     if run_ref:
         record = index.resolve(run_ref)

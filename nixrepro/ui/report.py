@@ -60,7 +60,7 @@ def _report(index: LocalThenRemote, store_root: Path, refs: list[str]) -> str:
         parts.append(el("article", el("h1", "Comparison"),
                         comparison(records, None, links, prefix="cmp", run_dirs=dirs,
                                    repo=GitRepo(store_root.parent)), id="comparison"))
-    trace = Lineage(summaries)
+    trace = Lineage.of_records(summaries)
     for i, record in enumerate(records):
         kids = [by_id[c] for c in children.get(record.id, []) if c in by_id]
         graphs = [el("div", lineage_svg(tree, links), class_="lineage") for tree in trace.trace_run(record)]
