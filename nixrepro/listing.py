@@ -37,7 +37,9 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
+import operator
 import os
 import re
 import stat
@@ -223,7 +225,7 @@ class Listing:
             try:
                 meta = self._open_body()
                 at = meta["shared"].index(name)
-                with codec.no_gc():
+                with codec.no_gc(keep=True):
                     if self.refs is None:
                         self.refs = json.loads(self.lines[1])
                     hint = _hints()[name]
@@ -276,26 +278,27 @@ class Listing:
             meta = self._open_body()
             names, shared_names, bases = meta["names"], meta["shared"], meta["env"]
             objects = [self._shared(name) for name in shared_names]
-            refs = self.refs
+            refs = self.refs or []
             lines, position, first = self.lines, self.position, 2 + len(shared_names)
-            with codec.no_gc():
+            with codec.no_gc(keep=True):
                 rows = json.loads(b"[" + b",".join(
                     lines[first + position[run_id]] for run_id in run_ids) + b"]")
-                new = object.__new__
+                new, set_dict, pick = object.__new__, object.__setattr__, operator.getitem
+                every, count, built = [*names, *shared_names], len(names), self.records
                 for run_id, row in zip(run_ids, rows, strict=True):
-                    values = dict(zip(names, row, strict=True))
-                    if refs is not None:
-                        for name, found, ref in zip(shared_names, objects, refs[position[run_id]],
-                                                    strict=True):
-                            values[name] = found[ref]
+                    if len(row) != count:
+                        raise ValueError(f"a row of {len(row)} fields, not {count}")
+                    # the row's own fields, then each shared field's object its refs point at
+                    values = dict(zip(every, itertools.chain(
+                        row, map(pick, objects, refs[position[run_id]])), strict=True))
                     base, changed, removed = values["env_vars"]
                     env = {**bases[base], **changed}
                     for name in removed:
                         del env[name]
                     values["env_vars"] = env
                     record: Any = new(RunRecord)
-                    record.__dict__.update(values)
-                    self.records[run_id] = record
+                    set_dict(record, "__dict__", values)
+                    built[run_id] = record
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             # a body that does not hold what its checksum promised (a bug, never a user's edit):
             # its runs are read from their records

@@ -100,18 +100,24 @@ class Encoded(list):  # type: ignore[type-arg]
 
 
 @contextlib.contextmanager
-def no_gc() -> Iterator[None]:
+def no_gc(keep: bool = False) -> Iterator[None]:
     """The cyclic garbage collector paused while many objects are made at once (a 20,000-path
     closure, a listing of 10,000 runs): none of them is in a cycle, and the collections their
-    allocation sets off cost a third again of the decoding."""
+    allocation sets off cost a third again of the decoding.
+
+    ``keep``: what was made is kept as long as the process (the listing's rows, cached per store):
+    it is moved out of the collector's sight (gc.freeze), or every later collection would walk
+    its million objects again (~0.1 s each, several per command that prints 10,000 rows). They
+    are still freed when nothing refers to them; only a cycle among them would outlive it."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if keep:
+            gc.freeze()
         if enabled:
             gc.enable()
-
 
 
 # --- the canonical JSON ---------------------------------------------------------------------------
