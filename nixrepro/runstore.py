@@ -420,11 +420,12 @@ class RunStore:
         """The newest run (``back`` = 1: the one before it...), complete."""
         ordered = sorted(((started, run_id) for started, run_id, _ in self._listed(None)),
                          reverse=True)
+        if not ordered:
+            raise RunNotFoundError(f"no run is recorded in {self.root} yet; start one with "
+                                   "`nixrepro run -- CMD`.")
         if back >= len(ordered):
-            raise RunNotFoundError(
-                f"there are only {len(ordered)} runs in {self.root}; "
-                "`nixrepro runs` lists them."
-            )
+            count = "there is only 1 run" if len(ordered) == 1 else f"there are only {len(ordered)} runs"
+            raise RunNotFoundError(f"{count} in {self.root}; `nixrepro runs` lists them.")
         return self.load(ordered[back][1])
 
     def resolve(self, ref: str) -> RunRecord:

@@ -425,6 +425,10 @@ def test_runs_lists_newest_first_and_resolves_references(project: Project) -> No
 
 
 def test_unknown_and_ambiguous_references_are_clear_errors(project: Project) -> None:
+    result = project.nixrepro("show", "@latest")
+    assert result.returncode == 2
+    assert result.stderr == (f"Error: no run is recorded in {project.root / '.nixrepro'} yet; start "
+                             "one with `nixrepro run -- CMD`.\n")
     result = project.nixrepro("show", "zzzz")
     assert result.returncode == 2
     assert result.stderr == (
