@@ -34,6 +34,7 @@ from ..git import GitRepo, format_dirty
 from ..nix import Nix
 from ..record import RunRecord, StageInfo
 from ..runstore import RunStore
+from . import envcache
 from .forward import SignalForwarder
 from .stages import Pipeline, Stage
 
@@ -95,6 +96,7 @@ class PipelineRunner:
         self.signals = SignalForwarder()
         self.faults: list[tuple[str, BaseException]] = []  # (stage, what its worker raised)
         snapshot = repo.snapshot()
+        self.commit = snapshot.commit
         if snapshot.changes and not dev:
             raise RefusedError(
                 f"the work tree has uncommitted changes ({format_dirty(snapshot.changes)}); commit "
@@ -115,16 +117,32 @@ class PipelineRunner:
             )
         with self._memo:
             if ref not in self._envs:
-                built = ref if ref.startswith("/nix/store/") else self.nix.build(ref, cwd=self.repo.root)
-                self._envs[ref] = built
+                self._envs[ref] = ref if ref.startswith("/nix/store/") else self._built(ref)
             return self._envs[ref]
+
+    def _built(self, ref: str) -> str:
+        """``nix build`` of ``ref``, or the out path it was built to before when nothing that its
+        evaluation reads has changed since (envcache: the commit of a clean tree, the lock, nix)."""
+        parts = envcache.key(self.repo, self.commit, ref, self.nix, self._version())
+        if parts is not None and (known := envcache.lookup(parts)) is not None:
+            return known
+        built = self.nix.build(ref, cwd=self.repo.root)
+        # kept only when what was built is the commit's and its committed flake.lock's
+        if parts is not None and self.repo.git("rev-parse", "HEAD").strip() == self.commit and \
+                envcache.clean(self.repo) and envcache.locked_to_commit(self.repo, self.commit, ref,
+                                                                        self.nix):
+            envcache.remember(parts, built)
+        return built
+
+    def _version(self) -> str:
+        if self._nix_version is None:  # once: it chooses path-info's --json-format, keys envcache
+            self._nix_version = self.nix.version()
+        return self._nix_version
 
     def closure_hash(self, env_path: str) -> str:
         with self._memo:
             if env_path not in self._closures:
-                if self._nix_version is None:  # once: it chooses path-info's --json-format
-                    self._nix_version = self.nix.version()
-                version = self._nix_version
+                version = self._version()
                 # the closure cache nixrepro run keeps: nix is asked once per environment
                 self._closures[env_path] = cached_closure(
                     env_path, version, lambda: self.nix.closure(env_path, version)).hash
