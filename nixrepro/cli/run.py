@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import CONTEXT, cli, echo_json, nix_cli, store
+from . import CONTEXT, cli, echo_json, lasting_imports, nix_cli, store
 
 
 @cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
@@ -58,9 +58,10 @@ def run(
       nixrepro run --flake .#env --repeat 5 --deterministic -- python train.py
       nixrepro run --input s3://ml-data/raw.csv --output out.csv=s3://ml-data/clean.csv -- ./clean.sh
     """
-    from .. import config as config_module
-    from ..git import STORE_DIR, GitRepo
-    from ..trackers import from_config
+    with lasting_imports():
+        from .. import config as config_module
+        from ..git import STORE_DIR, GitRepo
+        from ..trackers import from_config
 
     cwd = Path.cwd()
     repo = GitRepo.discover(cwd)  # found once: the runner is handed it
@@ -69,8 +70,9 @@ def run(
     # The trackers first: each starts importing its library now, overlapping all that follows.
     trackers = from_config(config, root, root / STORE_DIR) if repeat is None else []
 
-    from ..runner import RunRequest, parse_param
-    from ..runner import run as run_request
+    with lasting_imports():
+        from ..runner import RunRequest, parse_param
+        from ..runner import run as run_request
 
     request = RunRequest(
         argv=list(command), cwd=cwd, env_path=env_path, flake=flake, dev=dev, name=name,
