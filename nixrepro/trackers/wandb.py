@@ -2,7 +2,8 @@
 
 :class:`WandbSink` is a run observer (nixrepro.trackers). ``wandb`` is imported lazily, in a
 thread started when the sink is made, so its ~0.6 s import and its init overlap nixrepro's preflight
-and the experiment itself. The W&B run id is the nixrepro run id; its config holds the params and
+and the experiment itself; W&B's service process starts while the sink does what init would do
+after it (module imports), so init itself is ~0.03 s instead of ~0.5 s. The W&B run id is the nixrepro run id; its config holds the params and
 the provenance (nixrepro.trackers.provenance: closure hash, flake.lock hash, commit, nixpkgs rev,
 data versions, GPU/driver, every host fact);
 metrics stream live from metrics.jsonl with their steps; the record and logs are attached as files;
@@ -160,6 +161,18 @@ def _import_wandb() -> Any:
     return wandb
 
 
+# imported by wandb.init at its very end (Run._detect_and_apply_job_inputs), on every run
+LAUNCH_INPUTS = "wandb.sdk.launch.inputs.internal"
+
+
+def _preload(module: str) -> None:
+    """Import ``module`` now, if this wandb has it (an import it makes later anyway)."""
+    import importlib
+
+    with contextlib.suppress(Exception):
+        importlib.import_module(module)
+
+
 def _note(message: str) -> None:
     sys.stderr.write(f"nixrepro: {message}\n")
     sys.stderr.flush()
@@ -279,12 +292,19 @@ class WandbSink:
         self._record_id = record.id
         try:
             wandb = self._wandb.result()
+            # wandb-core starts now, while this thread does what wandb.init would do after it:
+            # the service's start is mostly a sleep (W&B looks for its port file, then waits
+            # 0.2 s), and init ends by importing W&B Launch's staged inputs (~0.25 s of Python)
+            service = Background(self._start_service, wandb, record.command.argv)
+            _preload(LAUNCH_INPUTS)
             if self._mode == "online" and not reachable(self._base_url):
                 self._mode = "offline"
                 from ..redact import scrub_url
 
                 self._note(f"W&B ({scrub_url(self._base_url)}) is unreachable; the W&B run is kept "
                            "offline, `nixrepro sync` uploads it later.")
+            with contextlib.suppress(Exception):  # a service that cannot start: init says why
+                service.result()
             with wandb_environ(self._home), _program_argv(record.command.argv):
                 self._run = wandb.init(**self._init_args(wandb, record))
             _LIVE.add(id(self))
@@ -307,6 +327,11 @@ class WandbSink:
             except Exception as exc:
                 self._fail("W&B stopped during the run", exc)
                 return
+
+    def _start_service(self, wandb: Any, argv: list[str]) -> None:
+        """W&B's service process (``wandb.setup``), in the environment wandb.init will have."""
+        with wandb_environ(self._home), _program_argv(argv):
+            wandb.setup()
 
     def _init_args(self, wandb: Any, record: RunRecord) -> dict[str, Any]:
         wanted: dict[str, Any] = {
