@@ -11,9 +11,11 @@
 Targets: (2) at most 0.15 s over (3) (issue #16); (1) at least 4x faster than (3) and (5) (issue
 #6); (4) no slower than (5). The commands are interleaved round by round (this machine is noisy),
 each run once untimed first (a new MLflow store creates its tables, ~3 s, once); MLflow's
-telemetry is off for both sides. Prints medians, differences and ratios.
+telemetry is off for both sides. `python -c pass` is timed in the same rounds: how busy the machine
+was. Prints medians, differences and ratios; ``--only wandb`` (rows 1-3) or ``--only mlflow``
+(rows 1, 4-6) times one tracker's rows, in less time and with more rounds to the minute.
 
-    .venv/bin/python bench/tracking.py [--steps 1000] [--repeat 5]
+    .venv/bin/python bench/tracking.py [--steps 1000] [--repeat 5] [--only wandb|mlflow]
 
 mlflow is not a dependency of nixrepro: when the interpreter running the benchmark has no mlflow
 (the `test` extra installs it), mlflow-skinny, sqlalchemy and alembic are installed into a
@@ -122,9 +124,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", choices=("wandb", "mlflow"), help="one tracker's rows")
     args = parser.parse_args()
+    rows = {"wandb": args.only != "mlflow", "mlflow": args.only != "wandb"}
     offline_nix()
-    mlflow = mlflow_python()
+    mlflow = mlflow_python() if rows["mlflow"] else sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
     env.update(WANDB_SILENT="true", WANDB_MODE="offline", MLFLOW_DISABLE_TELEMETRY="true",
                PYTHONPATH=str(ROOT))
@@ -151,31 +155,42 @@ def main() -> None:
             return [python, "-m", "nixrepro", "run", "--env", env_path, *params, "--",
                     sys.executable, "train.py"], root
 
-        times = interleaved({
+        commands = {
+            "pass": ([sys.executable, "-c", "pass"], scripts),
             "plain": nixrepro(sys.executable, plain_env, plain_root),
-            "wandb": nixrepro(sys.executable, wandb_env, wandb_root),
-            "wandb_plain": ([sys.executable, "wandb_plain.py"], scripts),
-            "mlflow": nixrepro(mlflow, mlflow_env, mlflow_root),
-            "mlflow_plain": ([mlflow, "mlflow_plain.py"], scripts),
-            "mlflow_batch": ([mlflow, "mlflow_batch.py"], scripts),
-        }, args.repeat, env)
+        }
+        if rows["wandb"]:
+            commands["wandb"] = nixrepro(sys.executable, wandb_env, wandb_root)
+            commands["wandb_plain"] = ([sys.executable, "wandb_plain.py"], scripts)
+        if rows["mlflow"]:
+            commands["mlflow"] = nixrepro(mlflow, mlflow_env, mlflow_root)
+            commands["mlflow_plain"] = ([mlflow, "mlflow_plain.py"], scripts)
+            commands["mlflow_batch"] = ([mlflow, "mlflow_batch.py"], scripts)
+        t = interleaved(commands, args.repeat, env)
 
-    t = times
-    print(f"3 params, {args.steps} steps of 2 metrics; median of {args.repeat}, end to end, interleaved")
+    print(f"3 params, {args.steps} steps of 2 metrics; median of {args.repeat}, end to end, "
+          f"interleaved (load average {os.getloadavg()[0]:.1f})")
+    print(f"  0 python -c pass                           {t['pass']:7.3f} s")
     print(f"  1 nixrepro run, no tracker                 {t['plain']:7.3f} s")
-    print(f"  2 nixrepro run, W&B offline                {t['wandb']:7.3f} s")
-    print(f"  3 plain wandb offline script               {t['wandb_plain']:7.3f} s")
-    print(f"  4 nixrepro run, MLflow (sqlite)            {t['mlflow']:7.3f} s")
-    print(f"  5 plain MLflow script, log_metric a point  {t['mlflow_plain']:7.3f} s")
-    print(f"  6 plain MLflow script, one log_batch       {t['mlflow_batch']:7.3f} s")
-    print(f"W&B through nixrepro vs plain wandb (2 - 3):  {t['wandb'] - t['wandb_plain']:+.3f} s, "
-          f"{t['wandb'] / t['wandb_plain']:.2f}x (target <= +0.150 s)")
-    print(f"MLflow through nixrepro vs plain (4 - 5):     {t['mlflow'] - t['mlflow_plain']:+.3f} s, "
-          f"{t['mlflow'] / t['mlflow_plain']:.2f}x (target <= 1.00x)")
-    print(f"MLflow through nixrepro vs its floor (4 - 6): {t['mlflow'] - t['mlflow_batch']:+.3f} s, "
-          f"{t['mlflow'] / t['mlflow_batch']:.2f}x")
-    print(f"no tracker vs plain wandb:  {t['wandb_plain'] / t['plain']:.1f}x faster (target >= 4x)")
-    print(f"no tracker vs plain MLflow: {t['mlflow_plain'] / t['plain']:.1f}x faster (target >= 4x)")
+    if rows["wandb"]:
+        print(f"  2 nixrepro run, W&B offline                {t['wandb']:7.3f} s")
+        print(f"  3 plain wandb offline script               {t['wandb_plain']:7.3f} s")
+    if rows["mlflow"]:
+        print(f"  4 nixrepro run, MLflow (sqlite)            {t['mlflow']:7.3f} s")
+        print(f"  5 plain MLflow script, log_metric a point  {t['mlflow_plain']:7.3f} s")
+        print(f"  6 plain MLflow script, one log_batch       {t['mlflow_batch']:7.3f} s")
+    if rows["wandb"]:
+        print(f"W&B through nixrepro vs plain wandb (2 - 3):  {t['wandb'] - t['wandb_plain']:+.3f} s, "
+              f"{t['wandb'] / t['wandb_plain']:.2f}x (target <= +0.150 s)")
+    if rows["mlflow"]:
+        print(f"MLflow through nixrepro vs plain (4 - 5):     {t['mlflow'] - t['mlflow_plain']:+.3f} s, "
+              f"{t['mlflow'] / t['mlflow_plain']:.2f}x (target <= 1.00x)")
+        print(f"MLflow through nixrepro vs its floor (4 - 6): {t['mlflow'] - t['mlflow_batch']:+.3f} s, "
+              f"{t['mlflow'] / t['mlflow_batch']:.2f}x")
+    if rows["wandb"]:
+        print(f"no tracker vs plain wandb:  {t['wandb_plain'] / t['plain']:.1f}x faster (target >= 4x)")
+    if rows["mlflow"]:
+        print(f"no tracker vs plain MLflow: {t['mlflow_plain'] / t['plain']:.1f}x faster (target >= 4x)")
 
 
 if __name__ == "__main__":
