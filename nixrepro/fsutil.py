@@ -55,3 +55,48 @@ def append_line(path: Path, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A new directory under ``parent`` for files that are renamed into place whole (a pull, a
+    copy out of an archive). Its name holds this host and process, so that the next one made
+    here removes those whose process is gone (:func:`clear_abandoned`: a kill -9 runs no
+    ``finally``) and leaves alone those in progress, here or on another host sharing the store."""
+    import secrets
+
+    parent.mkdir(parents=True, exist_ok=True)
+    clear_abandoned(parent)
+    path = parent / f"{prefix}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def clear_abandoned(parent: Path) -> None:
+    """Remove the staging directories of ``parent`` made on this host by a process that is gone."""
+    import re
+    import shutil
+
+    mine = re.compile(rf".+-{_host_tag()}-(\d+)-[0-9a-f]+")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        found = mine.fullmatch(entry.name)
+        if found is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(found.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # its process is still there (or a process with its pid: kept either way)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue  # another user's process; a pid too large to be one: not ours to judge
+
+
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]

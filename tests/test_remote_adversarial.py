@@ -118,9 +118,14 @@ def test_a_pull_killed_midway_leaves_no_half_run_in_the_local_store(team: tuple[
     listed = cli_in_process(["runs", "--json"], b)
     assert listed.returncode == 0 and json.loads(listed.stdout) == []  # no run, not even a copy
     assert _nothing_local(b)
+    pulling = b / ".nixrepro" / "pulling"
+    (left,) = os.listdir(pulling)  # what the killed pull had fetched: no finally ran
+    in_progress = pulling / f"{run_id}-{left.split('-')[1]}-{os.getpid()}-0000"  # a live process's
+    in_progress.mkdir()
     again = cli_in_process(["pull", run_id], b)
     assert again.returncode == 0, again.stderr
     assert [run["id"] for run in json.loads(cli_in_process(["runs", "--json"], b).stdout)] == [run_id]
+    assert os.listdir(pulling) == [in_progress.name]  # the abandoned one removed, the live one kept
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import NixreproError, RecordError, RunNotFoundError
-from ..fsutil import sha256_file
+from ..fsutil import sha256_file, staging_dir
 from ..record import RunRecord
 from ..rundir import DEV_PATCH
 from ..runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
@@ -303,9 +302,9 @@ class RemoteRunStore(ListingIndex):
         doc = _json_object(raw, f"{self.url}'s record of run {run_id}", remote=True)
         signature = self._verified(run_id, doc, trusted_keys, team_keys, base)
         local.ensure()
-        staging = local.root / PULLING / f"{run_id}-{secrets.token_hex(4)}"
+        staging: Path | None = None
         try:
-            staging.mkdir(parents=True)
+            staging = staging_dir(local.root / PULLING, run_id)
             self._fetch_files(run_id, doc, base, staging)
             if signature is not None:
                 _write_synced(staging / SIGNATURE_FILE, signature)
@@ -320,7 +319,8 @@ class RemoteRunStore(ListingIndex):
                 f"cannot write run {run_id} into {local.runs_dir} ({exc.strerror or exc}); free space "
                 "there (or fix its permissions) and pull it again: nothing of it was kept.") from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         local.summary(run_id)  # its summary.json, for listings
         return local.load(run_id)
 
