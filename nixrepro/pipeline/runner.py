@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from ..closure import cached_closure
 from ..codec import canonical_sha256
@@ -37,6 +37,9 @@ from ..runstore import RunStore
 from . import envcache
 from .forward import SignalForwarder
 from .stages import Pipeline, Stage
+
+if TYPE_CHECKING:
+    from ..datastore.ops import Data
 
 State = Literal["ran", "skipped", "failed", "interrupted", "not run"]
 CACHE_DIR = "stage-cache"
@@ -389,15 +392,17 @@ def for_project(cwd: Path, nix: Nix, *, dev: bool = False, force: bool = False,
     where the stages' output goes instead of this process's stdout (``--json`` keeps stdout for
     the JSON)."""
     from .. import config as config_module
-    from ..git import STORE_DIR
-    from ..runner import RunRequest, prepare
-    from ..runner import execute as execute_run
-    from ..trackers import from_config
 
     repo = GitRepo.discover(cwd)
     config = config_module.load(repo.root)
 
     def execute(stage: Stage, env_path: str, info: StageInfo, inputs: dict[str, str]) -> RunRecord:
+        # imported by the first stage that runs: pipeline status runs none and skips them
+        from ..git import STORE_DIR
+        from ..runner import RunRequest, prepare
+        from ..runner import execute as execute_run
+        from ..trackers import from_config
+
         # the trackers are made before the preflight, so that their imports overlap it
         trackers = from_config(config, repo.root, repo.root / STORE_DIR)
         request = RunRequest(
@@ -413,17 +418,22 @@ def for_project(cwd: Path, nix: Nix, *, dev: bool = False, force: bool = False,
 
 
 class LatestVersion:
-    """The pipeline's resolver: an external input's latest version, asked of its store."""
+    """The pipeline's resolver: an external input's latest version, asked of its store (opened by
+    the first input that is no stage's output: a pipeline without one never imports the stores)."""
 
     def __init__(self, settings: DataConfig) -> None:
-        from ..datastore.ops import Data
-
-        self.data = Data(settings)
+        self.settings = settings
+        self._data: Data | None = None
+        self._opening = threading.Lock()  # stages run from several threads with -j
 
     def latest_version(self, uri: str) -> str:
         from ..datastore import DataURI
+        from ..datastore.ops import Data
 
-        return self.data.resolve(DataURI.parse(uri)).version_id
+        with self._opening:
+            if self._data is None:
+                self._data = Data(self.settings)
+        return self._data.resolve(DataURI.parse(uri)).version_id
 
 
 def status(runner: PipelineRunner) -> list[dict[str, Any]]:
