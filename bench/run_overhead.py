@@ -1,8 +1,9 @@
 """Added wall time of `nixrepro run --env E -- true` over running `true` directly.
 
 For env closures of 20, 2,000 and 20,000 store paths. Each round runs, interleaved: `true`,
-`python -c pass` (the interpreter's own start, the floor of any Python CLI), `nix path-info -r
---json E` (what recording a closure cost before the closure cache) and the recorded run. The first
+`python -c pass` (the interpreter's own start, the floor of any Python CLI), `python -c "import
+click"` (the floor of a click CLI), `nix path-info -r --json E` (what recording a closure cost
+before the closure cache) and the recorded run. The first
 run of an environment asks nix for its closure (`cold`); the next ones read it from the cache. No
 signing key (an empty XDG_CONFIG_HOME), a cache of the benchmark's own (XDG_CACHE_HOME).
 Targets (issue #16): added <= 0.12 s at 20 paths, <= 0.20 s at 2,000; 20,000 within 2x of 2,000.
@@ -44,8 +45,8 @@ def main() -> None:
     nixrepro = [str(Path(sys.executable).parent / "nixrepro")]  # the console script users run
     true = shutil.which("true") or "/bin/true"
     print(f"median of {args.repeat}, interleaved (seconds)")
-    print(f"{'closure':>8} {'true':>7} {'python':>7} {'path-info':>10} {'run cold':>9} {'run':>7} "
-          f"{'added':>7}  {'added - python':>14}  target")
+    print(f"{'closure':>8} {'true':>7} {'python':>7} {'click':>7} {'path-info':>10} {'run cold':>9} "
+          f"{'run':>7} {'added':>7}  {'added - python':>14} {'added - click':>14}  target")
     added_at: dict[int, float] = {}
     for paths in (int(size) for size in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="nixrepro-bench-") as tmp:
@@ -56,6 +57,7 @@ def main() -> None:
             run = [*nixrepro, "run", "--env", env, "--", true]
             cold = once(run, project.root)
             commands = {"true": [true], "python": [sys.executable, "-c", "pass"],
+                        "click": [sys.executable, "-c", "import click"],
                         "path-info": ["nix", "path-info", "-r", "--json", env], "run": run}
             samples: dict[str, list[float]] = {name: [] for name in commands}
             for _ in range(args.repeat):
@@ -71,9 +73,9 @@ def main() -> None:
                 note = f"within 2x of 2,000 paths: {added / added_at[2000]:.2f}x"
             else:
                 note = ""
-            print(f"{paths:>8} {median['true']:>7.4f} {median['python']:>7.4f} "
+            print(f"{paths:>8} {median['true']:>7.4f} {median['python']:>7.4f} {median['click']:>7.4f} "
                   f"{median['path-info']:>10.4f} {cold:>9.3f} {median['run']:>7.3f} {added:>7.3f}  "
-                  f"{added - median['python']:>14.3f}  {note}")
+                  f"{added - median['python']:>14.3f} {added - median['click']:>14.3f}  {note}")
 
 
 if __name__ == "__main__":
