@@ -1,6 +1,7 @@
 """Pipelines: stages from ``[stages.NAME]`` that compose, each a recorded run, skipped when nothing
 they depend on changed. ``stages`` reads them and their graph, ``runner`` decides and runs,
-``view`` draws the graph, ``forward`` passes stop signals to the stages' processes.
+``envcache`` keeps the out path a stage's flake builds to (no ``nix build`` for an unchanged
+commit), ``view`` draws the graph, ``forward`` passes stop signals to the stages' processes.
 
 How a stage's cache key is made, when a cached run is reused and how a signal stops the pipeline:
 ``nixrepro.pipeline.runner``.
