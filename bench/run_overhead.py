@@ -2,7 +2,8 @@
 
 For env closures of 20, 2,000 and 20,000 store paths. Each round runs, interleaved: `true`,
 `python -c pass` (the interpreter's own start, the floor of any Python CLI), `python -c "import
-click"` (the floor of a click CLI), `nix path-info -r --json E` (what recording a closure cost
+click"` (the floor of a click CLI), `imports` (a process that imports the run path's modules as
+`nixrepro run` does, and runs nothing), `nix path-info -r --json E` (what recording a closure cost
 before the closure cache) and the recorded run. The first
 run of an environment asks nix for its closure (`cold`); the next ones read it from the cache. No
 signing key (an empty XDG_CONFIG_HOME), a cache of the benchmark's own (XDG_CACHE_HOME).
@@ -28,6 +29,10 @@ from _common import offline_nix
 from tests.helpers import make_project
 
 TARGETS = {20: 0.12, 2000: 0.20}
+# what `nixrepro run` imports before it starts the command, as it imports it (cli/run.py's run:
+# the collector paused, then frozen)
+RUN_PATH = ("import gc; gc.disable(); import nixrepro.cli, nixrepro.cli.run, nixrepro.config, "
+            "nixrepro.trackers, nixrepro.runner; gc.freeze()")
 
 
 def once(argv: list[str], cwd: Path) -> float:
@@ -45,8 +50,8 @@ def main() -> None:
     nixrepro = [str(Path(sys.executable).parent / "nixrepro")]  # the console script users run
     true = shutil.which("true") or "/bin/true"
     print(f"median of {args.repeat}, interleaved (seconds)")
-    print(f"{'closure':>8} {'true':>7} {'python':>7} {'click':>7} {'path-info':>10} {'run cold':>9} "
-          f"{'run':>7} {'added':>7}  {'added - python':>14} {'added - click':>14}  target")
+    print(f"{'closure':>8} {'true':>7} {'python':>7} {'click':>7} {'imports':>8} {'path-info':>10} "
+          f"{'run cold':>9} {'run':>7} {'added':>7}  {'added - python':>14} {'added - click':>14}  target")
     added_at: dict[int, float] = {}
     for paths in (int(size) for size in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="nixrepro-bench-") as tmp:
@@ -58,6 +63,7 @@ def main() -> None:
             cold = once(run, project.root)
             commands = {"true": [true], "python": [sys.executable, "-c", "pass"],
                         "click": [sys.executable, "-c", "import click"],
+                        "imports": [sys.executable, "-c", RUN_PATH],
                         "path-info": ["nix", "path-info", "-r", "--json", env], "run": run}
             samples: dict[str, list[float]] = {name: [] for name in commands}
             for _ in range(args.repeat):
@@ -74,7 +80,8 @@ def main() -> None:
             else:
                 note = ""
             print(f"{paths:>8} {median['true']:>7.4f} {median['python']:>7.4f} {median['click']:>7.4f} "
-                  f"{median['path-info']:>10.4f} {cold:>9.3f} {median['run']:>7.3f} {added:>7.3f}  "
+                  f"{median['imports']:>8.4f} {median['path-info']:>10.4f} {cold:>9.3f} "
+                  f"{median['run']:>7.3f} {added:>7.3f}  "
                   f"{added - median['python']:>14.3f} {added - median['click']:>14.3f}  {note}")
 
 
