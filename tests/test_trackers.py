@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,48 @@ def test_metrics_mlflow_cannot_hold_are_left_to_the_local_record() -> None:
                                                                 False, False]
     assert mlflow_sink.STATUS == {"succeeded": "FINISHED", "interrupted": "KILLED",
                                   "failed": "FAILED", "crashed": "FAILED"}
+
+
+# --- W&B's service, started while the sink imports what wandb.init imports at its end -------------
+
+BROKEN_SERVICE = """\
+import json, os, sys, time
+from pathlib import Path
+import wandb.sdk.lib.service.service_process as service_process
+from nixrepro.errors import TrackerError
+from nixrepro.metrics import MetricPoint
+from nixrepro.record import RunRecord
+from nixrepro.trackers import TrackerContext
+from nixrepro.trackers import wandb as wandb_sink
+
+def no_core():
+    raise RuntimeError("no wandb-core on this machine")
+
+service_process.get_core_path = no_core
+root = Path(sys.argv[2])
+record = RunRecord.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+sink = wandb_sink.make(wandb_sink.Settings(project="p", mode="offline"),
+                       TrackerContext(root, root / ".nixrepro", os.environ))
+start = time.monotonic()
+sink.started(record, root)
+sink.logged(MetricPoint(time.time(), 0, {"loss": 0.5}))
+try:
+    sink.ended(record, root)
+except TrackerError as exc:
+    print(exc)
+print(round(time.monotonic() - start))
+"""
+
+
+def test_a_wandb_service_that_cannot_start_is_one_failure_not_a_hang(tmp_path: Path) -> None:
+    """The service is started before wandb.init as init starts it (wandb.setup() would hang on a
+    service that fails to start: it reports the failure under its own lock, wandb 0.31)."""
+    pytest.importorskip("wandb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    out = subprocess.run([sys.executable, "-c", BROKEN_SERVICE, str(FIXTURES / "record-minimal.json"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60,
+                         env={**env, "WANDB_SILENT": "true"}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    error, seconds = out.stdout.splitlines()
+    assert error == "W&B could not start: no wandb-core on this machine"
+    assert int(seconds) < 10

@@ -3,9 +3,9 @@
 :class:`WandbSink` is a run observer (nixrepro.trackers). ``wandb`` is imported lazily, in a
 thread started when the sink is made, so its ~0.6 s import and its init overlap nixrepro's preflight
 and the experiment itself; W&B's service process starts while the sink does what init would do
-after it (module imports), so init itself is ~0.03 s instead of ~0.5 s. The W&B run id is the nixrepro run id; its config holds the params and
-the provenance (nixrepro.trackers.provenance: closure hash, flake.lock hash, commit, nixpkgs rev,
-data versions, GPU/driver, every host fact);
+after it (module imports), so init itself is ~0.03 s instead of ~0.5 s. The W&B run id is the
+nixrepro run id; its config holds the params and the provenance (nixrepro.trackers.provenance:
+closure hash, flake.lock hash, commit, nixpkgs rev, data versions, GPU/driver, every host fact);
 metrics stream live from metrics.jsonl with their steps; the record and logs are attached as files;
 data inputs and outputs become reference artifacts, so W&B's lineage graph shows them.
 
@@ -173,6 +173,23 @@ def _preload(module: str) -> None:
         importlib.import_module(module)
 
 
+def _service_starter() -> Callable[[], Any] | None:
+    """What wandb.init calls to start W&B's service process (``ensure_service`` of the process's
+    W&B singleton), or None for a wandb without it (init then starts the service itself).
+
+    Not ``wandb.setup()``: it holds the singleton's lock while the service starts, and a
+    service that fails to start asks for the singleton again to report it (wandb 0.31), so that
+    failure would hang instead of being W&B's one warning.
+    """
+    try:
+        from wandb.sdk import wandb_setup
+
+        ensure: Callable[[], Any] = wandb_setup.singleton().ensure_service
+    except Exception:
+        return None
+    return ensure
+
+
 def _note(message: str) -> None:
     sys.stderr.write(f"nixrepro: {message}\n")
     sys.stderr.flush()
@@ -295,7 +312,9 @@ class WandbSink:
             # wandb-core starts now, while this thread does what wandb.init would do after it:
             # the service's start is mostly a sleep (W&B looks for its port file, then waits
             # 0.2 s), and init ends by importing W&B Launch's staged inputs (~0.25 s of Python)
-            service = Background(self._start_service, wandb, record.command.argv)
+            ensure = _service_starter()
+            service = None if ensure is None else Background(self._start_service, ensure,
+                                                             record.command.argv)
             _preload(LAUNCH_INPUTS)
             if self._mode == "online" and not reachable(self._base_url):
                 self._mode = "offline"
@@ -303,8 +322,8 @@ class WandbSink:
 
                 self._note(f"W&B ({scrub_url(self._base_url)}) is unreachable; the W&B run is kept "
                            "offline, `nixrepro sync` uploads it later.")
-            with contextlib.suppress(Exception):  # a service that cannot start: init says why
-                service.result()
+            if service is not None:
+                service.result()  # a service that cannot start is W&B's failure to start
             with wandb_environ(self._home), _program_argv(record.command.argv):
                 self._run = wandb.init(**self._init_args(wandb, record))
             _LIVE.add(id(self))
@@ -328,10 +347,10 @@ class WandbSink:
                 self._fail("W&B stopped during the run", exc)
                 return
 
-    def _start_service(self, wandb: Any, argv: list[str]) -> None:
-        """W&B's service process (``wandb.setup``), in the environment wandb.init will have."""
+    def _start_service(self, ensure: Callable[[], Any], argv: list[str]) -> None:
+        """W&B's service process, in the environment wandb.init will have."""
         with wandb_environ(self._home), _program_argv(argv):
-            wandb.setup()
+            ensure()
 
     def _init_args(self, wandb: Any, record: RunRecord) -> dict[str, Any]:
         wanted: dict[str, Any] = {
