@@ -7,7 +7,6 @@ chooses which error class a failure becomes.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,18 @@ from .errors import CommandError, ToolMissingError
 def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
     """Full path of ``program`` on PATH (of ``env`` when given), or None."""
     path = (env if env is not None else os.environ).get("PATH", os.defpath)
-    return shutil.which(program, path=path)
+    # shutil.which's search on POSIX, without importing shutil (bz2, lzma: ~3 ms of a run's start)
+    if os.path.dirname(program):
+        return program if _executable(program) else None
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory, program)
+        if _executable(candidate):
+            return candidate
+    return None
+
+
+def _executable(path: str) -> bool:
+    return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
 def run(

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import field
@@ -413,6 +412,8 @@ def _until_started(store: RunStore, run_dir: Path) -> Iterator[Callable[[], None
     except BaseException as exc:
         if state["started"]:
             raise
+        import shutil  # here: its import pulls in bz2 and lzma, on every run's start
+
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, OSError):
             raise _store_error(store, exc) from None
