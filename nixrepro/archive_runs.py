@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 from .codec import frozen
 from .errors import ArchiveError, RecordError, RunNotFoundError, UsageError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, staging_dir
 from .record import RunRecord
 from .rundir import DEV_PATCH
 from .runstore import RECORD_FILE, RUN_FILES, SIGNATURE_FILE, RunStore
@@ -448,8 +448,7 @@ def import_run(store: RunStore, archived: ArchivedRun) -> None:
         return
     store.ensure()
     # outside runs/: a copy that is killed midway leaves no half run that listings would show
-    (store.root / STAGING_DIR).mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{run_id}-", dir=store.root / STAGING_DIR))
+    staging = staging_dir(store.root / STAGING_DIR, run_id)  # what a killed copy left: removed
     try:
         source = archived.local / RUNS_DIR / run_id
         for name in CARRIED:
