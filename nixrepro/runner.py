@@ -318,11 +318,15 @@ def execute(
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     observers: Sequence[RunObserver] = (),
+    signals: list[int] | None = None,
 ) -> RunRecord:
     """Create the run, run the command, and record it; the record is complete however it ends.
 
     ``observers`` (trackers such as W&B) see the start, every metric and the end; one that fails
-    is dropped with a warning and never fails the run.
+    is dropped with a warning and never fails the run. ``signals``: where a caller that holds
+    the signal handlers (a pipeline running this from a worker thread) notes the signals it
+    received; the run reads them as its own (it is not started after one, and is interrupted by
+    one that comes while it runs).
     """
     request, store, redactor = prepared.request, prepared.store, prepared.redactor
     sinks = Observers(observers, lambda message: _warn(stderr, message))
@@ -337,7 +341,7 @@ def execute(
     run_id, run_dir = _new_run(store)
     # One lock for the whole run (a gap would let a reader call it crashed); signals from here on
     # are noted, and a run asked to stop before its command starts is recorded as interrupted.
-    with _until_started(store, run_dir) as started, store.hold(run_id), StopSignals() as stops:
+    with _until_started(store, run_dir) as started, store.hold(run_id), StopSignals(signals) as stops:
         env = child_environment(prepared, run_id, run_dir)
         if inputs:
             from .datastore import flags
@@ -379,7 +383,9 @@ def execute(
         rundir.reserve(run_dir, record)
         started()
         record = _run_and_record(prepared, record, env, run_dir, sinks, stops, stdout, stderr)
-    if stops.received:  # asked to stop before the command or while its outputs were stored
+    # asked to stop before the command or while its outputs were stored: Ctrl-C's exit, where this
+    # run holds the handlers (a pipeline stage's caller, which holds them, stops for itself)
+    if stops.received and stops.installed:
         raise Interrupted(stops.received[0])
     return record
 

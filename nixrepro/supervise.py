@@ -132,7 +132,8 @@ def supervise(
         exit_code=returncode if returncode >= 0 else None,
         signal=signal.Signals(-returncode).name if returncode < 0 else None,
         duration_s=round(duration, 6),
-        received=signal.Signals(received[0]).name if received else None,
+        # forwarded here, or (a worker thread, where the caller forwards) noted by the caller
+        received=signal.Signals((received or list(noted))[0]).name if received or noted else None,
         reason=failures[0] if failures else None,
     )
 
@@ -194,12 +195,13 @@ class StopSignals:
 
     Every signal is noted (:attr:`received`); it raises :class:`Interrupted` only inside
     :meth:`interruptible` (an upload, a copy), never while the record is written, so the record
-    is always completed. In another thread than the main one (pipeline stages) it does nothing:
-    signal handlers belong to the main thread.
+    is always completed. In another thread than the main one (pipeline stages) it installs
+    nothing (signal handlers belong to the main thread) and reads the caller's list instead.
     """
 
-    def __init__(self) -> None:
-        self.received: list[int] = []
+    def __init__(self, received: list[int] | None = None) -> None:
+        # a caller's list in another thread than the main one: the signals its handlers noted
+        self.received: list[int] = received if received is not None else []
         self._interruptible = False
         self._previous: dict[int, Any] = {}
 
@@ -217,6 +219,11 @@ class StopSignals:
         if self._interruptible:
             self._interruptible = False  # one exception per section
             raise Interrupted(signum)
+
+    @property
+    def installed(self) -> bool:
+        """Whether this holds the signal handlers (the main thread), so a signal is its to raise."""
+        return bool(self._previous)
 
     @property
     def first(self) -> str | None:

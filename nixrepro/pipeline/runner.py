@@ -411,10 +411,15 @@ def for_project(cwd: Path, nix: Nix, *, dev: bool = False, force: bool = False,
             inputs=[f"{uri}@{version}" for uri, version in inputs.items()],
             outputs=[f"{out.local}={out.uri}" for out in stage.outputs],
         )
-        return execute_run(prepare(request, config, nix), stdout=stage_stdout, observers=trackers)
+        # the signals the pipeline forwarded while the stage ran: its record says interrupted,
+        # as `nixrepro run`'s would, even if the command trapped the signal and exited
+        return execute_run(prepare(request, config, nix), stdout=stage_stdout, observers=trackers,
+                           signals=runner.signals.received)
 
-    return PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
-                          resolver=LatestVersion(config.data), execute=execute, dev=dev, force=force)
+    runner = PipelineRunner(repo, config, Pipeline.from_config(config), nix=nix,
+                            resolver=LatestVersion(config.data), execute=execute, dev=dev,
+                            force=force)
+    return runner
 
 
 class LatestVersion:
