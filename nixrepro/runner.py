@@ -329,7 +329,7 @@ def execute(
     one that comes while it runs).
     """
     request, store, redactor = prepared.request, prepared.store, prepared.redactor
-    sinks = Observers(observers, lambda message: _warn(stderr, message))
+    sinks = Observers(observers, lambda message: _warn(stderr, message), redactor.scrub)
     # Inputs come first: one that cannot be fetched refuses the run before anything is recorded.
     inputs: list[Fetched] = []
     if request.inputs:

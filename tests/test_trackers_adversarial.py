@@ -433,6 +433,54 @@ def test_what_a_trackers_library_prints_stays_off_the_terminal(
     assert_complete(project)
 
 
+def test_what_a_trackers_library_prints_reaches_its_log_and_the_terminal_scrubbed(
+    project: Project, tmp_path: Path,
+) -> None:
+    """A library that prints a token of the environment, a URL with its password and the value of
+    a variable named in [secrets] extra_names, and fails with them in its message: the tracker's
+    log keeps every line, without them, and the one warning shows none of them either."""
+    fake = tmp_path / "fake" / "mlflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, sys\n"
+        "print('token', os.environ['ADV_API_TOKEN'])\n"
+        "print('retrying http://carol:url-pw-4321@127.0.0.1:9/api', file=sys.stderr)\n"
+        "print('project key', os.environ['PROJECT_THING'], 'end of line')\n"
+        "raise ImportError('cannot use ' + os.environ['PROJECT_THING'])\n")
+    configure(project, '[trackers.mlflow]\ntracking_uri = "sqlite:///mlflow.db"\n\n'
+                       '[secrets]\nextra_names = ["PROJECT_THING"]\n', DONE)
+    env = mlflow_env(PYTHONPATH=os.pathsep.join([str(fake.parent), *sys.path]),
+                     ADV_API_TOKEN="tok-" + "7" * 20, PROJECT_THING="thing-" + "8" * 20)
+    result = project.nixrepro("run", "--flake", ".#env", "--", sys.executable, "exp.py", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "cannot use <redacted>" in dropped(result.stderr)["mlflow"]
+    trackers = project.root / ".nixrepro" / "trackers"
+    log = (trackers / "mlflow.log").read_text()
+    assert "token <redacted>" in log and "project key <redacted> end of line" in log
+    assert "retrying http://<redacted>@127.0.0.1:9/api" in log
+    for secret in ("7" * 20, "8" * 20, "url-pw-4321"):
+        assert secret not in result.stderr + result.stdout + log
+    assert not (trackers / "mlflow.log.scrub").exists()  # done: nothing left for the next run
+    assert_complete(project)
+
+
+def test_a_trackers_log_a_killed_nixrepro_left_unscrubbed_is_scrubbed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kill -9 of nixrepro leaves the tracker's output as printed and its start in <kind>.log.scrub:
+    the next tracker of that kind scrubs it before it starts (and before the log is moved aside)."""
+    from nixrepro.trackers.host import LOG_MAX, LogTail
+
+    monkeypatch.setenv("ADV_API_TOKEN", "tok-" + "9" * 20)
+    log = tmp_path / "mlflow.log"
+    before = b"an earlier run, scrubbed\n"
+    log.write_bytes(before + b"token tok-" + b"9" * 20 + b"\n" + b"x" * LOG_MAX)
+    (tmp_path / "mlflow.log.scrub").write_text(f"{len(before)}\n")
+    LogTail.recover(log, ())
+    assert log.read_bytes().startswith(before + b"token <redacted>\nxxx")
+    assert not (tmp_path / "mlflow.log.scrub").exists()
+
+
 MANY = """\
 import nixrepro
 for step in range(3000):

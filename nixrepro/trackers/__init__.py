@@ -31,7 +31,7 @@ import importlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -81,6 +81,7 @@ class TrackerContext:
     environ: Mapping[str, str]  # the tracker's own variables (WANDB_MODE, MLFLOW_TRACKING_URI...)
     note: Callable[[str], None] = _note  # one line to the user (not a warning: nothing failed)
     remote: str | None = None  # [runs] remote: where the run's record is pushed (the provenance)
+    secret_names: tuple[str, ...] = ()  # [secrets] extra_names: more variables to scrub
 
 
 TrackerFactory = Callable[[], Sequence["RunObserver"]]
@@ -98,7 +99,8 @@ def from_config(
     trackers' modules are imported, and their libraries only by the tracker.
     """
     context = TrackerContext(repo_root, store_root, os.environ if environ is None else environ,
-                             remote=config.runs.remote)
+                             remote=config.runs.remote,
+                             secret_names=tuple(config.secrets.extra_names))
     observers: list[RunObserver] = []
     for kind, settings in config.trackers.items():
         module = tracker_module(kind)
@@ -183,21 +185,23 @@ class RunObserver(Protocol):
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None: ...
 
 
-def scrub(text: str) -> str:
+def scrub(text: str, secret_names: Iterable[str] = ()) -> str:
     """``text`` without the credentials of any URL in it and without the values of this
-    process's secret-named variables (nixrepro.redact): a tracker's message may quote its
-    tracking URI, user and password included, or a token."""
+    process's secret-named variables (nixrepro.redact), ``[secrets] extra_names`` included: a
+    tracker's message may quote its tracking URI, user and password included, or a token."""
     from ..redact import Redactor
 
-    return Redactor.from_env(os.environ).scrub(text)
+    return Redactor.from_env(os.environ, secret_names).scrub(text)
 
 
 class Observers:
     """Calls every live observer; one that raises is warned about and dropped."""
 
-    def __init__(self, observers: Sequence[RunObserver], warn: Callable[[str], None]) -> None:
+    def __init__(self, observers: Sequence[RunObserver], warn: Callable[[str], None],
+                 scrubbed: Callable[[str], str] = scrub) -> None:
         self._live = list(observers)
         self._warn = warn
+        self._scrub = scrubbed  # the run's own redactor: its command line's secrets too
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -205,7 +209,7 @@ class Observers:
 
     def _drop(self, observer: RunObserver, reason: str) -> None:
         self._live.remove(observer)
-        self._warn(scrub(f"{observer.name} failed and is dropped for this run ({reason}); "
+        self._warn(self._scrub(f"{observer.name} failed and is dropped for this run ({reason}); "
                          "the local record is complete"))
 
     def _each(self, call: Callable[[RunObserver], dict[str, Any] | None]) -> dict[str, dict[str, Any]]:

@@ -94,7 +94,10 @@ class HostedObserver:
         with contextlib.suppress(ValueError):
             self._log = self._log.relative_to(context.repo_root)
         self._finalizer: Any
+        self._secret_names = context.secret_names
+        LogTail.recover(context.store_root / LOG_DIR / f"{kind}.log", context.secret_names)
         log = _open_log(context.store_root, kind)
+        tail = None if log is None else LogTail.begin(Path(log.name), context.secret_names)
         try:
             read_end, write_end = os.pipe()
             try:
@@ -111,6 +114,8 @@ class HostedObserver:
         except OSError as exc:  # no process to be had: the first call reports it, as one warning
             self._error = f"its process could not start ({exc.strerror or exc})"
             self._finalizer = weakref.finalize(self, lambda: None)
+            if tail is not None:
+                tail.scrub()
             return
         finally:
             if log is not None:
@@ -118,7 +123,7 @@ class HostedObserver:
         self._stdin = self._proc.stdin
         threading.Thread(target=self._read, args=(os.fdopen(read_end, "rb"),), daemon=True,
                          name=f"nixrepro-{kind}-replies").start()
-        self._finalizer = weakref.finalize(self, _stop, self._proc)
+        self._finalizer = weakref.finalize(self, _stop, self._proc, tail)
         with contextlib.suppress(TrackerError):  # gone already: the first call reports why
             self._send(hello)
 
@@ -208,7 +213,7 @@ class HostedObserver:
                     if "note" in reply:  # one line to the user, from the tracker
                         from . import scrub
 
-                        self._note(scrub(str(reply["note"])))
+                        self._note(scrub(str(reply["note"]), self._secret_names))
                     elif reply.get("op") == "ended":
                         self._replies.put(reply)
                     elif "error" in reply:  # from started or logged: the next call reports it
@@ -249,9 +254,10 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], tail: LogTail | None = None) -> None:
     """Tell the child there is no more (it stops at end of input) and wait for it: it exits
-    without the interpreter's teardown, within ABANDON_S; one that does not is killed."""
+    without the interpreter's teardown, within ABANDON_S; one that does not is killed. Then what
+    it printed is scrubbed."""
     if proc.stdin is not None:
         with contextlib.suppress(OSError, ValueError):
             proc.stdin.close()
@@ -259,6 +265,51 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=STOP_WAIT_S)
     except subprocess.TimeoutExpired:
         _kill(proc)
+    if tail is not None:
+        tail.scrub()
+
+
+@dataclasses.dataclass
+class LogTail:
+    """What one tracker process appends to its log, from ``start``: scrubbed of the run's secrets
+    once the process has ended (a library may print its tracking URI, password included, or a
+    token). ``<kind>.log.scrub`` holds ``start`` meanwhile, so that a nixrepro killed before it
+    scrubbed has the next one do it."""
+
+    path: Path
+    start: int
+    secret_names: tuple[str, ...]
+
+    @classmethod
+    def recover(cls, path: Path, secret_names: tuple[str, ...]) -> None:
+        """Scrub what a process whose nixrepro was killed printed (before the log is moved aside)."""
+        with contextlib.suppress(OSError, ValueError):
+            cls(path, int(path.with_name(path.name + ".scrub").read_text()), secret_names).scrub()
+
+    @classmethod
+    def begin(cls, path: Path, secret_names: tuple[str, ...]) -> LogTail:
+        start = path.stat().st_size if path.exists() else 0
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + ".scrub").write_text(f"{start}\n")
+        return cls(path, start, secret_names)
+
+    def scrub(self) -> None:
+        from ..redact import Redactor
+
+        marker = self.path.with_name(self.path.name + ".scrub")
+        try:
+            with open(self.path, "r+b") as log:
+                log.seek(self.start)
+                printed = log.read()
+                clean = Redactor.from_env(os.environ, self.secret_names).scrub_bytes(printed)
+                if clean != printed:
+                    log.seek(self.start)
+                    log.write(clean)
+                    log.truncate()
+        except OSError:
+            return  # kept for the next one (a full disk): the marker stays
+        with contextlib.suppress(OSError):
+            marker.unlink()
 
 
 def _open_log(store_root: Path, kind: str) -> IO[bytes] | None:
@@ -310,6 +361,7 @@ def serve(reply_fd: int) -> None:
     module = tracker_module(hello["kind"])
     fields: dict[str, Any] = {key: Path(value) if key in _PATHS else value
                               for key, value in hello["context"].items()}
+    fields["secret_names"] = tuple(fields.get("secret_names") or ())
     context = TrackerContext(**fields, environ=os.environ, note=note)
     try:
         observer = module.make(module.Settings(**hello["settings"]), context)

@@ -72,7 +72,8 @@ def enabled(settings: Settings, environ: Mapping[str, str]) -> bool:
 def make(settings: Settings, context: TrackerContext) -> WandbSink | None:
     """The W&B sink of one run; None when W&B is disabled (``mode``, or WANDB_MODE=disabled)."""
     sink = WandbSink(settings, context.store_root, default_project=context.repo_root.name,
-                     environ=context.environ, note=context.note, remote=context.remote)
+                     environ=context.environ, note=context.note, remote=context.remote,
+                     secret_names=context.secret_names)
     return None if sink.mode == "disabled" else sink
 
 
@@ -209,9 +210,11 @@ class WandbSink:
         environ: Mapping[str, str] | None = None,
         note: Callable[[str], None] = _note,
         remote: str | None = None,
+        secret_names: tuple[str, ...] = (),
     ) -> None:
         environ = os.environ if environ is None else environ
         self._config = config
+        self._secret_names = secret_names  # [secrets] extra_names, for the logs it scrubs
         self._remote = remote  # the remote run store, named in the provenance
         self._store_root = store_root
         self._home = store_root / WANDB_HOME
@@ -297,7 +300,7 @@ class WandbSink:
                 if self._home.resolve() not in target.parents:
                     continue  # a log of the user's own (WANDB_CACHE_DIR elsewhere)
                 text = target.read_bytes().decode("utf-8", "surrogateescape")
-                clean = scrub(text)
+                clean = scrub(text, self._secret_names)
                 if clean != text:
                     temporary = target.with_name(target.name + ".scrubbed")
                     temporary.write_bytes(clean.encode("utf-8", "surrogateescape"))
