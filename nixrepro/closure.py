@@ -28,7 +28,7 @@ from typing import Any
 from . import codec
 from .codec import frozen
 from .errors import PathInfoParseError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, keep_newest
 
 DEFAULT_STORE_DIR = "/nix/store"
 _NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -148,22 +148,12 @@ def cached_closure(env_path: str, nix_version: str | None, ask: Callable[[], Clo
                          "sha256": hashlib.sha256(body).hexdigest()})
     with contextlib.suppress(OSError):
         atomic_write(path, header.encode() + b"\n" + body)
-        _prune(path.parent)
+        keep_newest(path.parent, CACHE_KEEP)
     return closure
 
 
 CACHE_KEEP = 64  # closures kept (a 20,000-path one is 6 MB); the oldest written go first
 
-
-def _prune(directory: Path) -> None:
-    """Keep the cache to CACHE_KEEP closures: one dropped is only a `nix path-info` again."""
-    entries = list(os.scandir(directory))
-    if len(entries) <= CACHE_KEEP:
-        return
-    entries.sort(key=lambda entry: entry.stat().st_mtime_ns)
-    for entry in entries[:-CACHE_KEEP]:
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
 
 
 def closure_hash(infos: Iterable[StorePathInfo]) -> str:

@@ -105,3 +105,17 @@ def _host_tag() -> str:
     import socket
 
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def keep_newest(directory: Path, keep: int) -> None:
+    """Remove all but the ``keep`` files of ``directory`` written last (a cache's entries: one
+    dropped only costs the work of making it again)."""
+    import contextlib
+
+    entries = list(os.scandir(directory))
+    if len(entries) <= keep:
+        return
+    entries.sort(key=lambda entry: entry.stat().st_mtime_ns)
+    for entry in entries[:-keep]:
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)

@@ -55,7 +55,7 @@ from typing import Any
 
 from ..codec import canonical_sha256
 from ..errors import NixreproError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, keep_newest
 from ..git import GitRepo
 from ..lock import FlakeLock
 from ..nix import FlakeRef, Nix
@@ -127,7 +127,7 @@ def remember(parts: dict[str, Any], out: str) -> None:
     path = cache_dir() / canonical_sha256(parts)
     with contextlib.suppress(OSError):
         atomic_write(path, json.dumps({"key": parts, "out": out}, sort_keys=True) + "\n")
-        _prune(path.parent)
+        keep_newest(path.parent, CACHE_KEEP)
 
 
 def clean(repo: GitRepo) -> bool:
@@ -233,12 +233,3 @@ def _settings_followed(text: str) -> bool:
             return False
     return True
 
-
-def _prune(directory: Path) -> None:
-    entries = list(os.scandir(directory))
-    if len(entries) <= CACHE_KEEP:
-        return
-    entries.sort(key=lambda entry: entry.stat().st_mtime_ns)
-    for entry in entries[:-CACHE_KEEP]:
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
