@@ -278,7 +278,10 @@ class RunStore:
     def _detect_crash(self, record: RunRecord) -> RunRecord:
         if record.recorder.hostname != os.uname().nodename:
             return record  # another host's lock is not visible from here
-        fd = os.open(self.run_dir(record.id) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.run_dir(record.id) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a store that cannot be written: listed as recorded, until one that can
+            return record
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,8 +294,10 @@ class RunStore:
 
             release(self.run_dir(record.id))  # the room the dead recorder held for its record
             crashed = fold(current, self.run_dir(record.id)).replace(status="crashed")
-            self.save(crashed)
-            return crashed
+            with contextlib.suppress(OSError):  # a full disk: listed as it still is, until later
+                self.save(crashed)
+            # as saved (save adds the files' hashes and the record's own), or as it still is
+            return self._read(record.id)
         finally:
             os.close(fd)
 
