@@ -421,7 +421,9 @@ def _pair(value: Any) -> tuple[str, str] | None:
 
 
 def _compact_json(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    # a lone surrogate (an argument or file name that was not UTF-8) as JSON's own escape, which
+    # reads back the same, as strict_json writes it in the record
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _intern(value: Any, seen: dict[str, int], docs: list[Any]) -> int:
