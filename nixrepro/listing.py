@@ -156,7 +156,7 @@ class Listing:
         if key == self.loaded:
             return
         self._clear()
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
             self._read_order()
         with contextlib.suppress(OSError):
             self._read_journal()
@@ -174,6 +174,8 @@ class Listing:
         self.body = raw
         racy = order["racy"]
         runs = order["runs"]
+        if not all(type(entry[0]) is str and type(entry[4]) is str for entry in runs):
+            return  # sorted by start time and id: both strings, or the listing would fail
         self.order = {run_id: ((size, mtime, ctime), started, _pair(racy.get(run_id)))
                       for run_id, size, mtime, ctime, started in runs}
         self.position = {entry[0]: at for at, entry in enumerate(runs)}
@@ -194,12 +196,15 @@ class Listing:
                     continue
                 record = RunRecord.from_dict(row["summary"])
                 size, mtime, ctime = row["key"]
-            except (ValueError, KeyError, TypeError, RecordError):
-                continue
-            racy = (record.record_sha256, record.summary_sha256) if row["racy"] else None
-            self.order[row["id"]] = ((size, mtime, ctime), record.started_at, racy)
-            self.records[row["id"]] = record
-            self.position.pop(row["id"], None)  # the journal's row is the newer one
+                run_id, racy = row["id"], row["racy"]
+                if type(run_id) is not str:
+                    continue
+            except (ValueError, KeyError, TypeError, RecordError, RecursionError):
+                continue  # a line of another shape (its checksum recomputed): read past
+            hashes = (record.record_sha256, record.summary_sha256) if racy else None
+            self.order[run_id] = ((size, mtime, ctime), record.started_at, hashes)
+            self.records[run_id] = record
+            self.position.pop(run_id, None)  # the journal's row is the newer one
             self.journal += 1
 
     def _open_body(self) -> dict[str, Any]:
@@ -231,7 +236,7 @@ class Listing:
                     hint = _hints()[name]
                     self.objects[name] = [codec.trusted(hint, value)
                                           for value in json.loads(self.lines[2 + at])]
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
                 self.position.clear()
                 raise LookupError("the listing index's shared objects do not parse") from None
         return self.objects[name]
@@ -255,7 +260,11 @@ class Listing:
             if objects is None:
                 objects = self._shared(name)
                 refs, at = self.refs or [], self._open_body()["shared"].index(name)
-            found.append(objects[refs[position[run_id]][at]])
+            try:
+                found.append(objects[refs[position[run_id]][at]])
+            except (TypeError, IndexError, KeyError):  # refs that are not a row's: as _build
+                self.position.clear()
+                raise LookupError("the listing index's refs do not parse") from None
         return found
 
     def record(self, run_id: str) -> RunRecord:
@@ -299,7 +308,7 @@ class Listing:
                     record: Any = new(RunRecord)
                     set_dict(record, "__dict__", values)
                     built[run_id] = record
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
             # a body that does not hold what its checksum promised (a bug, never a user's edit):
             # its runs are read from their records
             self.position.clear()
