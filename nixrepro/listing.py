@@ -139,6 +139,7 @@ class Listing:
         self.compacted = 0  # rows in the compacted index
         self.journal = 0  # rows in the journal
         self.loaded: tuple[int, ...] | None = None  # the index files' stat when read
+        self.scanned = 0  # the clock when the last scan began, before any record was read
 
     @classmethod
     def of(cls, root: Path) -> Listing:
@@ -324,9 +325,10 @@ class Listing:
         if entry is None or entry[0] != key:
             return False
         if entry[2] is not None:
+            settled = time.time_ns() - key[2] >= RACY_NS  # the clock before the record is read
             if read_head(Path(record_path)) != entry[2]:
                 return False
-            if time.time_ns() - key[2] >= RACY_NS:
+            if settled:
                 self.order[run_id] = (key, entry[1], None)
         return True
 
@@ -336,6 +338,7 @@ class Listing:
         of the runs the index holds current rows of, (run id, stat key) of the others, and every
         run's stat key. One loop with its names local: it runs 10,000 times."""
         order, stat_of, regular = self.order, os.stat, stat.S_ISREG
+        self.scanned = time.time_ns()
         found: list[tuple[str, str]] = []
         missing: list[tuple[str, StatKey]] = []
         listed: dict[str, StatKey] = {}
@@ -369,7 +372,9 @@ class Listing:
             return
         with contextlib.suppress(OSError):
             lines = []
-            now = time.time_ns()
+            # racy: the record changed within a second before it was read, which was after the
+            # scan began, however long the listing took since (reading 10,000 records)
+            now = self.scanned or time.time_ns()
             for run_id, key, record in made:
                 racy = now - key[2] < RACY_NS
                 text = json.dumps({"id": run_id, "key": list(key), "racy": racy, "layout": layout(),
