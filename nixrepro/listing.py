@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -156,7 +157,15 @@ class Listing:
         key = _files_key(self.root)
         if key == self.loaded:
             return
+        built = bool(self.records or self.objects)
         self._clear()
+        if built:
+            # the rows built from the files read before were moved out of the collector's sight
+            # (codec.no_gc(keep=True)), and with them whatever garbage in cycles was pending then:
+            # collected now, before the new rows are, so that a process that lists again after
+            # the index changed (the viewer) does not keep that garbage for ever
+            gc.unfreeze()
+            gc.collect()
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
             self._read_order()
         with contextlib.suppress(OSError):
