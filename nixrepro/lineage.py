@@ -43,11 +43,13 @@ class Lineage:
     """
 
     def __init__(self, data: Iterable[tuple[str, str, DataRecord]],
-                 load: Callable[[str], RunRecord]) -> None:
+                 load: Callable[[str], RunRecord | None]) -> None:
         # Oldest first, so the latest producer of a URI wins in `by_uri`.
         self.data = sorted(data, key=operator.itemgetter(0, 1))
         self.load = load
-        self.loaded: dict[str, RunRecord] = {}
+        # None: a run whose record could no longer be read when its tree was built, shown as a
+        # listing made then would show it (left out: what it wrote reads as external)
+        self.loaded: dict[str, RunRecord | None] = {}
         self.by_version: dict[tuple[str, str | None], tuple[str, DataVersion]] = {}
         self.by_uri: dict[str, tuple[str, DataVersion]] = {}
         for _, run_id, data_record in self.data:
@@ -61,11 +63,10 @@ class Lineage:
         by_id = {record.id: record for record in records}
         return cls([(r.started_at, r.id, r.data) for r in by_id.values()], by_id.__getitem__)
 
-    def _run(self, run_id: str) -> RunRecord:
-        found = self.loaded.get(run_id)
-        if found is None:
-            found = self.loaded[run_id] = self.load(run_id)
-        return found
+    def _run(self, run_id: str) -> RunRecord | None:
+        if run_id not in self.loaded:
+            self.loaded[run_id] = self.load(run_id)
+        return self.loaded[run_id]
 
     def trace(self, ref: DataRef) -> LineageNode:
         """The lineage tree of ``ref``; an unknown version is a usage error naming the remedy."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
+from ..errors import RecordError, RunNotFoundError, UsageError
 from . import CONTEXT, cli, store
 
 
@@ -36,9 +36,22 @@ def lineage(ref: str, as_json: bool, as_dot: bool) -> None:
         to_json,
     )
     from ..present import terminal_safe
+    from ..record import RunRecord
+    from ..runstore import _warn_skipped as warn_skipped
 
     runs = store()
-    index = Lineage(runs.values("data"), runs.summary)
+
+    def load(run_id: str) -> RunRecord | None:
+        """A run the listing showed; one whose record was edited or removed since is left out,
+        with the listing's warning, as the next listing leaves it out."""
+        try:
+            record: RunRecord = runs.summary(run_id)
+        except (RecordError, RunNotFoundError) as exc:
+            warn_skipped(runs.run_dir(run_id), exc)
+            return None
+        return record
+
+    index = Lineage(runs.values("data"), load)
     if "://" not in ref:  # a run, not a data URI
         if as_dot:
             raise UsageError("--dot draws the lineage of a data version; give URI[@VERSION].")
