@@ -11,14 +11,15 @@ reads one file and stats 10,000 records, instead of reading and hashing 10,000 s
 A row is a run's summary (the record without its closure, what summary.json holds) with the
 (size, mtime, ctime) of the record.json it was made from, statted before the summary was read. It
 is used only while record.json still has that key (any write of the record moves its ctime, which
-only the kernel sets) and only while its checksum holds (a hand edit of the index, or a torn
-line, is read past). A row made within a second of its record's ctime is racy, as git's index
-entries can be: a rewrite in the same tick of the clock could keep the key, so the record's first
-bytes (record_sha256, summary_sha256) are compared as well until a listing a second later finds
-them still equal. Otherwise RunStore.summary lists the run from summary.json or record.json,
-checking the record's own hashes as before, and a new row is appended. So every row was made from
-a summary tied to a record whose hashes held, and the index shows what ``verify`` would: it is a
-cache, and deleting it costs one slower listing.
+only the kernel sets) and only while its checksum holds (a torn line, or a hand edit that did
+not recompute it, is read past; it is no seal: an edit that recomputes it is trusted). A row
+made within a second of its record's ctime is racy, as git's index entries can be: a rewrite in
+the same tick of the clock could keep the key, so the record's first bytes (record_sha256,
+summary_sha256) are compared as well until a listing a second later finds them still equal.
+Otherwise RunStore.summary lists the run from summary.json or record.json, checking the record's
+own hashes as before, and a new row is appended. So every row was made from a summary tied to a
+record whose hashes held, and the index shows what ``verify`` would: it is a cache, and deleting
+it costs one slower listing.
 
 The order line alone answers ``@latest``; one field of every run (the pipeline's stages, the
 data lineage reads) parses only that field's refs and objects; one run, only its line; a listing
