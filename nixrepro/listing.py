@@ -407,6 +407,11 @@ class Listing:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return
+            # only a compaction writes these two files, and this one holds the lock: a temporary
+            # file of theirs is what a compaction killed mid-write left (10 MB at 10,000 runs)
+            for name in (INDEX_FILE, JOURNAL_FILE):
+                for left in self.root.glob(f".{name}.*.tmp"):
+                    left.unlink(missing_ok=True)
             with contextlib.suppress(LookupError):
                 self.build_all(list(listed))
             kept = [(run_id, key) for run_id, key in listed.items()
