@@ -1,11 +1,12 @@
 """The run store's listing index: every run's summary in one file, so that listing 10,000 runs
 reads one file and stats 10,000 records, instead of reading and hashing 10,000 summary.json.
 
-    .nixrepro/summaries.json    the compacted index, lines of JSON: a header {"schema", "layout",
-                                "sha256"} (of the lines after it); the order (each run's id, the
-                                stat key of its record.json and its start time); the names of
-                                the row's fields; each row's refs into the shared objects; the
-                                shared objects, a line per field; then a line per run
+    .nixrepro/summaries.json    the compacted index, lines of JSON: a header (the schema, the
+                                layout and a sha256 of each part after it: see seal); the order
+                                (each run's id, the stat key of its record.json and its start
+                                time); the names of the row's fields; each row's refs into the
+                                shared objects; the shared objects, a line per field; a line per
+                                run
     .nixrepro/summaries.jsonl   rows added since, one line each: "<sha256 of the row> <row>"
 
 A row is a run's summary (the record without its closure, what summary.json holds) with the
@@ -59,7 +60,7 @@ from .record import RecordError, RunRecord, read_head
 INDEX_FILE = "summaries.json"
 JOURNAL_FILE = "summaries.jsonl"
 LOCK_FILE = "summaries.lock"
-SCHEMA = "nixrepro.summaries/3"
+SCHEMA = "nixrepro.summaries/4"
 # A compaction rewrites the whole index: done when the journal holds more than this many rows or
 # a 64th of the index, so that it costs about as much again as the listings it saves.
 COMPACT_AT = 64
@@ -133,7 +134,10 @@ class Listing:
         self.order: dict[str, tuple[StatKey, str, tuple[str, str] | None]] = {}
         self.records: dict[str, RunRecord] = {}  # built rows and the journal's, by run id
         self.position: dict[str, int] = {}  # run id -> its row in the compacted index
-        self.body: bytes | None = None  # the compacted index, split into lines on first use
+        self.body: bytes | None = None  # the compacted index after its order, split on first use
+        self.sums: dict[str, Any] = {}  # its header: the checksums of the order, the lines
+        # before the rows (meta, refs, shared objects) and the rows, each checked on first use
+        self.rows_checked = False
         self.lines: list[bytes] = []  # the body's lines: see _compact for what each holds
         self.meta: dict[str, Any] | None = None
         self.refs: list[list[int]] | None = None  # each row's index into each shared field
@@ -177,12 +181,12 @@ class Listing:
         raw = (self.root / INDEX_FILE).read_bytes()
         head_end = raw.index(b"\n")  # offsets, not slices: the index is 10 MB at 10,000 runs
         header = json.loads(raw[:head_end])
-        if header.get("schema") != SCHEMA or header.get("layout") != layout() or \
-                header.get("sha256") != hashlib.sha256(memoryview(raw)[head_end + 1:]).hexdigest():
-            return  # another nixrepro's, or edited: rebuilt from the records
         order_end = raw.index(b"\n", head_end + 1)
+        if header.get("schema") != SCHEMA or header.get("layout") != layout() or \
+                header.get("order") != _sha256(memoryview(raw)[head_end + 1:order_end]):
+            return  # another nixrepro's, or edited: rebuilt from the records
         order = json.loads(raw[head_end + 1:order_end])
-        self.body = raw
+        self.body, self.sums = raw[order_end + 1:], header
         racy = order["racy"]
         runs = order["runs"]
         if not all(type(entry[0]) is str and type(entry[4]) is str for entry in runs):
@@ -220,13 +224,19 @@ class Listing:
 
     def _open_body(self) -> dict[str, Any]:
         """The body's lines and its meta line (the first time a listing needs more than the
-        order); a body that does not parse is dropped, and its runs are read from their records."""
+        order), the lines before the rows checked against their checksum; a body that does not
+        hold what its checksum promises is dropped, and its runs are read from their records."""
         if self.meta is None:
             if self.body is not None:
                 try:
-                    self.lines = self.body.split(b"\n")[2:]  # after the header and the order
-                    self.meta = json.loads(self.lines[0])
-                except ValueError:
+                    self.lines = self.body.split(b"\n")
+                    meta = json.loads(self.lines[0])
+                    first_row = 2 + len(meta["shared"])
+                    if _sha256(b"\n".join(self.lines[:first_row])) == self.sums.get("sections"):
+                        self.meta = meta
+                    else:
+                        self.position.clear()
+                except (ValueError, KeyError, TypeError, RecursionError):
                     self.position.clear()
                 self.body = None
             if self.meta is None:
@@ -300,6 +310,10 @@ class Listing:
             objects = [self._shared(name) for name in shared_names]
             refs = self.refs or []
             lines, position, first = self.lines, self.position, 2 + len(shared_names)
+            if not self.rows_checked:
+                if _sha256(b"\n".join(lines[first:])) != self.sums.get("rows"):
+                    raise ValueError("the rows do not hash to their checksum")
+                self.rows_checked = True
             with codec.no_gc(keep=True):
                 rows = json.loads(b"[" + b",".join(
                     lines[first + position[run_id]] for run_id in run_ids) + b"]")
@@ -430,19 +444,27 @@ class Listing:
             order = {"runs": [[run_id, *key, self.order[run_id][1]] for run_id, key in kept],
                      "racy": {run_id: self.order[run_id][2] for run_id, _ in kept
                               if self.order[run_id][2] is not None}}
-            rest = b"\n".join([
-                _compact_json(order),
-                _compact_json({"names": own, "shared": names, "env": bases}),
-                _compact_json(refs),
-                *(_compact_json(docs[name]) for name in names),
-                *rows,
-            ])
-            header = json.dumps({"schema": SCHEMA, "layout": layout(),
-                                 "sha256": hashlib.sha256(rest).hexdigest()})
-            atomic_write(self.root / INDEX_FILE, header.encode() + b"\n" + rest)
+            sections = [_compact_json({"names": own, "shared": names, "env": bases}),
+                        _compact_json(refs), *(_compact_json(docs[name]) for name in names)]
+            atomic_write(self.root / INDEX_FILE, seal([_compact_json(order), *sections, *rows]))
             atomic_write(self.root / JOURNAL_FILE, b"")
             self.position.clear()  # every row kept is built: the old body is not read again
             self.compacted, self.journal = len(kept), 0
+
+
+def seal(lines: list[bytes]) -> bytes:
+    """The compacted index of ``lines`` (the order, the meta line, the refs, the shared objects,
+    the rows), under a header with the checksum of each part: a listing checks only the parts it
+    reads (``@latest`` the order alone, a field of every run the lines before the rows)."""
+    first_row = 3 + len(json.loads(lines[1])["shared"])
+    header = {"schema": SCHEMA, "layout": layout(), "order": _sha256(lines[0]),
+              "sections": _sha256(b"\n".join(lines[1:first_row])),
+              "rows": _sha256(b"\n".join(lines[first_row:]))}
+    return json.dumps(header).encode() + b"\n" + b"\n".join(lines)
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _pair(value: Any) -> tuple[str, str] | None:

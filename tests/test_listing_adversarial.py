@@ -342,10 +342,12 @@ def edit_index(store: RunStore, edit: Callable[[list[bytes]], None]) -> None:
     index = store.root / listing.INDEX_FILE
     head, *rest = index.read_bytes().split(b"\n")
     edit(rest)
-    body = b"\n".join(rest)
-    header = json.loads(head)
-    header["sha256"] = hashlib.sha256(body).hexdigest()
-    index.write_bytes(json.dumps(header).encode() + b"\n" + body)
+    try:
+        index.write_bytes(listing.seal(rest))
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # no meta line to count
+        header = json.loads(head)  # the parts by: every checksum over the lines as edited
+        header.update(order=hashlib.sha256(rest[0]).hexdigest())
+        index.write_bytes(json.dumps(header).encode() + b"\n" + b"\n".join(rest))
 
 
 def deep() -> bytes:
