@@ -25,7 +25,6 @@ import contextlib
 import math
 import os
 import posixpath
-import queue
 import re
 import threading
 import time
@@ -40,6 +39,7 @@ from ..metrics import MetricPoint
 from ..parallel import Background
 from . import TrackerContext, attached_files, describe, reachable
 from .provenance import flat
+from .worker import WorkerSink
 
 if TYPE_CHECKING:  # the sink's module stays light: made before the run path is imported
     from ..record import RunRecord
@@ -176,13 +176,15 @@ def _import_mlflow() -> Any:
     return SimpleNamespace(MlflowClient=MlflowClient, Metric=Metric, Param=Param, RunTag=RunTag)
 
 
-class MlflowSink:
+class MlflowSink(WorkerSink):
     """One MLflow run for one nixrepro run (make a new sink per run)."""
 
     name = "mlflow"
+    shown = "MLflow"
 
     def __init__(self, settings: Settings, context: TrackerContext,
                  importer: Callable[[], Any] | None = None) -> None:
+        super().__init__()
         self._settings = settings
         self._context = context
         self._uri = resolve_tracking_uri(settings, context.repo_root, context.store_root,
@@ -190,8 +192,6 @@ class MlflowSink:
         self._experiment = (settings.experiment or context.environ.get("MLFLOW_EXPERIMENT_NAME")
                             or context.repo_root.name)
         self._api = Background(importer or _import_mlflow)  # starts now: overlaps the preflight
-        self._points: queue.SimpleQueue[MetricPoint | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
         self._client: Any = None
         self._run_id: str | None = None
         self._experiment_id: str | None = None
@@ -199,29 +199,15 @@ class MlflowSink:
         self._tags_sent: dict[str, str] = {}
         self._last_step: int | None = None
         self._skipped: set[str] = set()
-        self._error: str | None = None
 
     @property
     def tracking_uri(self) -> str:
         return self._uri
 
-    # --- RunObserver --------------------------------------------------------------------------
-
-    def started(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._worker = threading.Thread(target=self._work, args=(record,), daemon=True,
-                                        name="nixrepro-mlflow")
-        self._worker.start()
-        return None  # the MLflow run id goes into the record once the run exists (ended)
-
-    def logged(self, point: MetricPoint) -> None:
-        if self._error is not None:
-            raise TrackerError(self._error)
-        self._points.put(point)
+    # --- RunObserver (started and logged: WorkerSink's) -----------------------------------------
 
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._points.put(None)
-        if self._worker is not None:
-            self._worker.join()
+        self._send_the_rest()
         if self._error is not None or self._run_id is None:
             raise TrackerError(self._error or "MLflow never started")
         api, client, run_id = self._api.result(), self._client, self._run_id
@@ -243,53 +229,37 @@ class MlflowSink:
     def abandoned(self) -> None:
         """nixrepro went away before the run's end (killed, or it dropped this tracker): what
         was logged is sent, and the MLflow run ends as FAILED instead of staying RUNNING."""
-        self._points.put(None)
-        if self._worker is not None:
-            self._worker.join()
+        self._send_the_rest()
         if self._run_id is not None and self._client is not None and self._error is None:
             with _no_url_line():
                 self._client.set_terminated(self._run_id, status="FAILED")
 
-    # --- the worker thread: the run, then every metric batch as it arrives ---------------------
+    # --- on the worker thread (nixrepro.trackers.worker): the run, then each batch of points ----
 
-    def _work(self, record: RunRecord) -> None:
-        try:
-            api = self._api.result()
-            if _scheme(self._uri) in ("http", "https") and not reachable(self._uri):
-                raise TrackerError(f"the tracking server {self._shown_uri()} does not answer")
-            with _CLIENT_LOCK, self._store_lock():
-                self._prepare_local_store()
-                self._client = api.MlflowClient(tracking_uri=self._uri)
-                self._experiment_id = self._experiment_id_of(self._client)
-            run = self._client.create_run(self._experiment_id, start_time=_millis(record.started_at),
-                                          tags=self._source_tags(record), run_name=record.name)
-            self._run_id = run.info.run_id
-            self._artifact_uri = run.info.artifact_uri
-            self._tags_sent = flat(record, TAG_MAX, self._context.remote)
-            self._client.log_batch(
-                self._run_id, params=self._params(api, record),
-                tags=[api.RunTag(key, value) for key, value in self._tags_sent.items()],
-                synchronous=True)
-        except Exception as exc:
-            self._fail("MLflow could not start", exc)
-            return
-        done = False
-        while not done:
-            batch = [self._points.get()]
-            while True:  # whatever else is waiting goes in the same log_batch
-                try:
-                    batch.append(self._points.get_nowait())
-                except queue.Empty:
-                    break
-            done = None in batch
-            try:
-                metrics = [m for point in batch if point is not None
-                           for m in self._metrics(api, point)]
-                if metrics:
-                    self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
-            except Exception as exc:
-                self._fail("MLflow stopped during the run", exc)
-                return
+    def _start(self, record: RunRecord) -> None:
+        api = self._api.result()
+        if _scheme(self._uri) in ("http", "https") and not reachable(self._uri):
+            raise TrackerError(f"the tracking server {self._shown_uri()} does not answer")
+        with _CLIENT_LOCK, self._store_lock():
+            self._prepare_local_store()
+            self._client = api.MlflowClient(tracking_uri=self._uri)
+            self._experiment_id = self._experiment_id_of(self._client)
+        run = self._client.create_run(self._experiment_id, start_time=_millis(record.started_at),
+                                      tags=self._source_tags(record), run_name=record.name)
+        self._run_id = run.info.run_id
+        self._artifact_uri = run.info.artifact_uri
+        self._tags_sent = flat(record, TAG_MAX, self._context.remote)
+        self._client.log_batch(
+            self._run_id, params=self._params(api, record),
+            tags=[api.RunTag(key, value) for key, value in self._tags_sent.items()],
+            synchronous=True)
+
+    def _send(self, points: list[MetricPoint]) -> None:
+        """Whatever was waiting goes in one log_batch."""
+        api = self._api.result()
+        metrics = [m for point in points for m in self._metrics(api, point)]
+        if metrics:
+            self._client.log_batch(self._run_id, metrics=metrics, synchronous=True)
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:

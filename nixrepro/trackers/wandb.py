@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import re
 import sys
 import threading
@@ -36,6 +35,7 @@ from ..parallel import Background
 from . import TrackerContext, attached_files, describe, reachable
 from .provenance import nixpkgs_rev as nixpkgs_rev  # (where it was; tests and callers use it)
 from .provenance import provenance
+from .worker import WorkerSink
 
 if TYPE_CHECKING:  # the sink's module stays light: made before the run path is imported
     from ..record import DataVersion, RunRecord
@@ -196,10 +196,11 @@ def _note(message: str) -> None:
     sys.stderr.flush()
 
 
-class WandbSink:
+class WandbSink(WorkerSink):
     """One W&B run for one nixrepro run (make a new sink per run)."""
 
     name = "wandb"
+    shown = "W&B"
 
     def __init__(
         self,
@@ -212,6 +213,7 @@ class WandbSink:
         remote: str | None = None,
         secret_names: tuple[str, ...] = (),
     ) -> None:
+        super().__init__()
         environ = os.environ if environ is None else environ
         self._config = config
         self._secret_names = secret_names  # [secrets] extra_names, for the logs it scrubs
@@ -223,33 +225,18 @@ class WandbSink:
         self._project = config.project or environ.get("WANDB_PROJECT") or default_project
         self._note = note
         self._wandb = Background(_import_wandb)  # starts now: overlaps the preflight
-        self._points: queue.SimpleQueue[MetricPoint | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
         self._run: Any = None
         self._record_id: str | None = None  # the W&B run's id, its directory's name
-        self._error: str | None = None
+        self._last_step: int | None = None
 
     @property
     def mode(self) -> str:
         return self._mode
 
-    # --- RunObserver --------------------------------------------------------------------------
-
-    def started(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._worker = threading.Thread(target=self._work, args=(record,), daemon=True,
-                                        name="nixrepro-wandb")
-        self._worker.start()
-        return None  # the W&B run id and URL go into the record once the run exists (ended)
-
-    def logged(self, point: MetricPoint) -> None:
-        if self._error is not None:
-            raise TrackerError(self._error)
-        self._points.put(point)
+    # --- RunObserver (started and logged: WorkerSink's) -----------------------------------------
 
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._points.put(None)
-        if self._worker is not None:
-            self._worker.join()
+        self._send_the_rest()
         if self._error is not None or self._run is None:
             raise TrackerError(self._error or "W&B never started")
         run = self._run
@@ -276,9 +263,7 @@ class WandbSink:
     def abandoned(self) -> None:
         """nixrepro went away before the run's end (killed, or it dropped this tracker): what
         was logged is sent, and the W&B run is finished as failed instead of left running."""
-        self._points.put(None)
-        if self._worker is not None:
-            self._worker.join()
+        self._send_the_rest()
         run = self._run
         if run is not None and self._error is None:
             with wandb_environ(self._home):
@@ -306,49 +291,40 @@ class WandbSink:
                     temporary.write_bytes(clean.encode("utf-8", "surrogateescape"))
                     os.replace(temporary, target)
 
-    # --- the worker thread: init, then every metric as it arrives -------------------------------
+    # --- on the worker thread (nixrepro.trackers.worker): init, then every point in turn -------
 
-    def _work(self, record: RunRecord) -> None:
+    def _start(self, record: RunRecord) -> None:
         self._record_id = record.id
-        try:
-            wandb = self._wandb.result()
-            # wandb-core starts now, while this thread does what wandb.init would do after it:
-            # the service's start is mostly a sleep (W&B looks for its port file, then waits
-            # 0.2 s), and init ends by importing W&B Launch's staged inputs (~0.25 s of Python)
-            ensure = _service_starter()
-            service = None if ensure is None else Background(self._start_service, ensure,
-                                                             record.command.argv)
-            _preload(LAUNCH_INPUTS)
-            if self._mode == "online" and not reachable(self._base_url):
-                self._mode = "offline"
-                from ..redact import scrub_url
+        wandb = self._wandb.result()
+        # wandb-core starts now, while this thread does what wandb.init would do after it:
+        # the service's start is mostly a sleep (W&B looks for its port file, then waits
+        # 0.2 s), and init ends by importing W&B Launch's staged inputs (~0.25 s of Python)
+        ensure = _service_starter()
+        service = None if ensure is None else Background(self._start_service, ensure,
+                                                         record.command.argv)
+        _preload(LAUNCH_INPUTS)
+        if self._mode == "online" and not reachable(self._base_url):
+            self._mode = "offline"
+            from ..redact import scrub_url
 
-                self._note(f"W&B ({scrub_url(self._base_url)}) is unreachable; the W&B run is kept "
-                           "offline, `nixrepro sync` uploads it later.")
-            if service is not None:
-                service.result()  # a service that cannot start is W&B's failure to start
-            with wandb_environ(self._home), _program_argv(record.command.argv):
-                self._run = wandb.init(**self._init_args(wandb, record))
-            _LIVE.add(id(self))
-        except Exception as exc:
-            self._fail("W&B could not start", exc)
-            return
-        last_step: int | None = None
-        while True:
-            point = self._points.get()
-            if point is None:
-                return
+            self._note(f"W&B ({scrub_url(self._base_url)}) is unreachable; the W&B run is kept "
+                       "offline, `nixrepro sync` uploads it later.")
+        if service is not None:
+            service.result()  # a service that cannot start is W&B's failure to start
+        with wandb_environ(self._home), _program_argv(record.command.argv):
+            self._run = wandb.init(**self._init_args(wandb, record))
+        _LIVE.add(id(self))
+
+    def _send(self, points: list[MetricPoint]) -> None:
+        """One run.log a point, each with its step (W&B's history keeps one row a step)."""
+        for point in points:
             values = {key: _wandb_value(value) for key, value in point.metrics.items()}
             step = wandb_step(point.step)
             if step is None:  # the step after the last one, as MLflow's sink numbers it (W&B's
                 # own numbering would log it into the last step's row, over its values)
-                step = 0 if last_step is None else min(last_step + 1, STEP_MAX)
-            last_step = step if last_step is None else max(step, last_step)
-            try:
-                self._run.log(values, step=step)
-            except Exception as exc:
-                self._fail("W&B stopped during the run", exc)
-                return
+                step = 0 if self._last_step is None else min(self._last_step + 1, STEP_MAX)
+            self._last_step = step if self._last_step is None else max(step, self._last_step)
+            self._run.log(values, step=step)
 
     def _start_service(self, ensure: Callable[[], Any], argv: list[str]) -> None:
         """W&B's service process, in the environment wandb.init will have."""
