@@ -207,9 +207,7 @@ class MlflowSink(WorkerSink):
     # --- RunObserver (started and logged: WorkerSink's) -----------------------------------------
 
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._send_the_rest()
-        if self._error is not None or self._run_id is None:
-            raise TrackerError(self._error or "MLflow never started")
+        self._all_sent()
         api, client, run_id = self._api.result(), self._client, self._run_id
         try:
             final = {**self._changed_tags(record), **self._outcome_tags(record)}

@@ -236,9 +236,7 @@ class WandbSink(WorkerSink):
     # --- RunObserver (started and logged: WorkerSink's) -----------------------------------------
 
     def ended(self, record: RunRecord, run_dir: Path) -> dict[str, Any] | None:
-        self._send_the_rest()
-        if self._error is not None or self._run is None:
-            raise TrackerError(self._error or "W&B never started")
+        self._all_sent()
         run = self._run
         try:
             with wandb_environ(self._home):

@@ -3,9 +3,10 @@
 A tracker's library blocks: its import, its service or server starting the run, each call a round
 trip. So a sink (nixrepro.trackers.mlflow, nixrepro.trackers.wandb) is a :class:`WorkerSink`: at
 ``started`` one thread of its own starts the tracker's run and then sends the metric points that
-``logged`` queues, in the order they were logged, while the run goes on. The sink's ``ended`` (and
-``abandoned``) first calls :meth:`WorkerSink._send_the_rest`, which returns once that thread has
-sent what was queued and ended; it then finishes the tracker's run itself.
+``logged`` queues, in the order they were logged, while the run goes on. The sink's ``ended`` first
+calls :meth:`WorkerSink._all_sent`, which returns once that thread has sent what was queued and
+ended, and then finishes the tracker's run; its ``abandoned`` (nixrepro gone before the run's end)
+calls :meth:`WorkerSink._send_the_rest`, which does not raise, and ends the run as failed.
 
 A failure on that thread is kept, not raised there: the sink's ``_fail`` remembers it, the next
 ``logged`` (or the ``ended``) raises it as :class:`TrackerError`, and the observer machinery drops
@@ -38,8 +39,9 @@ class WorkerSink(ABC):
         self._points: queue.SimpleQueue[MetricPoint | None] = queue.SimpleQueue()  # None: no more
         self._worker: threading.Thread | None = None
         self._error: str | None = None  # set by _fail: the thread has stopped, the sink is failed
+        self._running = False  # _start returned: the tracker's run exists
 
-    # --- what a sink gives: called on the worker thread, but _fail ------------------------------
+    # --- what a sink gives (_start and _send are called on the worker thread only) ---------------
 
     @abstractmethod
     def _start(self, record: RunRecord) -> None:
@@ -72,6 +74,13 @@ class WorkerSink(ABC):
         if self._worker is not None:
             self._worker.join()
 
+    def _all_sent(self) -> None:
+        """``ended``'s first step: :meth:`_send_the_rest`, then TrackerError if the worker failed
+        or never started the tracker's run (nothing to finish)."""
+        self._send_the_rest()
+        if self._error is not None or not self._running:
+            raise TrackerError(self._error or f"{self.shown} never started")
+
     # --- the worker thread ----------------------------------------------------------------------
 
     def _work(self, record: RunRecord) -> None:
@@ -80,6 +89,7 @@ class WorkerSink(ABC):
         except Exception as exc:
             self._fail(f"{self.shown} could not start", exc)
             return
+        self._running = True
         for points in self._waiting():
             try:
                 self._send(points)
