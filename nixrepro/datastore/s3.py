@@ -2,7 +2,8 @@
 
 Endpoint, region and credentials come from ``[data]`` or the standard AWS chain (AWS_PROFILE,
 AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, ~/.aws). botocore's errors become one-sentence
-:class:`DataStoreError` messages that never contain a credential.
+:class:`DataStoreError` messages that never contain a credential: :func:`botocore_call` sorts them,
+for this store and for the remote run store (nixrepro.remote.s3), and each words its own.
 
 Transfers: small objects are one ``put_object``; large ones a multipart upload whose parts go up
 in parallel, so that the version id comes back from CompleteMultipartUpload (boto3's transfer
@@ -104,6 +105,52 @@ def make_client(settings: DataConfig, *, retries: int = 3, read_timeout: float =
                       request_checksum_calculation="when_required",
                       response_checksum_validation="when_required"),
     )
+
+
+def botocore_call(call: Callable[[], T], *, refused: Callable[[str, int], Exception],
+                  unreachable: Callable[[str], Exception], no_credentials: Callable[[], Exception],
+                  failed: Callable[[str], Exception]) -> T:
+    """Run one botocore call; each way it fails becomes the caller's error, one sentence naming
+    the problem and the remedy (botocore's own exception not chained to it).
+
+    ``refused(code, status)``: the service answered no (its error code, its HTTP status or 0);
+    ``unreachable(error)``: refused, reset, cut short, the store is away (botocore's error's class
+    name); ``no_credentials()``: botocore found none; ``failed(error)``: any other botocore error.
+    Anything else the call raises passes through as it is.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    try:
+        return call()
+    except ClientError as exc:
+        raise refused(*error_code(exc)) from None
+    # refused (EndpointConnectionError, a ConnectionError), reset, cut short
+    except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
+        raise unreachable(type(exc).__name__) from None
+    except NoCredentialsError:
+        raise no_credentials() from None
+    except BotoCoreError as exc:
+        raise failed(type(exc).__name__) from None
+
+
+def error_code(exc: Any) -> tuple[str, int]:
+    """A botocore ClientError's code ("NoSuchKey", "404"...) and HTTP status (0: none)."""
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return str(error.get("Code", "")), int(status)
+
+
+def shown_endpoint(settings: DataConfig) -> str:
+    """The endpoint as messages name it: a password in its URL never reaches them."""
+    return scrub_url(settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                     or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
 
 
 class S3Store:
@@ -293,45 +340,29 @@ class S3Store:
         self._versioned.add(uri.bucket)
 
     def _call(self, uri: DataURI, call: Callable[[], T], version_id: str | None = None) -> T:
-        """Run one boto3 call; its errors become one sentence naming the problem and the remedy."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            HTTPClientError,
-            IncompleteReadError,
-            NoCredentialsError,
-        )
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-
-        try:
-            return call()
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NotFound") and not self._bucket_exists(uri.bucket):
-                code = "NoSuchBucket"  # a HEAD has no body: a missing bucket is a bare 404 too
-            missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
-            error = NoSuchObject if missing else DataStoreError
-            raise error(self._explain(uri, code, version_id)) from None
-        # refused (EndpointConnectionError, a ConnectionError), reset, cut short: the store is away,
-        # and an output is kept pending rather than failed
-        except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
-            raise DataStoreUnreachable(
-                f"cannot reach S3 at {self._endpoint()} for {uri} ({type(exc).__name__}); check the network "
-                "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."
-            ) from None
-        except NoCredentialsError:
-            raise DataStoreError(
+        """Run one botocore call; its errors become one sentence naming the problem and the remedy."""
+        return botocore_call(
+            call,
+            refused=lambda code, _status: self._refused(uri, code, version_id),
+            # the store is away: an output is kept pending rather than failed
+            unreachable=lambda error: DataStoreUnreachable(
+                f"cannot reach S3 at {self._endpoint()} for {uri} ({error}); check the network "
+                "and endpoint_url, then retry (`nixrepro sync` uploads what is pending)."),
+            no_credentials=lambda: DataStoreError(
                 f"no AWS credentials for {uri}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                "AWS_PROFILE, or [data] profile in nixrepro.toml."
-            ) from None
-        except BotoCoreError as exc:
-            raise DataStoreError(f"S3 failed for {uri} ({type(exc).__name__}); retry, or check the "
-                                 "endpoint and credentials.") from None
+                "AWS_PROFILE, or [data] profile in nixrepro.toml."),
+            failed=lambda error: DataStoreError(
+                f"S3 failed for {uri} ({error}); retry, or check the endpoint and credentials."))
+
+    def _refused(self, uri: DataURI, code: str, version_id: str | None) -> DataStoreError:
+        if code in ("404", "NotFound") and not self._bucket_exists(uri.bucket):
+            code = "NoSuchBucket"  # a HEAD has no body: a missing bucket is a bare 404 too
+        missing = code in ("NoSuchKey", "404", "NotFound") and not version_id
+        error = NoSuchObject if missing else DataStoreError
+        return error(self._explain(uri, code, version_id))
 
     def _endpoint(self) -> str:
-        """The endpoint as messages name it: a password in its URL never reaches them."""
-        return scrub_url(self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                         or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
+        return shown_endpoint(self.settings)
 
     def _bucket_exists(self, bucket: str) -> bool:
         try:

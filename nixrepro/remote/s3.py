@@ -8,15 +8,15 @@ Where a service ignores the header, :meth:`probe_conditional_writes` finds that 
 store is created, and writes are then preceded by a HEAD (nixrepro.remote).
 
 Each object carries the sha256 of its bytes as ``x-amz-meta-sha256``, so that pushing a run again
-compares a HEAD, not a download. botocore's errors become one sentence naming the remedy; none
-quotes a credential, and the endpoint is scrubbed of any password in its URL.
+compares a HEAD, not a download. botocore's errors become one sentence naming the remedy, sorted
+as the data store's are (nixrepro.datastore.s3.botocore_call); none quotes a credential, and the
+endpoint is scrubbed of any password in its URL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DataConfig
-from ..redact import scrub_url
+from ..datastore.s3 import botocore_call, error_code, make_client, shown_endpoint
 from . import NoSuchKey, ObjectInfo, RemoteError, RemoteUnreachable, RemoteURL, TooLarge
 
 T = TypeVar("T")
@@ -45,8 +45,6 @@ def open_objects(url: RemoteURL, settings: DataConfig) -> S3Objects:
 
 class S3Objects:
     def __init__(self, url: RemoteURL, settings: DataConfig) -> None:
-        from ..datastore.s3 import make_client
-
         self.url = url
         self.settings = settings
         # two attempts, not the data store's three, and 15 s of silence, not 60, before one is
@@ -192,7 +190,7 @@ class S3Objects:
                 self.client.put_object(Bucket=self.url.bucket, Key=full, Body=body,
                                        Metadata=metadata, **conditions)
             except ClientError as exc:
-                code, status = _code(exc)
+                code, status = error_code(exc)
                 if conditions and (code == "PreconditionFailed" or status == 412):
                     raise _Precondition() from None
                 if conditions and (code == "ConditionalRequestConflict" or status == 409):
@@ -204,44 +202,29 @@ class S3Objects:
         self._call(what, put)
 
     def _call(self, what: str, call: Callable[[], T], missing: str | None = None) -> T:
-        """One botocore call; its errors become one sentence naming the problem and the remedy."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            HTTPClientError,
-            IncompleteReadError,
-            NoCredentialsError,
-        )
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-
-        try:
-            return call()
-        except (_Precondition, _InFlight, _Unsupported):
-            raise
-        except ClientError as exc:
-            code, status = _code(exc)
-            if missing is not None and code in ("NoSuchKey", "404", "NotFound") \
-                    and self._bucket_exists():
-                raise NoSuchKey(f"{self.url} has no {missing}.") from None
-            if status >= 500:  # the service is there but failing (starting, overloaded): retry
-                raise RemoteUnreachable(
-                    f"S3 at {self._endpoint()} failed to {what} in the remote run store {self.url} "
-                    f"({code or status}, a server error); retry later.") from None
-            raise RemoteError(self._explain(code, status, what)) from None
-        except (HTTPClientError, IncompleteReadError, BotoConnectionError) as exc:
-            raise RemoteUnreachable(
+        """One botocore call; its errors become one sentence naming the problem and the remedy
+        (put_if_absent's _Precondition, _InFlight and _Unsupported pass through)."""
+        return botocore_call(
+            call,
+            refused=lambda code, status: self._refused(code, status, what, missing),
+            unreachable=lambda error: RemoteUnreachable(
                 f"cannot reach S3 at {self._endpoint()} to {what} in the remote run store {self.url} "
-                f"({type(exc).__name__}); check the network and [runs] endpoint_url, then retry."
-            ) from None
-        except NoCredentialsError:
-            raise RemoteError(
+                f"({error}); check the network and [runs] endpoint_url, then retry."),
+            no_credentials=lambda: RemoteError(
                 f"no AWS credentials for the remote run store {self.url}; set AWS_ACCESS_KEY_ID "
-                "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or [data] profile in nixrepro.toml."
-            ) from None
-        except BotoCoreError as exc:
-            raise RemoteError(f"S3 failed to {what} in the remote run store {self.url} "
-                              f"({type(exc).__name__}); retry, or check the endpoint and "
-                              "credentials.") from None
+                "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or [data] profile in nixrepro.toml."),
+            failed=lambda error: RemoteError(
+                f"S3 failed to {what} in the remote run store {self.url} ({error}); retry, or "
+                "check the endpoint and credentials."))
+
+    def _refused(self, code: str, status: int, what: str, missing: str | None) -> RemoteError:
+        if missing is not None and code in ("NoSuchKey", "404", "NotFound") and self._bucket_exists():
+            return NoSuchKey(f"{self.url} has no {missing}.")
+        if status >= 500:  # the service is there but failing (starting, overloaded): retry
+            return RemoteUnreachable(
+                f"S3 at {self._endpoint()} failed to {what} in the remote run store {self.url} "
+                f"({code or status}, a server error); retry later.")
+        return RemoteError(self._explain(code, status, what))
 
     def _explain(self, code: str, status: int, what: str) -> str:
         bucket = self.url.bucket
@@ -274,20 +257,13 @@ class S3Objects:
 
             # another refusal (403...) is explained by the call that failed
             return not (isinstance(exc, ClientError)
-                        and _code(exc)[0] in ("404", "NoSuchBucket", "NotFound"))
+                        and error_code(exc)[0] in ("404", "NoSuchBucket", "NotFound"))
         with self._lock:
             self._bucket_checked = True
         return True
 
     def _endpoint(self) -> str:
-        return scrub_url(self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
-                         or os.environ.get("AWS_ENDPOINT_URL") or "AWS")
-
-
-def _code(exc: Any) -> tuple[str, int]:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    return str(error.get("Code", "")), int(status)
+        return shown_endpoint(self.settings)
 
 
 class _Precondition(Exception):
