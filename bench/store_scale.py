@@ -6,8 +6,9 @@ start times, other params, metrics and output versions), saved through RunStore.
 end saves them. Each command is run through the CLI, interleaved round by round with two floors
 measured in the same run: `python -c pass` (the interpreter), a Python process that lists the run
 directories and stats every record.json (what any listing that notices an edited record must at
-least do) and one that also reads, checks and parses the listing index (what a listing of every
-run's summary costs before a record is built). Target (issue #16): each command <= 0.3 s at
+least do), one that also reads, checks and parses the listing index (what a listing of every
+run's summary costs before a record is built) and one that then prints each run's cells, aligned,
+straight from the parsed rows (the least `runs` does with them, without a CLI). Target (issue #16): each command <= 0.3 s at
 10,000 runs.
 
     .venv/bin/python bench/store_scale.py [--sizes 100,1000,10000] [--repeat 5]
@@ -58,6 +59,31 @@ INDEX_FLOOR = (
     "head, _, rest = open(index, 'rb').read().partition(b'\\n')\n"
     "hashlib.sha256(rest).hexdigest()\n"
     "[json.loads(line) for line in rest.split(b'\\n')]\n"
+)
+# and the least `runs` itself does with it: the index's rows made into cells (id, status, start,
+# duration, commit, name, the params and metrics, the command) and printed, aligned, one line each
+TABLE_FLOOR = INDEX_FLOOR.replace("[json.loads(line) for line in rest.split(b'\\n')]\n", "") + (
+    "lines = rest.split(b'\\n')\n"
+    "meta, refs = json.loads(lines[1]), json.loads(lines[2])\n"
+    "shared = {name: json.loads(lines[3 + at]) for at, name in enumerate(meta['shared'])}\n"
+    "code, command = meta['shared'].index('code'), meta['shared'].index('command')\n"
+    "rows = json.loads(b'[' + b','.join(lines[3 + len(shared):]) + b']')\n"
+    "names = meta['names']\n"
+    "at = {name: names.index(name) for name in ('id', 'status', 'started_at', 'duration_s', "
+    "'name', 'params', 'metrics')}\n"
+    "cells = []\n"
+    "for row, ref in zip(rows, refs):\n"
+    "    started, params, metrics = row[at['started_at']], row[at['params']], row[at['metrics']]\n"
+    "    cells.append((row[at['id']][:8], row[at['status']], started[:10] + ' ' + started[11:19],\n"
+    "                  f\"{row[at['duration_s']]:.1f}s\", shared['code'][ref[code]]['commit'][:8],\n"
+    "                  row[at['name']] or '', *(str(v) for v in params.values()),\n"
+    "                  *(str(v) for v in metrics.values()),\n"
+    "                  ' '.join(shared['command'][ref[command]]['argv'])))\n"
+    "width = max(map(len, cells))\n"
+    "cells = [c + ('-',) * (width - len(c)) for c in cells]\n"
+    "widths = [max(map(len, column)) for column in zip(*cells)]\n"
+    "line = '  '.join(f'{{:<{w}}}' for w in widths)\n"
+    "sys.stdout.write('\\n'.join(line.format(*c).rstrip() for c in cells) + '\\n')\n"
 )
 STAT_FLOOR = (
     "import os, sys\n"
@@ -132,6 +158,8 @@ def main() -> None:
             "floor: python": [sys.executable, "-c", "pass"],
             "floor: stat all": [sys.executable, "-c", STAT_FLOOR, str(store.runs_dir)],
             "floor: + index": [sys.executable, "-c", INDEX_FLOOR, str(store.runs_dir),
+                               str(store.root / "summaries.json")],
+            "floor: + table": [sys.executable, "-c", TABLE_FLOOR, str(store.runs_dir),
                                str(store.root / "summaries.json")],
         }
         results: dict[int, dict[str, float]] = {}
