@@ -8,8 +8,8 @@ measured in the same run: `python -c pass` (the interpreter), a Python process t
 directories and stats every record.json (what any listing that notices an edited record must at
 least do), one that also reads, checks and parses the listing index (what a listing of every
 run's summary costs before a record is built) and one that then prints each run's cells, aligned,
-straight from the parsed rows (the least `runs` does with them, without a CLI). Target (issue #16): each command <= 0.3 s at
-10,000 runs.
+straight from the parsed rows (the least `runs` does with them, without a CLI). Target (issue
+#16): each command <= 0.3 s at 10,000 runs.
 
     .venv/bin/python bench/store_scale.py [--sizes 100,1000,10000] [--repeat 5]
 """
