@@ -335,6 +335,16 @@ def _store_name(info: StorePathInfo) -> str:
     return base[33:] if len(base) > 33 else base
 
 
+def _maybe_named(closure: Sequence[StorePathInfo], prefixes: tuple[str, ...]) -> list[StorePathInfo]:
+    """The paths whose store name may start with one of ``prefixes`` (group_closure keeps those
+    whose package is one of them): a path of the usual form (/nix/store/<32 characters>-<name>) is
+    tested where its name starts, with no call per path (40,000 at 20,000 paths); any other is
+    kept for group_closure to judge."""
+    return [info for info in closure
+            if (path := info.path).startswith(prefixes, 44) or path[43:44] != "-"
+            or not path.startswith("/nix/store/")]
+
+
 def diff_closures(
     old: Sequence[StorePathInfo], new: Sequence[StorePathInfo]
 ) -> tuple[list[PackageChange], list[RebuiltPackage], list[BitsChange]]:
@@ -350,8 +360,8 @@ def diff_closures(
     came = [info for info in new if old_hashes.get(info.path) != info.narHash]
     names = frozenset(split_store_name(_store_name(info))[0] for info in (*gone, *came))
     prefixes = tuple(names)
-    before = group_closure((i for i in old if _store_name(i).startswith(prefixes)), names)
-    after = group_closure((i for i in new if _store_name(i).startswith(prefixes)), names)
+    before = group_closure(_maybe_named(old, prefixes), names)
+    after = group_closure(_maybe_named(new, prefixes), names)
     packages: list[PackageChange] = []
     rebuilt: list[RebuiltPackage] = []
     for name in sorted(set(before) | set(after)):
