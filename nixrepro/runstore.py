@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NixreproError, RecordError, RunNotFoundError
 from .fsutil import atomic_write, sha256_file
@@ -66,6 +66,9 @@ from .record import (
     summary_sha256,
     without_closure,
 )
+
+if TYPE_CHECKING:
+    from .listing import Listing
 
 RECORD_FILE = "record.json"
 SUMMARY_FILE = "summary.json"
@@ -374,7 +377,7 @@ class RunStore:
         return results
 
     @staticmethod
-    def _from_index(listing: Any, found: list[tuple[str, str]],
+    def _from_index(listing: Listing, found: list[tuple[str, str]],
                     name: str | None) -> list[tuple[str, str, Any]]:
         if name is None:
             return [(started, run_id, None) for started, run_id in found]
