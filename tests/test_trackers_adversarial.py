@@ -405,14 +405,21 @@ def test_credentials_in_a_tracking_uri_never_reach_a_warning_or_a_trackers_files
         assert not [p for p in written if secret.encode() in p.read_bytes()], secret
 
 
+def fake_mlflow(tmp_path: Path, source: str) -> str:
+    """An ``mlflow`` package of ``source`` first on the PYTHONPATH this returns (a library that
+    misbehaves where nixrepro imports it: a flood, a traceback, a secret in what it prints)."""
+    fake = tmp_path / "fake" / "mlflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(source)
+    return os.pathsep.join([str(fake.parent), *sys.path])
+
+
 def test_what_a_trackers_library_prints_stays_off_the_terminal(
     project: Project, tmp_path: Path,
 ) -> None:
     """A library that floods stdout and stderr and prints a traceback (here an mlflow that fails
     its import loudly): the terminal shows the one warning, the tracker's log keeps the rest."""
-    fake = tmp_path / "fake" / "mlflow"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
+    path = fake_mlflow(tmp_path,
         "import sys, traceback\n"
         "for i in range(20000):\n"
         "    print('chatter', i)\n"
@@ -420,7 +427,7 @@ def test_what_a_trackers_library_prints_stays_off_the_terminal(
         "traceback.print_stack()\n"
         "raise ImportError('a loud failure')\n")
     configure(project, '[trackers.mlflow]\ntracking_uri = "sqlite:///mlflow.db"\n', DONE)
-    env = mlflow_env(PYTHONPATH=os.pathsep.join([str(fake.parent), *sys.path]))
+    env = mlflow_env(PYTHONPATH=path)
     result = project.nixrepro("run", "--flake", ".#env", "--", sys.executable, "exp.py", env=env)
     assert result.returncode == 0, result.stderr
     assert dropped(result.stderr)["mlflow"].startswith(
@@ -439,9 +446,7 @@ def test_what_a_trackers_library_prints_reaches_its_log_and_the_terminal_scrubbe
     """A library that prints a token of the environment, a URL with its password and the value of
     a variable named in [secrets] extra_names, and fails with them in its message: the tracker's
     log keeps every line, without them, and the one warning shows none of them either."""
-    fake = tmp_path / "fake" / "mlflow"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
+    path = fake_mlflow(tmp_path,
         "import os, sys\n"
         "print('token', os.environ['ADV_API_TOKEN'])\n"
         "print('retrying http://carol:url-pw-4321@127.0.0.1:9/api', file=sys.stderr)\n"
@@ -449,8 +454,7 @@ def test_what_a_trackers_library_prints_reaches_its_log_and_the_terminal_scrubbe
         "raise ImportError('cannot use ' + os.environ['PROJECT_THING'])\n")
     configure(project, '[trackers.mlflow]\ntracking_uri = "sqlite:///mlflow.db"\n\n'
                        '[secrets]\nextra_names = ["PROJECT_THING"]\n', DONE)
-    env = mlflow_env(PYTHONPATH=os.pathsep.join([str(fake.parent), *sys.path]),
-                     ADV_API_TOKEN="tok-" + "7" * 20, PROJECT_THING="thing-" + "8" * 20)
+    env = mlflow_env(PYTHONPATH=path, ADV_API_TOKEN="tok-" + "7" * 20, PROJECT_THING="thing-" + "8" * 20)
     result = project.nixrepro("run", "--flake", ".#env", "--", sys.executable, "exp.py", env=env)
     assert result.returncode == 0, result.stderr
     assert "cannot use <redacted>" in dropped(result.stderr)["mlflow"]
